@@ -1,0 +1,247 @@
+// gather_patches (forward and backward) and apply_patch_mask on the CPU.
+//
+// A patch is flattened in MAE's patchify order: row, then column, then channel, i.e. element
+// (py * p + px) * C + c holds image[b, c, pi * p + py, pj * p + px] for patch index n = pi * (W / p) + pj.
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "medens/cpu_kernels.h"
+#include "medens/patch_math.h"
+#include "parallel.h"
+
+namespace medens {
+namespace cpu {
+namespace {
+
+struct Geometry {
+  int64_t batch, channels, height, width, patch;
+  int64_t patches_per_row() const { return width / patch; }
+  int64_t num_patches() const { return (height / patch) * (width / patch); }
+  int64_t patch_dim() const { return patch * patch * channels; }
+};
+
+/// Offset (in elements) of the top-left pixel of patch n of image b.
+inline int64_t patch_origin(const Geometry& g, const int64_t* strides, int64_t b, int64_t n) {
+  const int64_t pi = n / g.patches_per_row(), pj = n % g.patches_per_row();
+  return b * strides[0] + pi * g.patch * strides[2] + pj * g.patch * strides[3];
+}
+
+/// Copies one patch into dst in patchify order, converting each element with `convert`.
+template <typename Src, typename Dst, typename Convert>
+void copy_patch(const Src* src, const int64_t* strides, const Geometry& g, Dst* dst, Convert convert) {
+  const int64_t p = g.patch, C = g.channels;
+  if (C == 1 && strides[3] == 1) {
+    for (int64_t py = 0; py < p; ++py) {
+      const Src* row = src + py * strides[2];
+      Dst* out = dst + py * p;
+      for (int64_t px = 0; px < p; ++px) out[px] = convert(row[px]);
+    }
+    return;
+  }
+  for (int64_t py = 0; py < p; ++py)
+    for (int64_t c = 0; c < C; ++c) {
+      const Src* row = src + c * strides[1] + py * strides[2];
+      Dst* out = dst + py * p * C + c;
+      for (int64_t px = 0; px < p; ++px) out[px * C] = convert(row[px * strides[3]]);
+    }
+}
+
+/// Raw (bit-exact) gather for any element type of the given storage size.
+template <typename Raw>
+bool gather_raw(const void* images, const int64_t* strides, const Geometry& g, const int64_t* ids,
+                const int64_t* ids_strides, int64_t num_ids, void* out, int num_threads) {
+  const Raw* base = static_cast<const Raw*>(images);
+  Raw* dst = static_cast<Raw*>(out);
+  const int64_t N = g.num_patches(), D = g.patch_dim();
+  std::atomic<bool> ok{true};
+  parallel_for(g.batch * num_ids, num_threads, [&](int64_t item) {
+    const int64_t b = item / num_ids, k = item % num_ids;
+    const int64_t n = ids[b * ids_strides[0] + k * ids_strides[1]];
+    if (n < 0 || n >= N) {
+      ok.store(false, std::memory_order_relaxed);
+      return;
+    }
+    copy_patch(base + patch_origin(g, strides, b, n), strides, g, dst + item * D, [](Raw v) { return v; });
+  });
+  return ok.load();
+}
+
+/// Gather with per-patch normalisation: (v - mean) / sqrt(var_unbiased + eps), statistics in float64.
+template <int DT>
+bool gather_normalized(const void* images, const int64_t* strides, const Geometry& g, const int64_t* ids,
+                       const int64_t* ids_strides, int64_t num_ids, double eps, void* out, int num_threads) {
+  using E = Element<DT>;
+  using T = typename E::storage;
+  const T* base = static_cast<const T*>(images);
+  T* dst = static_cast<T*>(out);
+  const int64_t N = g.num_patches(), D = g.patch_dim();
+  std::atomic<bool> ok{true};
+  parallel_for(g.batch * num_ids, num_threads, [&](int64_t item) {
+    thread_local std::vector<double> values;
+    values.resize(D);
+    const int64_t b = item / num_ids, k = item % num_ids;
+    const int64_t n = ids[b * ids_strides[0] + k * ids_strides[1]];
+    if (n < 0 || n >= N) {
+      ok.store(false, std::memory_order_relaxed);
+      return;
+    }
+    double* v = values.data();
+    copy_patch(base + patch_origin(g, strides, b, n), strides, g, v,
+               [](T x) { return static_cast<double>(E::to_float(x)); });
+    double mean, inv_std;
+    patch_moments([v](int64_t i) { return v[i]; }, D, eps, &mean, &inv_std);
+    T* o = dst + item * D;
+    for (int64_t i = 0; i < D; ++i) o[i] = E::from_float(static_cast<decltype(E::to_float(T()))>((v[i] - mean) * inv_std));
+  });
+  return ok.load();
+}
+
+template <typename T>
+bool gather_backward_impl(const T* grad, const T* images, const int64_t* image_strides, const Geometry& g,
+                          const int64_t* ids, const int64_t* ids_strides, int64_t num_ids, bool normalize,
+                          double eps, T* grad_images, int num_threads) {
+  const int64_t N = g.num_patches(), D = g.patch_dim(), p = g.patch, C = g.channels;
+  const int64_t out_strides[4] = {C * g.height * g.width, g.height * g.width, g.width, 1};
+  std::atomic<bool> ok{true};
+  // One task per image: every write of a task lands in its own image, so repeated ids accumulate safely.
+  parallel_for(g.batch, num_threads, [&](int64_t b) {
+    thread_local std::vector<double> values;
+    values.resize(D);
+    for (int64_t k = 0; k < num_ids; ++k) {
+      const int64_t n = ids[b * ids_strides[0] + k * ids_strides[1]];
+      if (n < 0 || n >= N) {
+        ok.store(false, std::memory_order_relaxed);
+        return;
+      }
+      const T* gk = grad + (b * num_ids + k) * D;
+      double* dv = values.data();
+      if (normalize) {
+        copy_patch(images + patch_origin(g, image_strides, b, n), image_strides, g, dv,
+                   [](T x) { return static_cast<double>(x); });
+        double mean, inv_std;
+        patch_moments([dv](int64_t i) { return dv[i]; }, D, eps, &mean, &inv_std);
+        double grad_mean = 0.0, grad_dot_y = 0.0;
+        for (int64_t i = 0; i < D; ++i) {
+          dv[i] = (dv[i] - mean) * inv_std;  // normalised output y
+          grad_mean += static_cast<double>(gk[i]);
+          grad_dot_y += static_cast<double>(gk[i]) * dv[i];
+        }
+        grad_mean /= static_cast<double>(D);
+        const double y_coef = grad_dot_y / static_cast<double>(D - 1);
+        for (int64_t i = 0; i < D; ++i) dv[i] = inv_std * (static_cast<double>(gk[i]) - grad_mean - dv[i] * y_coef);
+      } else {
+        for (int64_t i = 0; i < D; ++i) dv[i] = static_cast<double>(gk[i]);
+      }
+      T* origin = grad_images + patch_origin(g, out_strides, b, n);
+      for (int64_t py = 0; py < p; ++py)
+        for (int64_t px = 0; px < p; ++px)
+          for (int64_t c = 0; c < C; ++c)
+            origin[c * out_strides[1] + py * out_strides[2] + px] += static_cast<T>(dv[(py * p + px) * C + c]);
+    }
+  });
+  return ok.load();
+}
+
+template <typename Raw>
+void apply_mask_impl(const void* images, const int64_t* strides, const Geometry& g, const bool* mask,
+                     const int64_t* mask_strides, const void* fill, void* out, const int64_t* out_strides,
+                     int num_threads) {
+  const Raw* src = static_cast<const Raw*>(images);
+  Raw* dst = static_cast<Raw*>(out);
+  Raw value;
+  std::memcpy(&value, fill, sizeof(Raw));
+  const int64_t p = g.patch, wp = g.patches_per_row(), H = g.height, C = g.channels;
+  const bool contiguous_rows = strides[3] == 1 && out_strides[3] == 1;
+  parallel_for(g.batch * C * H, num_threads, [&](int64_t item) {
+    const int64_t y = item % H, c = (item / H) % C, b = item / (H * C);
+    const Raw* in_row = src + b * strides[0] + c * strides[1] + y * strides[2];
+    Raw* out_row = dst + b * out_strides[0] + c * out_strides[1] + y * out_strides[2];
+    const bool* mask_row = mask + b * mask_strides[0] + (y / p) * wp * mask_strides[1];
+    for (int64_t j = 0; j < wp; ++j) {
+      const bool hidden = mask_row[j * mask_strides[1]];
+      if (contiguous_rows) {
+        Raw* o = out_row + j * p;
+        if (hidden) {
+          for (int64_t x = 0; x < p; ++x) o[x] = value;
+        } else {
+          std::memcpy(o, in_row + j * p, p * sizeof(Raw));
+        }
+      } else {
+        for (int64_t x = j * p; x < (j + 1) * p; ++x)
+          out_row[x * out_strides[3]] = hidden ? value : in_row[x * strides[3]];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+int gather_patches(const void* images, int dtype, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                   const int64_t* strides, const int64_t* ids, const int64_t* ids_strides, int64_t num_ids,
+                   int64_t patch, bool normalize, double eps, void* out, int num_threads) {
+  const Geometry g{batch, channels, height, width, patch};
+  if (patch < 1 || (normalize && g.patch_dim() < 2)) return kBadArgument;
+  bool ok;
+  if (!normalize) {
+    switch (dtype) {
+      case kUInt8: ok = gather_raw<uint8_t>(images, strides, g, ids, ids_strides, num_ids, out, num_threads); break;
+      case kFloat16:
+      case kBFloat16: ok = gather_raw<uint16_t>(images, strides, g, ids, ids_strides, num_ids, out, num_threads); break;
+      case kFloat32: ok = gather_raw<uint32_t>(images, strides, g, ids, ids_strides, num_ids, out, num_threads); break;
+      case kFloat64: ok = gather_raw<uint64_t>(images, strides, g, ids, ids_strides, num_ids, out, num_threads); break;
+      default: return kBadDType;
+    }
+  } else {
+    switch (dtype) {
+      case kFloat16: ok = gather_normalized<kFloat16>(images, strides, g, ids, ids_strides, num_ids, eps, out, num_threads); break;
+      case kBFloat16: ok = gather_normalized<kBFloat16>(images, strides, g, ids, ids_strides, num_ids, eps, out, num_threads); break;
+      case kFloat32: ok = gather_normalized<kFloat32>(images, strides, g, ids, ids_strides, num_ids, eps, out, num_threads); break;
+      case kFloat64: ok = gather_normalized<kFloat64>(images, strides, g, ids, ids_strides, num_ids, eps, out, num_threads); break;
+      default: return kBadDType;
+    }
+  }
+  return ok ? kOk : kIndexOutOfRange;
+}
+
+int gather_patches_backward(const void* grad, int dtype, const void* images, const int64_t* image_strides,
+                            int64_t batch, int64_t channels, int64_t height, int64_t width, const int64_t* ids,
+                            const int64_t* ids_strides, int64_t num_ids, int64_t patch, bool normalize, double eps,
+                            void* grad_images, int num_threads) {
+  const Geometry g{batch, channels, height, width, patch};
+  if (patch < 1 || (normalize && g.patch_dim() < 2)) return kBadArgument;
+  bool ok;
+  switch (dtype) {
+    case kFloat32:
+      ok = gather_backward_impl(static_cast<const float*>(grad), static_cast<const float*>(images), image_strides, g,
+                                ids, ids_strides, num_ids, normalize, eps, static_cast<float*>(grad_images),
+                                num_threads);
+      break;
+    case kFloat64:
+      ok = gather_backward_impl(static_cast<const double*>(grad), static_cast<const double*>(images), image_strides,
+                                g, ids, ids_strides, num_ids, normalize, eps, static_cast<double*>(grad_images),
+                                num_threads);
+      break;
+    default:
+      return kBadDType;
+  }
+  return ok ? kOk : kIndexOutOfRange;
+}
+
+int apply_patch_mask(const void* images, int64_t element_size, int64_t batch, int64_t channels, int64_t height,
+                     int64_t width, const int64_t* strides, const bool* mask, const int64_t* mask_strides,
+                     int64_t patch, const void* fill, void* out, const int64_t* out_strides, int num_threads) {
+  const Geometry g{batch, channels, height, width, patch};
+  if (patch < 1) return kBadArgument;
+  switch (element_size) {
+    case 1: apply_mask_impl<uint8_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
+    case 2: apply_mask_impl<uint16_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
+    case 4: apply_mask_impl<uint32_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
+    case 8: apply_mask_impl<uint64_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
+    default: return kBadDType;
+  }
+  return kOk;
+}
+
+}  // namespace cpu
+}  // namespace medens

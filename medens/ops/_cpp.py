@@ -1,0 +1,104 @@
+"""CPU kernels of ``medens._C``, registered as the ``cpp`` backend.
+
+Each launcher receives tensors already validated by the public op, passes data pointers, sizes and element
+strides to C++, and runs with ``torch.get_num_threads()`` OpenMP threads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._backends import extension
+from ._dtypes import check_status, dtype_code
+from ._registry import register_kernel
+
+BACKEND = "cpp"
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+@register_kernel("patch_entropy", BACKEND)
+def patch_entropy(images: Tensor, patch_size: int, bins: int, lo: float, range_width: float) -> Tensor:
+    b, c, h, w = images.shape
+    out = torch.empty(b, (h // patch_size) * (w // patch_size), dtype=torch.float32)
+    status = extension().patch_entropy_cpu(
+        images.data_ptr(), dtype_code(images.dtype), b, c, h, w, list(images.stride()), patch_size, bins, lo,
+        range_width, out.data_ptr(), _threads(),
+    )
+    check_status(status, "patch_entropy", BACKEND)
+    return out
+
+
+def _as_kernel_float(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32 (exact); float32/float64 pass through."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
+@register_kernel("entropy_guided_mask", BACKEND)
+def entropy_guided_mask(
+    scores: Tensor, noise: Tensor | None, num_keep: int, temperature: float, prefer_high: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    b, n = scores.shape
+    scores = _as_kernel_float(scores)
+    mask = torch.empty(b, n, dtype=torch.bool)
+    ids_keep = torch.empty(b, num_keep, dtype=torch.int64)
+    ids_mask = torch.empty(b, n - num_keep, dtype=torch.int64)
+    ids_restore = torch.empty(b, n, dtype=torch.int64)
+    if noise is None:
+        noise_ptr, noise_code, noise_strides = 0, dtype_code(torch.float32), [0, 0]
+    else:
+        noise = _as_kernel_float(noise)
+        noise_ptr, noise_code, noise_strides = noise.data_ptr(), dtype_code(noise.dtype), list(noise.stride())
+    status = extension().entropy_guided_mask_cpu(
+        scores.data_ptr(), dtype_code(scores.dtype), list(scores.stride()), noise_ptr, noise_code, noise_strides,
+        b, n, num_keep, temperature, prefer_high, mask.data_ptr(), ids_keep.data_ptr(), ids_mask.data_ptr(),
+        ids_restore.data_ptr(), _threads(),
+    )
+    check_status(status, "entropy_guided_mask", BACKEND)
+    return mask, ids_keep, ids_mask, ids_restore
+
+
+@register_kernel("gather_patches", BACKEND)
+def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float) -> Tensor:
+    b, c, h, w = images.shape
+    k = ids.shape[1]
+    out = torch.empty(b, k, patch_size * patch_size * c, dtype=images.dtype)
+    status = extension().gather_patches_cpu(
+        images.data_ptr(), dtype_code(images.dtype), b, c, h, w, list(images.stride()), ids.data_ptr(),
+        list(ids.stride()), k, patch_size, normalize, eps, out.data_ptr(), _threads(),
+    )
+    check_status(status, "gather_patches", BACKEND)
+    return out
+
+
+@register_kernel("gather_patches_backward", BACKEND)
+def gather_patches_backward(
+    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
+) -> Tensor:
+    compute = torch.float64 if images.dtype == torch.float64 else torch.float32
+    grad = grad.to(compute).contiguous()
+    source = images.to(compute) if normalize else images
+    b, c, h, w = images.shape
+    grad_images = torch.zeros(b, c, h, w, dtype=compute)
+    status = extension().gather_patches_backward_cpu(
+        grad.data_ptr(), dtype_code(compute), source.data_ptr(), list(source.stride()), b, c, h, w, ids.data_ptr(),
+        list(ids.stride()), ids.shape[1], patch_size, normalize, eps, grad_images.data_ptr(), _threads(),
+    )
+    check_status(status, "gather_patches_backward", BACKEND)
+    return grad_images.to(images.dtype)
+
+
+@register_kernel("apply_patch_mask", BACKEND)
+def apply_patch_mask(images: Tensor, mask: Tensor, patch_size: int, fill: float) -> Tensor:
+    b, c, h, w = images.shape
+    out = torch.empty_like(images)
+    fill_value = torch.tensor([fill], dtype=images.dtype)
+    status = extension().apply_patch_mask_cpu(
+        images.data_ptr(), images.element_size(), b, c, h, w, list(images.stride()), mask.data_ptr(),
+        list(mask.stride()), patch_size, fill_value.data_ptr(), out.data_ptr(), list(out.stride()), _threads(),
+    )
+    check_status(status, "apply_patch_mask", BACKEND)
+    return out
