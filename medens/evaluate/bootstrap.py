@@ -1,0 +1,137 @@
+"""Percentile bootstrap confidence intervals, paired across models.
+
+All models are scored on the same resamples of the test images, so the interval of a difference between two
+models (``ensemble - member``) is taken over paired draws and reflects that they share their hard and easy cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, check_probs_labels, summary_metrics
+
+#: Default number of bootstrap resamples.
+DEFAULT_N_BOOT = 1000
+
+#: Default two-sided confidence level.
+DEFAULT_CONFIDENCE = 0.95
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Resampling indices drawn with replacement.
+
+    Args:
+        n: number of test images (N >= 1).
+        n_boot: number of resamples (B >= 1).
+        seed: seed of the numpy generator, so the draws can be repeated.
+
+    Returns:
+        ``(B, N)`` int64 indices into the test set.
+    """
+    if n < 1:
+        raise ValueError(f"n: expected at least 1 test image, received {n}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot: expected at least 1 resample, received {n_boot}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n), dtype=np.int64)
+
+
+def bootstrap_samples(
+    probs_by_model: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    n_bins: int = DEFAULT_ECE_BINS,
+    metrics: Sequence[str] = SUMMARY_METRICS,
+    progress: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each metric of each model on the same bootstrap resamples.
+
+    Args:
+        probs_by_model: model name to ``(N, K)`` probabilities, all over the same N test images.
+        labels: ``(N,)`` labels.
+        n_boot: number of resamples B.
+        seed: seed for the resampling.
+        n_bins: ECE bins.
+        metrics: which of :data:`SUMMARY_METRICS` to keep.
+        progress: show a tqdm bar.
+
+    Returns:
+        Model name to metric name to ``(B,)`` float64 values (NaN where a resample leaves a metric undefined,
+        e.g. AUROC when a class is missing).
+    """
+    unknown = [m for m in metrics if m not in SUMMARY_METRICS]
+    if unknown:
+        raise ValueError(f"metrics: expected names from {list(SUMMARY_METRICS)}, received {unknown}")
+    checked = {}
+    for name, probs in probs_by_model.items():
+        checked[name], _ = check_probs_labels(probs, labels)
+    labels = np.asarray(labels, dtype=np.int64)
+    idx = bootstrap_indices(labels.shape[0], n_boot, seed)
+    out = {name: {m: np.empty(n_boot) for m in metrics} for name in checked}
+    for b in tqdm(range(n_boot), desc="bootstrap", disable=not progress, leave=False):
+        sel = idx[b]
+        y = labels[sel]
+        for name, probs in checked.items():
+            values = summary_metrics(probs[sel], y, n_bins)
+            for m in metrics:
+                out[name][m][b] = values[m]
+    return out
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Two-sided percentile interval of bootstrap samples, ignoring NaNs.
+
+    Args:
+        samples: ``(B,)`` bootstrap values.
+        confidence: coverage in (0, 1).
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` if no sample is finite.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence: expected a value in (0, 1), received {confidence}")
+    finite = np.asarray(samples, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(finite, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def confidence_intervals(
+    samples: Mapping[str, Mapping[str, np.ndarray]], confidence: float = DEFAULT_CONFIDENCE
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile intervals for every model and metric of :func:`bootstrap_samples`' output."""
+    return {
+        name: {m: percentile_interval(vals, confidence) for m, vals in per_metric.items()}
+        for name, per_metric in samples.items()
+    }
+
+
+def difference_intervals(
+    samples: Mapping[str, Mapping[str, np.ndarray]],
+    reference: str,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Paired intervals of ``reference - other`` for every other model and metric.
+
+    Args:
+        samples: output of :func:`bootstrap_samples`.
+        reference: the model the others are compared with (e.g. the ensemble).
+        confidence: coverage in (0, 1).
+
+    Returns:
+        Other model name to metric name to ``(low, high)`` of the difference.
+    """
+    if reference not in samples:
+        raise KeyError(f"reference: expected one of {list(samples)}, received {reference!r}")
+    ref = samples[reference]
+    return {
+        name: {m: percentile_interval(ref[m] - vals, confidence) for m, vals in per_metric.items()}
+        for name, per_metric in samples.items()
+        if name != reference
+    }

@@ -1,0 +1,214 @@
+"""Evaluate an ensemble against its members on the same test images, and write the results.
+
+The steps, in order: check and align the members; optionally fit a temperature per member on the validation split
+and rescale its probabilities; optionally fit combination weights on the validation split; combine; score every
+model with the same metrics, paired bootstrap intervals and McNemar's test of the ensemble against each member;
+write ``metrics.json``, ``predictions.csv``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medens.evaluate.atomic import atomic_write_text
+from medens.evaluate.bootstrap import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_N_BOOT,
+    bootstrap_samples,
+    confidence_intervals,
+    difference_intervals,
+)
+from medens.evaluate.calibration import apply_temperature, fit_temperature
+from medens.evaluate.combine import ENSEMBLE_METHODS, combine, fit_weights
+from medens.evaluate.mcnemar import mcnemar
+from medens.evaluate.members import Member, align_members, init_kind
+from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
+from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
+from medens.evaluate.predictions import write_prediction_table
+from medens.evaluate.report import render_report
+
+logger = logging.getLogger(__name__)
+
+#: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
+ENSEMBLE_NAME = "ensemble"
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+REPORT_FILE = "report.md"
+PLOT_FILES = {
+    "confusion_matrices": "confusion_matrices.png",
+    "roc_curves": "roc_curves.png",
+    "reliability": "reliability.png",
+}
+
+
+def ensemble_label(method: str, calibrate: bool, tta: bool) -> str:
+    """The ensemble's name in tables, e.g. ``Ensemble (mean)`` or ``Ensemble (weighted, T-scaled, TTA)``."""
+    parts = [method] + (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])
+    return f"Ensemble ({', '.join(parts)})"
+
+
+def _member_label(member: Member, calibrate: bool, tta: bool) -> str:
+    extras = (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])
+    return f"{member.label} ({', '.join(extras)})" if extras else member.label
+
+
+def _json_ready(obj: Any) -> Any:
+    """Replace NaN/inf with None and numpy scalars with Python ones, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def evaluate_ensemble(
+    members: Sequence[Member],
+    out_dir: str | os.PathLike[str],
+    method: str = "mean",
+    calibrate: bool = False,
+    tta: bool = False,
+    n_boot: int = DEFAULT_N_BOOT,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    n_bins: int = DEFAULT_ECE_BINS,
+    plots: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Combine members, score members and ensemble, and write every output to ``out_dir``.
+
+    Args:
+        members: loaded members (see :func:`medens.evaluate.members.load_member`), at least two.
+        out_dir: folder for ``metrics.json``, ``predictions.csv``, ``report.md`` and the PNG plots.
+        method: combination rule, one of :data:`~medens.evaluate.combine.ENSEMBLE_METHODS`.
+        calibrate: temperature-scale each member on its validation predictions before combining.
+        tta: record that the members' probabilities come from test-time augmentation (the caller computed them).
+        n_boot: bootstrap resamples for the confidence intervals.
+        confidence: two-sided coverage of the intervals.
+        seed: seed of the bootstrap.
+        n_bins: bins of the expected calibration error and reliability diagram.
+        plots: write the PNG plots.
+        progress: show a progress bar for the bootstrap.
+
+    Returns:
+        The content of ``metrics.json``.
+
+    Raises:
+        ValueError: on an unknown method.
+        IncompatibleMembersError: when the members cannot be ensembled, or validation predictions are missing
+            for ``calibrate`` or ``method='weighted'``.
+    """
+    if method not in ENSEMBLE_METHODS:
+        raise ValueError(f"method: expected one of {list(ENSEMBLE_METHODS)}, received {method!r}")
+    needs_val = calibrate or method == "weighted"
+    members = align_members(members, require_val=needs_val)
+    first = members[0]
+    classes = first.classes
+    labels = first.test.labels
+    test = {m.name: m.test.probs for m in members}
+    val = {m.name: m.val.probs for m in members} if needs_val else {}
+    val_labels = first.val.labels if needs_val and first.val is not None else None
+
+    temperatures: dict[str, float] = {}
+    if calibrate:
+        for m in members:
+            t = fit_temperature(val[m.name], val_labels)
+            temperatures[m.name] = t
+            test[m.name] = apply_temperature(test[m.name], t)
+            val[m.name] = apply_temperature(val[m.name], t)
+            logger.info("temperature of %s: %.4f", m.name, t)
+    weights = None
+    if method == "weighted":
+        weights = fit_weights([val[m.name] for m in members], val_labels)
+        logger.info("ensemble weights: %s", dict(zip(test, np.round(weights, 4), strict=True)))
+    ensemble = combine([test[m.name] for m in members], method=method, weights=weights)
+
+    labels_by_name = {m.name: _member_label(m, calibrate, tta) for m in members}
+    labels_by_name[ENSEMBLE_NAME] = ensemble_label(method, calibrate, tta)
+    probs_by_name = {**test, ENSEMBLE_NAME: ensemble}
+
+    samples = bootstrap_samples(
+        probs_by_name, labels, n_boot=n_boot, seed=seed, n_bins=n_bins, progress=progress
+    )
+    cis = confidence_intervals(samples, confidence)
+    diffs = difference_intervals(samples, ENSEMBLE_NAME, confidence)
+    ens_correct = predict(ensemble) == labels
+
+    models: dict[str, Any] = {}
+    for name, probs in probs_by_name.items():
+        models[name] = {
+            "label": labels_by_name[name],
+            "metrics": classification_report(probs, labels, classes, n_bins),
+            "ci": {m: list(cis[name][m]) for m in SUMMARY_METRICS},
+        }
+    comparisons = {}
+    for m in members:
+        point = {
+            k: models[ENSEMBLE_NAME]["metrics"][k] - models[m.name]["metrics"][k] for k in SUMMARY_METRICS
+        }
+        comparisons[m.name] = {
+            "difference": point,
+            "difference_ci": {k: list(diffs[m.name][k]) for k in SUMMARY_METRICS},
+            "mcnemar": mcnemar(ens_correct, predict(test[m.name]) == labels).to_dict(),
+        }
+    results: dict[str, Any] = {
+        "classes": classes,
+        "n_test": int(labels.size),
+        "n_val": int(val_labels.size) if val_labels is not None else None,
+        "split_hash": first.split_hash,
+        "dataset": first.config.get("dataset"),
+        "method": method,
+        "calibrate": calibrate,
+        "tta": tta,
+        "members": [
+            {
+                "name": m.name,
+                "label": labels_by_name[m.name],
+                "directory": str(m.directory),
+                "init": m.config.get("init"),
+                "init_kind": init_kind(m.config.get("init")),
+                "arch": m.config.get("arch"),
+                "temperature": temperatures.get(m.name),
+                "weight": float(weights[i]) if weights is not None else None,
+            }
+            for i, m in enumerate(members)
+        ],
+        "models": models,
+        "ensemble_vs_members": comparisons,
+        "bootstrap": {
+            "n_boot": n_boot,
+            "confidence": confidence,
+            "seed": seed,
+            "method": "percentile, paired",
+        },
+        "ece_bins": n_bins,
+        "files": {"predictions": PREDICTIONS_FILE, "report": REPORT_FILE, **(PLOT_FILES if plots else {})},
+    }
+    results = _json_ready(results)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_prediction_table(
+        out / PREDICTIONS_FILE, first.test.paths, first.test.label_names, classes, probs_by_name
+    )
+    if plots:
+        shown = {labels_by_name[n]: p for n, p in probs_by_name.items()}
+        plot_confusion_matrices(shown, labels, classes, out / PLOT_FILES["confusion_matrices"])
+        plot_roc_curves(shown, labels, classes, out / PLOT_FILES["roc_curves"])
+        plot_reliability(shown, labels, out / PLOT_FILES["reliability"], n_bins)
+    atomic_write_text(out / REPORT_FILE, render_report(results))
+    # metrics.json last: its presence marks a complete evaluation.
+    atomic_write_text(out / METRICS_FILE, json.dumps(results, indent=2) + "\n")
+    return results

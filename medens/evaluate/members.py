@@ -1,0 +1,271 @@
+"""Ensemble members: a fine-tuning run's folder, read and checked against the other members.
+
+A member folder holds ``config.yaml`` (with at least ``classes``; ``init`` and ``split_hash`` when written by
+``python -m medens.train finetune``), ``predictions.csv`` for the test split and, for the validation-tuned
+options, ``val_predictions.csv``. Members are only combined when they were trained for the same classes on the same
+split and predict the same test images with the same labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medens.evaluate.atomic import atomic_write_text
+from medens.evaluate.predictions import Predictions, read_predictions, write_predictions
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+TEST_PREDICTIONS_FILE = "predictions.csv"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
+
+#: Name (used in file columns) and label (used in tables) of a member, by its ``init`` in config.yaml. A member
+#: whose ImageNet weights could not be had was trained from random weights, and is named so everywhere.
+INIT_NAMES: dict[str, tuple[str, str]] = {
+    "imagenet": ("imagenet-init", "ImageNet-init"),
+    "imagenet-unavailable-random-init": (
+        "random-init-imagenet-unavailable",
+        "Random-init (ImageNet weights unavailable)",
+    ),
+    "mae": ("mae-init", "MAE-init"),
+    "scratch": ("scratch-init", "Scratch (random init)"),
+}
+
+
+class IncompatibleMembersError(ValueError):
+    """Members that cannot be ensembled: different classes, splits or test images."""
+
+
+@dataclass
+class Member:
+    """One fine-tuned model's outputs.
+
+    Attributes:
+        name: identifier used in file columns (``<name>:<class>``), derived from the member's initialisation.
+        label: name shown in tables and plots.
+        directory: the member's folder.
+        config: the parsed ``config.yaml``.
+        test: test-split predictions.
+        val: validation-split predictions, or None when the folder has none.
+    """
+
+    name: str
+    label: str
+    directory: Path
+    config: dict[str, Any]
+    test: Predictions
+    val: Predictions | None
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the order of the member's config."""
+        return list(self.config["classes"])
+
+    @property
+    def split_hash(self) -> str | None:
+        """The hash of the split the member was trained on, if recorded."""
+        value = self.config.get("split_hash")
+        return None if value is None else str(value)
+
+
+def init_kind(init: str | None) -> str | None:
+    """The kind of an ``init`` value: ``mae:/runs/x`` is ``mae``; others are returned unchanged."""
+    if init is None:
+        return None
+    return "mae" if str(init).startswith("mae:") or str(init) == "mae" else str(init)
+
+
+def member_name_and_label(config: dict[str, Any], directory: Path) -> tuple[str, str]:
+    """Column name and table label of a member from its config, falling back to the folder name."""
+    kind = init_kind(config.get("init"))
+    if kind in INIT_NAMES:
+        return INIT_NAMES[kind]
+    return directory.name, directory.name
+
+
+def load_member(directory: str | os.PathLike[str]) -> Member:
+    """Read a member folder.
+
+    Args:
+        directory: a fine-tuning run's output folder.
+
+    Returns:
+        The member, with its class columns in the order of its config's ``classes``.
+
+    Raises:
+        FileNotFoundError: if ``config.yaml`` or ``predictions.csv`` is missing.
+        ValueError: if the config has no class list or the predictions' classes differ from it.
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    test_path = directory / TEST_PREDICTIONS_FILE
+    for required in (config_path, test_path):
+        if not required.is_file():
+            raise FileNotFoundError(
+                f"members: expected {required.name} in member folder {directory}, received a folder without it"
+            )
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict) or not isinstance(config.get("classes"), list) or not config["classes"]:
+        raise ValueError(f"{config_path}: expected a non-empty 'classes' list, received {config!r:.200}")
+    classes = [str(c) for c in config["classes"]]
+    config["classes"] = classes
+
+    def _read(path: Path) -> Predictions:
+        preds = read_predictions(path)
+        if sorted(preds.classes) != sorted(classes):
+            raise IncompatibleMembersError(
+                f"{path}: expected class columns {classes} as in {CONFIG_FILE}, received {preds.classes}"
+            )
+        return preds.reorder(preds.paths, classes)
+
+    val_path = directory / VAL_PREDICTIONS_FILE
+    name, label = member_name_and_label(config, directory)
+    return Member(
+        name=name,
+        label=label,
+        directory=directory,
+        config=config,
+        test=_read(test_path),
+        val=_read(val_path) if val_path.is_file() else None,
+    )
+
+
+def write_member(
+    directory: str | os.PathLike[str],
+    config: dict[str, Any],
+    test: Predictions,
+    val: Predictions | None = None,
+) -> Path:
+    """Write a member folder from predictions made elsewhere (another tool, a hand-made baseline).
+
+    Args:
+        directory: folder to write ``config.yaml``, ``predictions.csv`` and, with ``val``, ``val_predictions.csv``.
+        config: at least ``classes``; ``init``, ``split_hash`` and ``dataset`` are recommended.
+        test: test-split predictions.
+        val: validation-split predictions, needed for ``--calibrate`` and ``--method weighted``.
+
+    Returns:
+        ``directory``.
+
+    Raises:
+        ValueError: if ``config`` lacks ``classes`` or they differ from the predictions' classes.
+    """
+    directory = Path(directory)
+    classes = config.get("classes")
+    for split, preds in (("test", test), ("val", val)):
+        if preds is not None and list(preds.classes) != list(classes or []):
+            raise ValueError(
+                f"{split}: expected class columns {classes} from config, received {preds.classes}"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    write_predictions(directory / TEST_PREDICTIONS_FILE, test)
+    if val is not None:
+        write_predictions(directory / VAL_PREDICTIONS_FILE, val)
+    atomic_write_text(directory / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+def _unique_names(members: Sequence[Member]) -> list[Member]:
+    """Members whose names repeat get their folder name appended, so columns stay distinct."""
+    counts: dict[str, int] = {}
+    for m in members:
+        counts[m.name] = counts.get(m.name, 0) + 1
+    out = []
+    seen: set[str] = set()
+    for m in members:
+        name, label = m.name, m.label
+        if counts[m.name] > 1:
+            name, label = f"{m.name}@{m.directory.name}", f"{m.label} [{m.directory.name}]"
+        if name in seen:
+            raise IncompatibleMembersError(
+                f"members: expected distinct member folders, received {m.directory} twice"
+            )
+        seen.add(name)
+        out.append(replace(m, name=name, label=label))
+    return out
+
+
+def _check_same_rows(members: Sequence[Member], split: str) -> None:
+    first = members[0]
+    ref: Predictions = getattr(first, split)
+    ref_labels = dict(zip(ref.paths, ref.label_names, strict=True))
+    for m in members[1:]:
+        preds: Predictions = getattr(m, split)
+        paths = set(preds.paths)
+        if paths != set(ref_labels):
+            only_ref = len(set(ref_labels) - paths)
+            only_m = len(paths - set(ref_labels))
+            raise IncompatibleMembersError(
+                f"members: expected the same {split} images in every member, received {only_ref} images only in "
+                f"{first.directory} and {only_m} only in {m.directory}"
+            )
+        differing = [p for p, lab in zip(preds.paths, preds.label_names, strict=True) if ref_labels[p] != lab]
+        if differing:
+            raise IncompatibleMembersError(
+                f"members: expected the same labels for the same {split} images, received {len(differing)} "
+                f"differing between {first.directory} and {m.directory} (e.g. {differing[0]})"
+            )
+
+
+def align_members(members: Sequence[Member], require_val: bool = False) -> list[Member]:
+    """Check members can be ensembled and put their rows and columns in one order.
+
+    Args:
+        members: at least two loaded members.
+        require_val: also require (and align) validation predictions.
+
+    Returns:
+        The members with unique names, classes in the first member's order and test (and validation) rows in the
+        first member's order.
+
+    Raises:
+        IncompatibleMembersError: on fewer than two members, different class lists, different split hashes,
+            different test images or labels, or missing validation predictions when required.
+    """
+    if len(members) < 2:
+        raise IncompatibleMembersError(
+            f"members: expected at least 2 member folders, received {len(members)}"
+        )
+    first = members[0]
+    for m in members[1:]:
+        if sorted(m.classes) != sorted(first.classes):
+            raise IncompatibleMembersError(
+                f"members: expected the same classes in every member, received {first.classes} in "
+                f"{first.directory} and {m.classes} in {m.directory}"
+            )
+    hashes = {m.directory: m.split_hash for m in members}
+    known = {h for h in hashes.values() if h is not None}
+    if len(known) > 1:
+        listing = ", ".join(f"{d}: {h}" for d, h in hashes.items())
+        raise IncompatibleMembersError(
+            f"members: expected members trained on the same split (one split_hash), received {listing}"
+        )
+    if None in hashes.values():
+        missing = [str(d) for d, h in hashes.items() if h is None]
+        logger.warning("no split_hash in %s; checking only that the test images and labels agree", missing)
+    if require_val:
+        missing_val = [str(m.directory) for m in members if m.val is None]
+        if missing_val:
+            raise IncompatibleMembersError(
+                f"members: expected {VAL_PREDICTIONS_FILE} in every member for validation-tuned options, "
+                f"received none in {missing_val}"
+            )
+    _check_same_rows(members, "test")
+    has_val = all(m.val is not None for m in members)
+    if has_val:
+        _check_same_rows(members, "val")
+    classes = first.classes
+    aligned = []
+    for m in members:
+        test = m.test.reorder(first.test.paths, classes)
+        # Validation predictions are used only when every member has them, so drop partial ones.
+        val = m.val.reorder(first.val.paths, classes) if has_val and m.val and first.val else None
+        aligned.append(replace(m, test=test, val=val))
+    return _unique_names(aligned)

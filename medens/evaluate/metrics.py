@@ -1,0 +1,350 @@
+"""Classification metrics over predicted probabilities, in plain numpy.
+
+Every function takes ``probs`` of shape ``(N, K)`` (rows are probability vectors over the K classes, float) and/or
+``labels`` of shape ``(N,)`` (integer class indices in ``[0, K)``). The predicted class is the arg-max of a row.
+
+Conventions (chosen to match scikit-learn where it has the metric, so the tests can check against it):
+
+- Macro precision, recall and F1 average over all K classes; a class whose denominator is zero scores 0
+  (scikit-learn's ``zero_division=0`` with ``labels=range(K)``).
+- Balanced accuracy is the mean recall over the classes that occur in ``labels``.
+- AUROC is one-vs-rest per class, averaged over the classes (macro). A class with no positive or no negative
+  example has no AUROC; the macro value is then NaN (scikit-learn raises instead).
+- Expected calibration error bins the top-class confidence into equal-width bins ``(lo, hi]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Scalar metrics reported for every model, in table order.
+SUMMARY_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "auroc_macro",
+    "ece",
+    "nll",
+)
+
+#: Default number of confidence bins for the expected calibration error.
+DEFAULT_ECE_BINS = 15
+
+#: Probabilities are clipped to at least this before taking logs.
+PROB_EPS = 1e-12
+
+
+def check_probs_labels(
+    probs: np.ndarray, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate and convert probabilities and labels.
+
+    Args:
+        probs: ``(N, K)`` class probabilities.
+        labels: optional ``(N,)`` integer labels in ``[0, K)``.
+
+    Returns:
+        ``probs`` as float64 and ``labels`` as int64 (or None).
+
+    Raises:
+        ValueError: if shapes disagree, a value is out of range or not finite.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probs: expected shape (N, K) with K >= 2, received shape {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probs: expected finite values, received NaN or infinity")
+    if labels is None:
+        return probs, None
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
+        raise ValueError(
+            f"labels: expected shape ({probs.shape[0]},) to match probs, received shape {labels.shape}"
+        )
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels: expected integer class indices, received dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(
+            f"labels: expected values in [0, {probs.shape[1]}), received range [{labels.min()}, {labels.max()}]"
+        )
+    return probs, labels
+
+
+def predict(probs: np.ndarray) -> np.ndarray:
+    """Arg-max class of each row, shape ``(N,)`` int64."""
+    return np.asarray(probs).argmax(axis=1).astype(np.int64)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Args:
+        labels: ``(N,)`` true class indices.
+        preds: ``(N,)`` predicted class indices.
+        num_classes: K.
+
+    Returns:
+        ``(K, K)`` int64 matrix; rows are true classes, columns predicted classes.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class rates from a confusion matrix.
+
+    Args:
+        cm: ``(K, K)`` confusion matrix (rows true, columns predicted).
+
+    Returns:
+        ``precision``, ``sensitivity`` (recall), ``specificity``, ``f1`` and ``support``, each ``(K,)``.
+        Rates with a zero denominator are 0.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    fp = predicted - tp
+    fn = support - tp
+    tn = cm.sum() - tp - fp - fn
+    return {
+        "precision": _safe_div(tp, predicted),
+        "sensitivity": _safe_div(tp, support),
+        "specificity": _safe_div(tn, tn + fp),
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
+        "support": support.astype(np.int64),
+    }
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    probs, labels = check_probs_labels(probs, labels)
+    return float(np.mean(predict(probs) == labels)) if labels.size else float("nan")
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``labels``."""
+    probs, labels = check_probs_labels(probs, labels)
+    cm = confusion_matrix(labels, predict(probs), probs.shape[1])
+    rates = per_class_rates(cm)
+    present = rates["support"] > 0
+    return float(rates["sensitivity"][present].mean()) if present.any() else float("nan")
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` with ties given their average rank, shape ``(N,)`` float64."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    n = values.shape[0]
+    # Start index of each run of equal values in the sorted order.
+    new_run = np.empty(n, dtype=bool)
+    if n:
+        new_run[0] = True
+        new_run[1:] = sorted_vals[1:] != sorted_vals[:-1]
+    starts = np.flatnonzero(new_run)
+    ends = np.append(starts[1:], n)  # exclusive
+    avg_rank = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1 .. ends
+    run_id = np.cumsum(new_run) - 1
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = avg_rank[run_id]
+    return ranks
+
+
+def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean target ``positive``.
+
+    Computed as the Mann-Whitney U statistic (ties count one half). NaN when either class is absent.
+    """
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def auroc_per_class(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUROC of each class's probability column, shape ``(K,)`` (NaN where undefined).
+
+    With two classes both entries are the binary AUROC of column 1: mathematically the two columns give the same
+    value, but ``p0`` and ``1 - p1`` can differ in the last bit, which would break or make ties differently.
+    """
+    probs, labels = check_probs_labels(probs, labels)
+    if probs.shape[1] == 2:
+        return np.full(2, binary_auroc(probs[:, 1], labels == 1))
+    return np.array([binary_auroc(probs[:, k], labels == k) for k in range(probs.shape[1])])
+
+
+def auroc_macro(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Macro average of the one-vs-rest AUROCs; NaN if any class lacks positives or negatives."""
+    per_class = auroc_per_class(probs, labels)
+    return float(per_class.mean()) if not np.isnan(per_class).any() else float("nan")
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1).
+
+    Args:
+        scores: ``(N,)`` scores, higher meaning more likely positive.
+        positive: ``(N,)`` boolean targets.
+
+    Returns:
+        ``(fpr, tpr)``, each of shape ``(T + 1,)`` for T distinct scores.
+
+    Raises:
+        ValueError: if ``positive`` has no positive or no negative example.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"positive: expected both positive and negative examples, received {n_pos} and {n_neg}"
+        )
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    y = positive[order]
+    tps = np.cumsum(y)
+    fps = np.cumsum(~y)
+    last_of_run = np.append(s[1:] != s[:-1], True)
+    tpr = np.concatenate([[0.0], tps[last_of_run] / n_pos])
+    fpr = np.concatenate([[0.0], fps[last_of_run] / n_neg])
+    return fpr, tpr
+
+
+def reliability_bins(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Top-class confidence and accuracy in equal-width confidence bins.
+
+    Args:
+        probs: ``(N, K)`` probabilities.
+        labels: ``(N,)`` labels.
+        n_bins: number of bins over ``[0, 1]``; bin b holds confidences in ``(b/n, (b+1)/n]`` (bin 0 also holds 0).
+
+    Returns:
+        ``edges`` ``(n_bins + 1,)``, and per bin ``count`` (int), ``confidence`` and ``accuracy`` (mean over the
+        bin; NaN for an empty bin), each ``(n_bins,)``.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins: expected a positive integer, received {n_bins}")
+    probs, labels = check_probs_labels(probs, labels)
+    conf = probs.max(axis=1)
+    correct = (predict(probs) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
+        mean_acc = np.where(count > 0, acc_sum / np.maximum(count, 1), np.nan)
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": mean_acc}
+
+
+def expected_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS
+) -> float:
+    """ECE: the count-weighted mean over bins of |accuracy - confidence| of the top class."""
+    bins = reliability_bins(probs, labels, n_bins)
+    n = bins["count"].sum()
+    if n == 0:
+        return float("nan")
+    filled = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    return float(np.sum(bins["count"][filled] * gaps) / n)
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of ``-log p[label]`` (probabilities clipped at 1e-12), in nats."""
+    probs, labels = check_probs_labels(probs, labels)
+    if not labels.size:
+        return float("nan")
+    p = probs[np.arange(labels.size), labels]
+    return float(-np.mean(np.log(np.clip(p, PROB_EPS, None))))
+
+
+def summary_metrics(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS
+) -> dict[str, float]:
+    """The scalar metrics of :data:`SUMMARY_METRICS` for one model.
+
+    Args:
+        probs: ``(N, K)`` probabilities.
+        labels: ``(N,)`` labels.
+        n_bins: ECE bins.
+
+    Returns:
+        Metric name to value (floats; NaN where undefined).
+    """
+    probs, labels = check_probs_labels(probs, labels)
+    k = probs.shape[1]
+    preds = predict(probs)
+    rates = per_class_rates(confusion_matrix(labels, preds, k))
+    present = rates["support"] > 0
+    return {
+        "accuracy": float(np.mean(preds == labels)) if labels.size else float("nan"),
+        "balanced_accuracy": float(rates["sensitivity"][present].mean()) if present.any() else float("nan"),
+        "macro_precision": float(rates["precision"].mean()),
+        "macro_recall": float(rates["sensitivity"].mean()),
+        "macro_f1": float(rates["f1"].mean()),
+        "auroc_macro": auroc_macro(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "nll": negative_log_likelihood(probs, labels),
+    }
+
+
+def classification_report(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], n_bins: int = DEFAULT_ECE_BINS
+) -> dict[str, Any]:
+    """All metrics for one model, JSON-ready.
+
+    Args:
+        probs: ``(N, K)`` probabilities.
+        labels: ``(N,)`` labels.
+        classes: the K class names, in column order.
+        n_bins: ECE bins.
+
+    Returns:
+        The summary metrics, plus ``per_class`` (class name to precision, sensitivity, specificity, f1, auroc,
+        support) and ``confusion_matrix`` (nested lists, rows true).
+    """
+    probs, labels = check_probs_labels(probs, labels)
+    if len(classes) != probs.shape[1]:
+        raise ValueError(f"classes: expected {probs.shape[1]} names to match probs, received {len(classes)}")
+    cm = confusion_matrix(labels, predict(probs), probs.shape[1])
+    rates = per_class_rates(cm)
+    aucs = auroc_per_class(probs, labels)
+    out: dict[str, Any] = summary_metrics(probs, labels, n_bins)
+    out["per_class"] = {
+        name: {
+            "precision": float(rates["precision"][i]),
+            "sensitivity": float(rates["sensitivity"][i]),
+            "specificity": float(rates["specificity"][i]),
+            "f1": float(rates["f1"][i]),
+            "auroc": float(aucs[i]),
+            "support": int(rates["support"][i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    out["confusion_matrix"] = cm.tolist()
+    return out

@@ -1,0 +1,168 @@
+"""Reading and writing prediction tables (CSV).
+
+A member's ``predictions.csv`` / ``val_predictions.csv`` has the columns ``path``, ``label`` (the class name; empty
+for images without a label) and one probability column per class, named by the class. The ensemble's
+``predictions.csv`` has ``path``, ``label`` and then ``<model>:<class>`` columns for each model.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medens.evaluate.atomic import atomic_path
+
+#: Columns that precede the probability columns.
+KEY_COLUMNS: tuple[str, ...] = ("path", "label")
+
+
+@dataclass
+class Predictions:
+    """One model's class probabilities for a list of images.
+
+    Attributes:
+        paths: N image paths, as written by the model's run.
+        label_names: N class names (``""`` where unknown).
+        classes: the K class names, in column order.
+        probs: ``(N, K)`` float64 probabilities.
+    """
+
+    paths: list[str]
+    label_names: list[str]
+    classes: list[str]
+    probs: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(N,)`` int64 class indices of ``label_names``.
+
+        Raises:
+            ValueError: if a label is empty or not one of ``classes``.
+        """
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted({name for name in self.label_names if name not in index})
+        if unknown:
+            raise ValueError(f"label: expected class names from {self.classes}, received {unknown}")
+        return np.array([index[name] for name in self.label_names], dtype=np.int64)
+
+    def reorder(self, paths: Sequence[str], classes: Sequence[str]) -> Predictions:
+        """The same predictions with rows in the order of ``paths`` and columns in the order of ``classes``.
+
+        Raises:
+            ValueError: if ``paths`` or ``classes`` are not exactly this table's paths or classes.
+        """
+        row = {p: i for i, p in enumerate(self.paths)}
+        col = {c: i for i, c in enumerate(self.classes)}
+        if len(paths) != len(row) or set(paths) != set(row):
+            raise ValueError(
+                "paths: expected the same image paths as the predictions, received a different set"
+            )
+        if len(classes) != len(col) or set(classes) != set(col):
+            raise ValueError(f"classes: expected {self.classes} in any order, received {list(classes)}")
+        rows = [row[p] for p in paths]
+        cols = [col[c] for c in classes]
+        return Predictions(
+            paths=list(paths),
+            label_names=[self.label_names[i] for i in rows],
+            classes=list(classes),
+            probs=self.probs[np.ix_(rows, cols)],
+        )
+
+
+def _format_prob(x: float) -> str:
+    return repr(float(x))  # shortest text that reads back as the same float64
+
+
+def read_predictions(path: str | os.PathLike[str]) -> Predictions:
+    """Read a member's prediction CSV.
+
+    Args:
+        path: CSV with columns ``path``, ``label``, then one column per class.
+
+    Returns:
+        The predictions.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ValueError: if the header or a row is malformed.
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header[:2]) != KEY_COLUMNS or len(header) < 4:
+            raise ValueError(
+                f"{path}: expected a header 'path,label,<class>,<class>[,...]', received {header!r}"
+            )
+        classes = header[2:]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"{path}: expected distinct class columns, received {classes}")
+        paths: list[str] = []
+        labels: list[str] = []
+        rows: list[list[float]] = []
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
+            paths.append(row[0])
+            labels.append(row[1])
+            try:
+                rows.append([float(v) for v in row[2:]])
+            except ValueError as err:
+                raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from err
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"{path}: expected each image path once, received duplicates")
+    probs = np.array(rows, dtype=np.float64).reshape(len(rows), len(classes))
+    return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs)
+
+
+def write_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
+    """Write one model's predictions in the member CSV layout, atomically."""
+    return write_prediction_table(
+        path, predictions.paths, predictions.label_names, predictions.classes, {"": predictions.probs}
+    )
+
+
+def write_prediction_table(
+    path: str | os.PathLike[str],
+    paths: Sequence[str],
+    label_names: Sequence[str],
+    classes: Sequence[str],
+    probs_by_model: Mapping[str, np.ndarray],
+) -> Path:
+    """Write probabilities of one or more models side by side, atomically.
+
+    Args:
+        path: the CSV to write.
+        paths: N image paths.
+        label_names: N class names (``""`` where unknown).
+        classes: the K class names.
+        probs_by_model: model name to ``(N, K)`` probabilities. Columns are named ``<model>:<class>``; a model
+            named ``""`` gets plain ``<class>`` columns (the member layout).
+
+    Returns:
+        ``path``.
+    """
+    header = list(KEY_COLUMNS)
+    blocks = []
+    for name, probs in probs_by_model.items():
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (len(paths), len(classes)):
+            raise ValueError(
+                f"probs_by_model[{name!r}]: expected shape ({len(paths)}, {len(classes)}), received {probs.shape}"
+            )
+        header += [f"{name}:{c}" if name else c for c in classes]
+        blocks.append(probs)
+    if len(label_names) != len(paths):
+        raise ValueError(f"label_names: expected {len(paths)} entries, received {len(label_names)}")
+    table = np.concatenate(blocks, axis=1) if blocks else np.empty((len(paths), 0))
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for p, label, row in zip(paths, label_names, table, strict=True):
+            writer.writerow([p, label, *(_format_prob(x) for x in row)])
+    return Path(path)
