@@ -1,0 +1,162 @@
+"""``python -m medens.train ensemble``: combine fine-tuned members and compare them with the ensemble.
+
+Works on member folders (``config.yaml``, ``predictions.csv``, ``val_predictions.csv``); only ``--tta`` reloads the
+members' models to predict again on flipped images. Writes ``metrics.json``, ``predictions.csv``, ``report.md`` and
+PNG plots to ``--out`` and prints the comparison table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
+from medens.evaluate.combine import ENSEMBLE_METHODS
+from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
+from medens.evaluate.members import IncompatibleMembersError, Member, load_member
+from medens.evaluate.metrics import DEFAULT_ECE_BINS
+from medens.evaluate.report import comparison_table
+
+logger = logging.getLogger(__name__)
+
+HELP = "combine fine-tuned members into an ensemble and compare them on the test split"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``ensemble`` subcommand and return its parser."""
+    p = subparsers.add_parser("ensemble", help=HELP, description=HELP)
+    p.add_argument(
+        "--members", nargs="+", required=True, metavar="DIR", help="fine-tuning output folders (2 or more)"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for metrics.json, predictions.csv, report.md"
+    )
+    p.add_argument(
+        "--method",
+        choices=ENSEMBLE_METHODS,
+        default=ENSEMBLE_METHODS[0],
+        help="mean: the paper's plain average (default); weighted: weights fitted on the validation split; "
+        "geometric: normalised geometric mean",
+    )
+    p.add_argument(
+        "--calibrate", action="store_true", help="temperature-scale each member on the validation split"
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: re-run each member's model on flipped images",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
+    )
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage")
+    p.add_argument("--ece-bins", type=int, default=DEFAULT_ECE_BINS, help="bins of the calibration error")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size for --tta inference")
+    p.set_defaults(func=main)
+    return p
+
+
+def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike[str]] | None = None) -> bool:
+    """Whether ``out_dir`` holds a finished evaluation (of exactly ``members``, when given).
+
+    ``metrics.json`` is written last, so its presence means every other output is there.
+    """
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return False
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if members is None:
+        return True
+    recorded = [Path(m["directory"]).resolve() for m in results.get("members", [])]
+    return recorded == [Path(m).resolve() for m in members]
+
+
+def run_ensemble(
+    member_dirs: list[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    method: str = "mean",
+    calibrate: bool = False,
+    tta: bool = False,
+    n_boot: int = DEFAULT_N_BOOT,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_bins: int = DEFAULT_ECE_BINS,
+    seed: int = 0,
+    plots: bool = True,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Load the members, optionally re-predict with test-time augmentation, evaluate and write the outputs.
+
+    Args:
+        member_dirs: fine-tuning output folders.
+        out_dir: output folder.
+        method: combination rule.
+        calibrate: temperature scaling on the validation split.
+        tta: replace the members' stored probabilities by flip-averaged ones from their models.
+        n_boot: bootstrap resamples.
+        confidence: CI coverage.
+        n_bins: ECE bins.
+        seed: bootstrap seed.
+        plots: write the PNG plots.
+        device: inference device for ``tta``.
+        batch_size: inference batch size for ``tta``.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    members: list[Member] = [load_member(d) for d in member_dirs]
+    if tta:
+        from medens.train.predict import with_tta_predictions
+
+        needs_val = calibrate or method == "weighted"
+        members = [
+            with_tta_predictions(m, val=needs_val, device=device, batch_size=batch_size) for m in members
+        ]
+    return evaluate_ensemble(
+        members,
+        out_dir,
+        method=method,
+        calibrate=calibrate,
+        tta=tta,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+        n_bins=n_bins,
+        plots=plots,
+        progress=True,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand; print the comparison table. Returns 0, or 2 when the members are refused."""
+    try:
+        results = run_ensemble(
+            args.members,
+            args.out,
+            method=args.method,
+            calibrate=args.calibrate,
+            tta=args.tta,
+            n_boot=args.bootstrap,
+            confidence=args.confidence,
+            n_bins=args.ece_bins,
+            seed=args.seed,
+            plots=not args.no_plots,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+    except (IncompatibleMembersError, FileNotFoundError) as err:
+        logger.error("ensemble refused: %s", err)
+        return 2
+    print(comparison_table(results))
+    print(f"\nreport: {Path(args.out) / REPORT_FILE}")
+    return 0

@@ -1,0 +1,131 @@
+"""``python -m medens.train ensemble`` on member folders written by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medens.evaluate.calibration import softmax
+from medens.evaluate.members import write_member
+from medens.evaluate.predictions import Predictions, read_predictions
+from medens.train import ensemble as ensemble_cli
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+def _split(rng: np.random.Generator, n: int, skill: float, prefix: str, classes: list[str]) -> Predictions:
+    labels = np.arange(n) % len(classes)
+    logits = rng.normal(size=(n, len(classes))) + skill * np.eye(len(classes))[labels]
+    return Predictions(
+        [f"{prefix}/{i}.png" for i in range(n)], [classes[i] for i in labels], classes, softmax(logits)
+    )
+
+
+def member(
+    root: Path, name: str, init: str, seed: int, split_hash: str = "s1", classes: list[str] = CLASSES
+) -> Path:
+    rng = np.random.default_rng(seed)
+    config = {
+        "dataset": "synthetic",
+        "classes": classes,
+        "init": init,
+        "split_hash": split_hash,
+        "arch": "convnext_atto",
+    }
+    return write_member(
+        root / name, config, _split(rng, 45, 1.8, "test", classes), _split(rng, 24, 1.8, "val", classes)
+    )
+
+
+@pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog that also hears ``medens`` loggers when the CLI's logging setup stops them propagating to root."""
+    logger = logging.getLogger("medens")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medens.train")
+    ensemble_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_ensemble_prints_table_and_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = member(tmp_path, "finetune-imagenet", "imagenet", 0)
+    b = member(tmp_path, "finetune-mae", "mae:/x/encoder.safetensors", 1)
+    out = tmp_path / "ens"
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].split()[:3] == ["Model", "Acc", "[95%"]
+    assert [line.split("  ")[0] for line in lines[2:5]] == ["ImageNet-init", "MAE-init", "Ensemble (mean)"]
+    assert f"report: {out / 'report.md'}" in printed
+    results = json.loads((out / "metrics.json").read_text())
+    acc = results["models"]["ensemble"]["metrics"]["accuracy"]
+    assert f"{acc:.3f} [" in lines[4]
+    ens = read_predictions(a / "predictions.csv").probs + read_predictions(b / "predictions.csv").probs
+    written = np.loadtxt(out / "predictions.csv", delimiter=",", skiprows=1, usecols=range(8, 11))
+    np.testing.assert_allclose(written, ens / 2, rtol=0, atol=1e-15)
+    assert ensemble_cli.is_complete(out, [a, b])
+    assert not ensemble_cli.is_complete(out, [b, a])
+    assert not ensemble_cli.is_complete(tmp_path / "nowhere")
+
+
+def test_weighted_calibrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "scratch", 1)
+    argv = [
+        "ensemble",
+        "--members",
+        str(a),
+        str(b),
+        "--out",
+        str(tmp_path / "e"),
+        "--method",
+        "weighted",
+        "--calibrate",
+        "--bootstrap",
+        "20",
+        "--no-plots",
+    ]
+    assert run_cli(argv) == 0
+    assert "Ensemble (weighted, T-scaled)" in capsys.readouterr().out
+    results = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert sum(m["weight"] for m in results["members"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split_hash": "other"}, "expected members trained on the same split"),
+        ({"classes": ["benign", "malignant", "cyst"]}, "expected the same classes in every member"),
+    ],
+)
+def test_incompatible_members_are_refused_with_a_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kwargs: dict, message: str
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1, **kwargs)
+    code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e")])
+    assert code == 2
+    assert message in caplog.text
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_missing_member_folder_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    with caplog.at_level(logging.ERROR, logger="medens"):
+        assert (
+            run_cli(["ensemble", "--members", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
+            == 2
+        )
+    assert "expected config.yaml in member folder" in caplog.text
