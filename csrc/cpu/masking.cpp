@@ -30,7 +30,7 @@ int entropy_guided_mask(const void* scores, int scores_dtype, const int64_t* sco
   const int64_t num_hidden = num_patches - num_keep;
   const double scale = std::isinf(temperature) ? 0.0 : (prefer_high ? 1.0 : -1.0) / temperature;
 
-  parallel_for(batch, num_threads, [&](int64_t b) {
+  parallel_for(batch, num_patches * 16, num_threads, [&](int64_t b) {
     thread_local std::vector<double> keys;
     thread_local std::vector<int64_t> order;
     keys.resize(num_patches);

@@ -1,6 +1,11 @@
-// A parallel loop over [0, n) on OpenMP threads (serial when built without OpenMP or asked for one thread).
+// A parallel loop over [0, n) on OpenMP threads.
+//
+// Small jobs run on the calling thread: waking a thread team costs microseconds, and far more when the machine
+// is busy (a barrier then waits for a descheduled thread). `work_per_item` is a rough element count per item;
+// one thread is used for each kMinWorkPerThread elements, up to num_threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(MEDENS_OPENMP)
@@ -10,16 +15,28 @@
 namespace medens {
 namespace cpu {
 
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+inline int threads_for(int64_t n, int64_t work_per_item, int num_threads) {
+  const int64_t total = n * std::max<int64_t>(work_per_item, 1);
+  const int64_t wanted = std::max<int64_t>(total / kMinWorkPerThread, 1);
+  return static_cast<int>(std::min<int64_t>({wanted, static_cast<int64_t>(std::max(num_threads, 1)), std::max<int64_t>(n, 1)}));
+}
+
 template <typename Body>
-void parallel_for(int64_t n, int num_threads, Body body) {
+void parallel_for(int64_t n, int64_t work_per_item, int num_threads, Body body) {
 #if defined(MEDENS_OPENMP)
-  const int threads = num_threads > 1 ? num_threads : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n > 1)
-  for (int64_t i = 0; i < n; ++i) body(i);
+  const int threads = threads_for(n, work_per_item, num_threads);
+  if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
 #else
+  (void)work_per_item;
   (void)num_threads;
-  for (int64_t i = 0; i < n; ++i) body(i);
 #endif
+  for (int64_t i = 0; i < n; ++i) body(i);
 }
 
 }  // namespace cpu

@@ -55,7 +55,7 @@ bool gather_raw(const void* images, const int64_t* strides, const Geometry& g, c
   Raw* dst = static_cast<Raw*>(out);
   const int64_t N = g.num_patches(), D = g.patch_dim();
   std::atomic<bool> ok{true};
-  parallel_for(g.batch * num_ids, num_threads, [&](int64_t item) {
+  parallel_for(g.batch * num_ids, D, num_threads, [&](int64_t item) {
     const int64_t b = item / num_ids, k = item % num_ids;
     const int64_t n = ids[b * ids_strides[0] + k * ids_strides[1]];
     if (n < 0 || n >= N) {
@@ -77,7 +77,7 @@ bool gather_normalized(const void* images, const int64_t* strides, const Geometr
   T* dst = static_cast<T*>(out);
   const int64_t N = g.num_patches(), D = g.patch_dim();
   std::atomic<bool> ok{true};
-  parallel_for(g.batch * num_ids, num_threads, [&](int64_t item) {
+  parallel_for(g.batch * num_ids, D, num_threads, [&](int64_t item) {
     thread_local std::vector<double> values;
     values.resize(D);
     const int64_t b = item / num_ids, k = item % num_ids;
@@ -105,7 +105,7 @@ bool gather_backward_impl(const T* grad, const T* images, const int64_t* image_s
   const int64_t out_strides[4] = {C * g.height * g.width, g.height * g.width, g.width, 1};
   std::atomic<bool> ok{true};
   // One task per image: every write of a task lands in its own image, so repeated ids accumulate safely.
-  parallel_for(g.batch, num_threads, [&](int64_t b) {
+  parallel_for(g.batch, num_ids * D, num_threads, [&](int64_t b) {
     thread_local std::vector<double> values;
     values.resize(D);
     for (int64_t k = 0; k < num_ids; ++k) {
@@ -153,7 +153,7 @@ void apply_mask_impl(const void* images, const int64_t* strides, const Geometry&
   std::memcpy(&value, fill, sizeof(Raw));
   const int64_t p = g.patch, wp = g.patches_per_row(), H = g.height, C = g.channels;
   const bool contiguous_rows = strides[3] == 1 && out_strides[3] == 1;
-  parallel_for(g.batch * C * H, num_threads, [&](int64_t item) {
+  parallel_for(g.batch * C * H, g.width, num_threads, [&](int64_t item) {
     const int64_t y = item % H, c = (item / H) % C, b = item / (H * C);
     const Raw* in_row = src + b * strides[0] + c * strides[1] + y * strides[2];
     Raw* out_row = dst + b * out_strides[0] + c * out_strides[1] + y * out_strides[2];

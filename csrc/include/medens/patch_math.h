@@ -146,6 +146,22 @@ MEDENS_HD int grey_bin(float v, float lo, float width, float bins_f) {
   return static_cast<int>(x);                 // truncation == floor for x >= 0
 }
 
+/// grey_bin for a power-of-two width: multiplying by 1 / width is then exactly the division (no rounding),
+/// and much cheaper. Callers check is_power_of_two(width) first.
+MEDENS_HD int grey_bin_pow2(float v, float lo, float inv_width, float bins_f) {
+  float x = (v - lo) * inv_width * bins_f;
+  x = (x >= 1.0f) ? x : 0.0f;
+  x = (x < bins_f) ? x : (bins_f - 1.0f);
+  return static_cast<int>(x);
+}
+
+/// True when w is a positive power of two whose reciprocal is a normal float (so x / w == x * (1 / w)).
+MEDENS_HD bool is_power_of_two(float w) {
+  const uint32_t bits = float_to_bits(w);
+  const uint32_t exponent = (bits >> 23) & 0xffu;
+  return (bits & 0x807fffffu) == 0u && exponent >= 2u && exponent <= 252u;
+}
+
 /// Contribution of one histogram bin holding `count` of `n` values to n * entropy: count * log2(n / count).
 /// Written as count * (log2(n) - log2(count)) so that a constant patch gives exactly 0 and a uniform one exactly
 /// log2(#bins).

@@ -1,0 +1,149 @@
+"""patch_entropy: compiled backends against the reference, and its argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medens.ops import patch_entropy
+from medens.ops import reference as R
+
+from .helpers import CPU_BACKENDS, IMAGE_DTYPES, random_images, smooth_images
+
+# Entropies are sums of a few hundred float terms; the kernels sum in float64, the reference in float32.
+ATOL = 1e-4
+
+SHAPES = [  # (B, C, H, W), p
+    ((1, 1, 1, 1), 1),
+    ((3, 3, 7, 5), 1),
+    ((2, 1, 12, 20), 4),
+    ((5, 3, 32, 48), 16),
+    ((1, 3, 64, 64), 32),
+    ((2, 3, 24, 24), 24),  # p = H = W: one patch per image
+    ((4, 1, 30, 45), 15),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+@pytest.mark.parametrize(("shape", "p"), SHAPES, ids=str)
+def test_matches_reference(backend, dtype, shape, p):
+    images = random_images(shape, dtype)
+    expected = R.patch_entropy(images, p)
+    got = patch_entropy(images, p, backend=backend)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+def test_any_strides(backend, layout, dtype):
+    images = random_images((3, 3, 16, 24), dtype, layout=layout)
+    torch.testing.assert_close(patch_entropy(images, 8, backend=backend),
+                               R.patch_entropy(images.contiguous(), 8), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+def test_flat_images_with_repeated_levels(backend, dtype):
+    images = smooth_images((4, 3, 32, 32), dtype)
+    torch.testing.assert_close(patch_entropy(images, 8, backend=backend), R.patch_entropy(images, 8),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("bins", "value_range"), [(2, None), (7, (0.25, 0.8)), (300, (-1.0, 2.0)),
+                                                    (4096, None), (64, (0.0, 0.5))])
+def test_bins_and_value_ranges(backend, bins, value_range):
+    images = torch.rand(2, 3, 16, 16) * 1.4 - 0.2  # some values outside the range: clamped
+    expected = R.patch_entropy(images, 8, bins=bins, value_range=value_range)
+    got = patch_entropy(images, 8, bins=bins, value_range=value_range, backend=backend)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_and_inf_pixels_are_binned_like_the_reference(backend):
+    images = torch.rand(2, 1, 8, 8)
+    images[0, 0, 0, :3] = float("nan")
+    images[1, 0, 5, 5] = float("inf")
+    images[1, 0, 6, 6] = -float("inf")
+    torch.testing.assert_close(patch_entropy(images, 4, backend=backend), R.patch_entropy(images, 4),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_known_values(backend):
+    levels = torch.arange(256, dtype=torch.uint8).repeat(4).reshape(1, 1, 32, 32)
+    assert patch_entropy(levels, 32, backend=backend).item() == pytest.approx(8.0, abs=1e-6)
+    constant = torch.full((1, 3, 8, 8), 0.3)
+    assert torch.equal(patch_entropy(constant, 4, backend=backend), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rgb_grey_levels_round_like_the_reference(backend):
+    # Equal entropies need equal bins: with 4096 bins over a narrow range, any difference in the rounding of
+    # 0.299 R + 0.587 G + 0.114 B would move pixels to neighbouring bins.
+    images = torch.rand(8, 3, 16, 16)
+    expected = R.patch_entropy(images, 1, bins=4096, value_range=(0.45, 0.55))
+    assert torch.equal(patch_entropy(images, 1, bins=4096, value_range=(0.45, 0.55), backend=backend), expected)
+    grey = R.grey_levels(images)
+    bins = R.grey_bins(grey, 4096, (0.45, 0.55))
+    counts = torch.bincount(bins.flatten(), minlength=4096)
+    assert counts[1:-1].sum() > 0  # the narrow range is really exercised
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 3), c=st.sampled_from([1, 3]), hp=st.integers(1, 4), wp=st.integers(1, 4),
+    p=st.integers(1, 9), bins=st.integers(2, 600), dtype=st.sampled_from(IMAGE_DTYPES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_matches_reference(b, c, hp, wp, p, bins, dtype, seed):
+    if not CPU_BACKENDS:
+        pytest.skip("medens._C is not built")
+    g = torch.Generator().manual_seed(seed)
+    images = random_images((b, c, hp * p, wp * p), dtype, generator=g)
+    torch.testing.assert_close(patch_entropy(images, p, bins=bins, backend=CPU_BACKENDS[0]),
+                               R.patch_entropy(images, p, bins=bins), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
+def test_auto_and_explicit_backends_agree(backend):
+    images = random_images((2, 3, 32, 32), torch.float32)
+    torch.testing.assert_close(patch_entropy(images, 16), patch_entropy(images, 16, backend=backend),
+                               atol=ATOL, rtol=0)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    (lambda: patch_entropy(torch.rand(3, 16, 16), 8), ValueError, "images must have 4 dimensions"),
+    (lambda: patch_entropy(torch.rand(1, 2, 16, 16), 8), ValueError, "C in"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 12), 8), ValueError, "multiples of patch_size"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 0), ValueError, "patch_size must be >= 1"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 2.5), TypeError, "patch_size must be an int"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, bins=1), ValueError, r"bins must be in \[2, 4096\]"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, bins=5000), ValueError, "bins must be in"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, value_range=(1.0, 1.0)), ValueError, "lo < hi"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, value_range=(2.0, 1.0)), ValueError, "lo < hi"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, value_range=1.0), TypeError, "value_range"),
+    (lambda: patch_entropy(torch.zeros(1, 3, 16, 16, dtype=torch.int32), 8), TypeError, "dtype"),
+    (lambda: patch_entropy(torch.zeros(1, 3, 16, 16, dtype=torch.float64), 8), TypeError, "dtype"),
+    (lambda: patch_entropy([[1.0]], 8), TypeError, "torch.Tensor"),
+    (lambda: patch_entropy(torch.rand(1, 3, 16, 16), 8, backend="fast"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_CALLS)
+def test_bad_input_is_refused_with_a_clear_message(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_unavailable_backend_raises_runtime_error_saying_why():
+    images = torch.rand(1, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run here"):
+        patch_entropy(images, 8, backend="cuda")

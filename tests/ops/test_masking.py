@@ -1,0 +1,146 @@
+"""entropy_guided_mask: identical masks on every backend given the same noise, and its argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medens.ops import PatchMask, entropy_guided_mask
+from medens.ops import reference as R
+
+from .helpers import CPU_BACKENDS, FLOAT_DTYPES
+
+TEMPERATURES = [0.0, 0.1, 1.0, 3.5, math.inf]
+
+
+def assert_same_mask(got: PatchMask, expected: PatchMask) -> None:
+    assert isinstance(got, PatchMask)
+    for name, a, b in zip(PatchMask._fields, got, expected):
+        assert a.dtype == b.dtype, name
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("prefer", ["high", "low"])
+@pytest.mark.parametrize(("b", "n", "ratio"), [(1, 1, 0.0), (3, 7, 0.5), (5, 196, 0.75), (2, 49, 0.6),
+                                               (4, 1000, 0.9), (1, 4096, 0.25)])
+def test_identical_to_reference(backend, temperature, prefer, b, n, ratio):
+    scores = torch.rand(b, n) * 8
+    noise = torch.rand(b, n)
+    expected = R.entropy_guided_mask(scores, ratio, temperature=temperature, prefer=prefer, noise=noise)
+    got = entropy_guided_mask(scores, ratio, temperature=temperature, prefer=prefer, noise=noise, backend=backend)
+    assert_same_mask(got, expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_every_score_and_noise_dtype(backend, dtype, temperature):
+    scores = (torch.rand(6, 50) * 8).to(dtype)
+    noise = torch.rand(6, 50).clamp(1e-3, 1 - 1e-3).to(dtype)
+    expected = R.entropy_guided_mask(scores, 0.6, temperature=temperature, noise=noise)
+    assert_same_mask(entropy_guided_mask(scores, 0.6, temperature=temperature, noise=noise, backend=backend),
+                     expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("prefer", ["high", "low"])
+def test_ties_go_to_the_lower_index(backend, prefer):
+    scores = torch.tensor([[1.0, 2.0, 2.0, 1.0, 2.0, 1.0, 0.0, 0.0]]).repeat(3, 1)
+    expected = R.entropy_guided_mask(scores, 0.5, temperature=0, prefer=prefer)
+    got = entropy_guided_mask(scores, 0.5, temperature=0, prefer=prefer, backend=backend)
+    assert_same_mask(got, expected)
+    want = [1, 2, 4, 0] if prefer == "high" else [6, 7, 0, 3]
+    assert got.ids_mask[0].tolist() == sorted(want)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_equal_noise_ties_and_extreme_noise(backend):
+    scores = torch.ones(2, 10)
+    noise = torch.full((2, 10), 0.5)
+    noise[1, 3] = 0.0  # key -inf: kept
+    noise[1, 4] = 1.0  # key +inf: hidden first
+    for temperature in (1.0, math.inf):
+        expected = R.entropy_guided_mask(scores, 0.3, temperature=temperature, noise=noise)
+        assert_same_mask(entropy_guided_mask(scores, 0.3, temperature=temperature, noise=noise, backend=backend),
+                         expected)
+    assert 4 in expected.ids_mask[1].tolist() and 3 in expected.ids_keep[1].tolist()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_scores_and_noise(backend):
+    scores = torch.rand(40, 6).t()  # (6, 40) with strides (1, 6)
+    noise = torch.rand(6, 80)[:, ::2]
+    expected = R.entropy_guided_mask(scores.contiguous(), 0.5, noise=noise.contiguous())
+    assert_same_mask(entropy_guided_mask(scores, 0.5, noise=noise, backend=backend), expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
+def test_generator_makes_draws_repeatable(backend):
+    scores = torch.rand(4, 64)
+    a = entropy_guided_mask(scores, 0.75, generator=torch.Generator().manual_seed(7), backend=backend)
+    b = entropy_guided_mask(scores, 0.75, generator=torch.Generator().manual_seed(7), backend=backend)
+    c = entropy_guided_mask(scores, 0.75, generator=torch.Generator().manual_seed(8), backend=backend)
+    assert torch.equal(a.mask, b.mask) and not torch.equal(a.mask, c.mask)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_outputs_are_consistent(backend):
+    m = entropy_guided_mask(torch.rand(7, 196), 0.75, backend=backend)
+    k = R.num_visible(196, 0.75)
+    assert m.ids_keep.shape == (7, k) and m.ids_mask.shape == (7, 196 - k)
+    assert (m.ids_keep.diff(dim=1) > 0).all() and (m.ids_mask.diff(dim=1) > 0).all()
+    assert torch.equal(torch.gather(m.mask, 1, m.ids_mask), torch.ones(7, 196 - k, dtype=torch.bool))
+    assert not torch.gather(m.mask, 1, m.ids_keep).any()
+    shuffled = torch.cat([m.ids_keep, m.ids_mask], 1)
+    assert torch.equal(torch.gather(shuffled, 1, m.ids_restore), torch.arange(196).expand(7, 196))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    b=st.integers(1, 4), n=st.integers(1, 300), ratio=st.floats(0.0, 0.95),
+    temperature=st.sampled_from(TEMPERATURES), prefer=st.sampled_from(["high", "low"]),
+    levels=st.integers(1, 5), seed=st.integers(0, 2**31 - 1),
+)
+def test_property_identical_to_reference(b, n, ratio, temperature, prefer, levels, seed):
+    if not CPU_BACKENDS or R.num_visible(n, ratio) < 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (b, n), generator=g).float()  # few levels: many ties
+    noise = torch.rand(b, n, generator=g)
+    expected = R.entropy_guided_mask(scores, ratio, temperature=temperature, prefer=prefer, noise=noise)
+    got = entropy_guided_mask(scores, ratio, temperature=temperature, prefer=prefer, noise=noise,
+                              backend=CPU_BACKENDS[0])
+    assert_same_mask(got, expected)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+S = torch.rand(2, 10)
+BAD_CALLS = [
+    (lambda: entropy_guided_mask(torch.rand(10), 0.5), ValueError, "scores must have 2 dimensions"),
+    (lambda: entropy_guided_mask(S, 1.0), ValueError, r"mask_ratio must be in \[0, 1\)"),
+    (lambda: entropy_guided_mask(S, 1.2), ValueError, "mask_ratio must be in"),
+    (lambda: entropy_guided_mask(S, -0.1), ValueError, "mask_ratio must be in"),
+    (lambda: entropy_guided_mask(S, 0.95), ValueError, "no visible patch"),
+    (lambda: entropy_guided_mask(S, "half"), TypeError, "mask_ratio must be a real number"),
+    (lambda: entropy_guided_mask(S, 0.5, temperature=-1.0), ValueError, "temperature must be >= 0"),
+    (lambda: entropy_guided_mask(S, 0.5, temperature=math.nan), ValueError, "temperature must be >= 0"),
+    (lambda: entropy_guided_mask(S, 0.5, prefer="middle"), ValueError, "prefer must be 'high' or 'low'"),
+    (lambda: entropy_guided_mask(S, 0.5, noise=torch.rand(2, 9)), ValueError, r"noise must have shape \(2, 10\)"),
+    (lambda: entropy_guided_mask(S, 0.5, noise=torch.rand(2, 10) + 1), ValueError, "noise must hold values"),
+    (lambda: entropy_guided_mask(-S, 0.5), ValueError, "scores must be finite and non-negative"),
+    (lambda: entropy_guided_mask(S * float("nan"), 0.5), ValueError, "scores must be finite"),
+    (lambda: entropy_guided_mask(S.to(torch.int64), 0.5), TypeError, "scores must have dtype"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_CALLS)
+def test_bad_input_is_refused_with_a_clear_message(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
