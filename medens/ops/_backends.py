@@ -123,14 +123,21 @@ def available_backends() -> dict[str, bool]:
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     """The concrete backend that runs ``op`` on tensors on ``device``.
 
+    ``torch.compile`` treats the answer as a constant of the graph instead of tracing the checks.
+
     Raises:
         ValueError: ``backend`` is not a backend name.
         RuntimeError: the requested backend cannot run here; the message says why.
     """
+    return _resolve(backend, device.type, device.index, op)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device_type: str, device_index: int | None, op: str) -> str:
+    device = torch.device(device_type, device_index)
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("reference",)):
             if _why_unavailable(name, device) is None:
-                _load_kernels(name)
                 return name
         return "reference"
     if backend not in BACKENDS:
@@ -138,16 +145,4 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     reason = _why_unavailable(backend, device)
     if reason is not None:
         raise RuntimeError(f"{op}: backend {backend!r} cannot run here: {reason}")
-    _load_kernels(backend)
     return backend
-
-
-_KERNEL_MODULES = {"cpp": "medens.ops._cpp", "cuda": "medens.ops._cuda", "triton": "medens.ops._triton"}
-
-
-@functools.cache
-def _load_kernels(backend: str) -> None:
-    """Import the module that registers ``backend``'s kernels."""
-    module = _KERNEL_MODULES.get(backend)
-    if module is not None:
-        importlib.import_module(module)

@@ -94,6 +94,6 @@ def check_value_range(value_range: object) -> tuple[float, float]:
 def check_indices(name: str, ids: Tensor, upper: int) -> None:
     """Values of ids in [0, upper) (eager mode only)."""
     if eager() and ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+        lo, hi = (int(v) for v in torch.aminmax(ids.detach()))
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} must hold patch indices in [0, {upper}), got values in [{lo}, {hi}]")

@@ -24,6 +24,14 @@ def _(images: Tensor, patch_size: int, bins: int, lo: float, range_width: float,
     return images.new_empty((b, (h // patch_size) * (w // patch_size)), dtype=torch.float32)
 
 
+def _no_gradient(ctx, grad: Tensor):
+    # A histogram is piecewise constant in the pixels: its gradient is zero almost everywhere.
+    return None, None, None, None, None, None
+
+
+_patch_entropy_op.register_autograd(_no_gradient)
+
+
 def patch_entropy(
     images: Tensor,
     patch_size: int,

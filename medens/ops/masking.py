@@ -32,6 +32,14 @@ def _(scores, noise, num_keep, temperature, prefer_high, backend):
     )
 
 
+def _no_gradient(ctx, *grads):
+    # The selection is piecewise constant in the scores and the noise.
+    return None, None, None, None, None, None
+
+
+_entropy_guided_mask_op.register_autograd(_no_gradient)
+
+
 def _check_temperature(temperature: object) -> float:
     t = check_float("temperature", temperature)
     if math.isnan(t) or t < 0:
@@ -86,11 +94,13 @@ def entropy_guided_mask(
         check_shape("noise", noise, (b, n), "the shape of scores")
         check_same_device(scores=scores, noise=noise)
     if eager() and scores.numel():
-        low = float(scores.min())
-        if not low >= 0 or not bool(torch.isfinite(scores).all()):
-            raise ValueError(f"scores must be finite and non-negative, got minimum {low}")
-        if noise is not None and not bool(((noise >= 0) & (noise <= 1)).all()):
-            raise ValueError("noise must hold values in (0, 1) (uniform noise), got values outside [0, 1]")
+        low, high = (float(v) for v in torch.aminmax(scores.detach()))
+        if not (low >= 0 and high < math.inf):  # also false for NaN
+            raise ValueError(f"scores must be finite and non-negative, got values in [{low}, {high}]")
+        if noise is not None:
+            low, high = (float(v) for v in torch.aminmax(noise.detach()))
+            if not (low >= 0 and high <= 1):
+                raise ValueError(f"noise must hold values in (0, 1) (uniform noise), got values in [{low}, {high}]")
     if t != 0 and noise is None:
         noise = torch.rand(b, n, generator=generator, device=scores.device)
     name = resolve_backend(backend, scores.device, "entropy_guided_mask")
