@@ -1,0 +1,60 @@
+"""Models: the masked ConvNeXt autoencoder for pre-training and ConvNeXt classifiers for fine-tuning.
+
+- :class:`MaskedConvNeXt`       entropy-guided masked autoencoder (FCMAE-style sparse encoder, light decoder)
+- :func:`create_classifier`     timm ConvNeXt classifier from ImageNet, an MAE encoder, or scratch
+- :func:`save_weights` / :func:`load_weights` / :func:`load_encoder_into`   safetensors with checked metadata
+"""
+
+from medens.models.arch import DEFAULT_ARCH, ENCODER_STRIDE, SMALL_ARCHS, check_arch, split_arch
+from medens.models.classifier import (
+    INIT_RANDOM_FALLBACK,
+    PretrainedWeightsUnavailable,
+    create_classifier,
+    parse_init,
+)
+from medens.models.masked_convnext import (
+    MaskedConvNeXt,
+    MaskedOutput,
+    mask_from_ids,
+    masked_convnext_atto,
+    masked_convnext_femto,
+    masked_convnext_nano,
+    masked_convnext_pico,
+    masked_convnext_tiny,
+)
+from medens.models.weights import (
+    ENCODER_FORMAT,
+    MODEL_FORMAT,
+    WeightsMismatchError,
+    load_encoder_into,
+    load_weights,
+    read_metadata,
+    save_weights,
+)
+
+__all__ = [
+    "DEFAULT_ARCH",
+    "ENCODER_FORMAT",
+    "ENCODER_STRIDE",
+    "INIT_RANDOM_FALLBACK",
+    "MODEL_FORMAT",
+    "MaskedConvNeXt",
+    "MaskedOutput",
+    "PretrainedWeightsUnavailable",
+    "SMALL_ARCHS",
+    "WeightsMismatchError",
+    "check_arch",
+    "create_classifier",
+    "load_encoder_into",
+    "load_weights",
+    "mask_from_ids",
+    "masked_convnext_atto",
+    "masked_convnext_femto",
+    "masked_convnext_nano",
+    "masked_convnext_pico",
+    "masked_convnext_tiny",
+    "parse_init",
+    "read_metadata",
+    "save_weights",
+    "split_arch",
+]

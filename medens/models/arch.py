@@ -1,0 +1,61 @@
+"""Which timm architectures medens can use as a ConvNeXt encoder, and how their names are checked.
+
+One place for the facts every model factory needs: the default architecture, the small ones suited to a CPU,
+how an ``arch[.tag]`` name splits, and the error a user sees for a name timm does not know.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+
+__all__ = ["DEFAULT_ARCH", "SMALL_ARCHS", "ENCODER_STRIDE", "split_arch", "check_arch", "convnext_archs"]
+
+#: The paper's encoder.
+DEFAULT_ARCH = "convnext_tiny"
+#: Architectures small enough for a laptop or a CPU-only test.
+SMALL_ARCHS = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
+#: Total stride of every ConvNeXt (stem 4, then three 2x downsamplings); the masking patch size is a multiple of it.
+ENCODER_STRIDE = 32
+
+
+def convnext_archs() -> list[str]:
+    """Every timm architecture built on timm's ConvNeXt class (ConvNeXt V1 and V2 families)."""
+    return sorted(set(timm.list_models(["convnext_*", "convnextv2_*"])))
+
+
+def split_arch(name: str) -> tuple[str, str]:
+    """Split ``"convnext_tiny.fb_in1k"`` into ``("convnext_tiny", "fb_in1k")``; the tag is ``""`` when absent."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
+
+
+def check_arch(name: str, *, argument: str = "arch") -> str:
+    """Check that ``name`` (optionally ``arch.tag``) names a timm ConvNeXt and return the bare architecture.
+
+    Args:
+        name: a timm model name such as ``convnext_tiny`` or ``convnext_tiny.fb_in1k``.
+        argument: the option name to quote in the error message.
+
+    Returns:
+        The architecture without its pretrained tag.
+
+    Raises:
+        ValueError: when ``name`` is not a ConvNeXt known to timm; the message lists close matches and the
+            small architectures.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"{argument}: expected a timm ConvNeXt name such as '{DEFAULT_ARCH}', received {name!r}"
+        )
+    arch, _ = split_arch(name)
+    known = convnext_archs()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"{argument}: expected a timm ConvNeXt architecture (e.g. '{DEFAULT_ARCH}', or for small machines "
+            f"{', '.join(SMALL_ARCHS)}), received {name!r}.{hint}"
+        )
+    return arch

@@ -1,0 +1,217 @@
+"""ConvNeXt classifiers for fine-tuning, initialised from ImageNet, from a medens MAE encoder, or at random.
+
+``init`` is one of:
+
+- ``"imagenet"``: timm's pretrained weights for ``arch`` (``convnext_tiny.fb_in1k`` picks a tag; a bare name takes
+  timm's default tag). They come from a local file when ``pretrained_file`` is given (timm's own
+  ``pretrained_cfg_overlay=dict(file=...)``), else from the Hugging Face cache, else from the hub. Offline and
+  without a cached copy, :class:`PretrainedWeightsUnavailable` says how to supply a file; no hub stack trace and
+  no minute of retries. With ``allow_random_fallback`` the model starts at random instead and the init is
+  reported as ``"imagenet-unavailable-random-init"``.
+- ``"mae:PATH"``: an ``encoder.safetensors`` exported by ``medens.train pretrain``; another architecture's
+  encoder is refused.
+- ``"scratch"``: random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+from torch import nn
+
+from medens.models.arch import check_arch, split_arch
+from medens.models.weights import load_encoder_into
+
+__all__ = [
+    "INIT_RANDOM_FALLBACK",
+    "PretrainedWeightsUnavailable",
+    "create_classifier",
+    "parse_init",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: How a run records an ImageNet init that fell back to random weights.
+INIT_RANDOM_FALLBACK = "imagenet-unavailable-random-init"
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be had (offline, no cache, no file); the message says how to supply them."""
+
+
+def parse_init(init: str) -> tuple[str, Path | None]:
+    """Split an ``init`` option into its kind and, for ``mae:PATH``, the path.
+
+    Raises:
+        ValueError: for anything other than ``imagenet``, ``scratch`` or ``mae:PATH``.
+    """
+    if init in ("imagenet", "scratch"):
+        return init, None
+    if isinstance(init, str) and init.startswith("mae:") and len(init) > 4:
+        return "mae", Path(init[4:]).expanduser()
+    raise ValueError(
+        f"init: expected 'imagenet', 'scratch' or 'mae:PATH' (an encoder.safetensors), received {init!r}"
+    )
+
+
+def create_classifier(
+    arch: str,
+    num_classes: int,
+    *,
+    init: str = "imagenet",
+    pretrained_file: str | os.PathLike | None = None,
+    allow_random_fallback: bool = False,
+    drop_path_rate: float = 0.0,
+    drop_rate: float = 0.0,
+) -> tuple[nn.Module, str]:
+    """Build ``timm.create_model(arch, num_classes=num_classes)`` and initialise it.
+
+    Args:
+        arch: timm ConvNeXt name, optionally with a pretrained tag (``convnext_tiny.fb_in1k``).
+        num_classes: classifier outputs.
+        init: ``"imagenet"``, ``"mae:PATH"`` or ``"scratch"``.
+        pretrained_file: local ImageNet weights (safetensors, .pth or .bin as published by timm) for ``imagenet``.
+        allow_random_fallback: when ImageNet weights cannot be had, start at random instead of failing.
+        drop_path_rate: stochastic depth.
+        drop_rate: dropout before the classifier.
+
+    Returns:
+        ``(model, init_used)`` where ``init_used`` is ``"imagenet"``, ``"imagenet-unavailable-random-init"``,
+        ``"mae:PATH"`` or ``"scratch"``.
+
+    Raises:
+        ValueError: bad arch, tag, init or class count.
+        FileNotFoundError: a ``pretrained_file`` or MAE encoder that does not exist.
+        PretrainedWeightsUnavailable: ImageNet weights unavailable and no fallback allowed.
+        medens.models.weights.WeightsMismatchError: an MAE encoder of another architecture.
+    """
+    check_arch(arch)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
+    kind, mae_path = parse_init(init)
+    kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
+    if pretrained_file is not None and kind != "imagenet":
+        raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")
+
+    if kind == "scratch":
+        return timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs), "scratch"
+    if kind == "mae":
+        if not mae_path.is_file():
+            raise FileNotFoundError(
+                f"init: expected mae:PATH to name an encoder.safetensors written by 'medens.train pretrain', "
+                f"but {mae_path} does not exist"
+            )
+        model = timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs)
+        load_encoder_into(model, mae_path, arch)
+        return model, f"mae:{mae_path}"
+
+    try:
+        return _create_imagenet(arch, pretrained_file, kwargs), "imagenet"
+    except PretrainedWeightsUnavailable as err:
+        if not allow_random_fallback:
+            raise
+        _logger.warning(
+            "%s\nContinuing with random weights, as allowed (init: %s).", err, INIT_RANDOM_FALLBACK
+        )
+        return timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs), INIT_RANDOM_FALLBACK
+
+
+def _create_imagenet(arch: str, pretrained_file: str | os.PathLike | None, kwargs: dict) -> nn.Module:
+    """ImageNet-initialised classifier, from a file, the local cache, or the hub (in that order)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except RuntimeError as err:  # timm: "Invalid pretrained tag (x) for arch."
+        base = split_arch(arch)[0]
+        tags = timm.list_pretrained(f"{base}.*")
+        raise ValueError(f"arch: {err} Known pretrained names: {', '.join(tags) or 'none'}") from None
+    if cfg is None:
+        raise PretrainedWeightsUnavailable(
+            f"timm publishes no pretrained weights for {arch!r}; use init 'scratch'"
+        )
+    name = arch if "." in arch or not cfg.tag else f"{arch}.{cfg.tag}"
+
+    if pretrained_file is None:
+        pretrained_file = _cached_hub_file(cfg)
+        if pretrained_file is not None:
+            _logger.info("ImageNet weights for %s from the local cache: %s", name, pretrained_file)
+    if pretrained_file is not None:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained_file: expected an existing weights file, received {path}")
+        try:
+            return timm.create_model(
+                arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as err:
+            raise ValueError(
+                f"pretrained_file: {path} does not hold ImageNet weights for {name!r} ({_first_line(err)})"
+            ) from None
+
+    reason = _offline_reason(cfg)
+    if reason is None:
+        try:
+            return timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as err:  # the hub client raises many types (OSError, HTTP errors, ...)
+            reason = _first_line(err)
+    raise PretrainedWeightsUnavailable(_unavailable_message(name, cfg, reason))
+
+
+def _cached_hub_file(cfg) -> str | None:
+    """Path of the weights in the Hugging Face cache, when timm downloaded them before."""
+    if not cfg.hf_hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is a timm dependency
+        return None
+    filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
+    for filename in filenames:
+        found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _offline_reason(cfg) -> str | None:
+    """Why the hub cannot be reached now (offline mode, no route), or None when it answers; checks in seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return "HF_HUB_OFFLINE is set"
+        endpoint = constants.ENDPOINT
+    except ImportError:  # pragma: no cover
+        endpoint = "https://huggingface.co"
+    url = urlparse(endpoint if cfg.hf_hub_id else (cfg.url or endpoint))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return None
+    except OSError as err:
+        return f"cannot reach {host}: {err}"
+
+
+def _unavailable_message(name: str, cfg, reason: str) -> str:
+    source = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or "the timm model hub")
+    return (
+        f"ImageNet weights for {name!r} are not available here ({reason}). Supply them in one of these ways:\n"
+        f"  1. download model.safetensors from {source} on a machine with internet, copy it here and pass "
+        f"--pretrained-file PATH/model.safetensors;\n"
+        f"  2. run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` with internet, "
+        f"which fills the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) that medens reads offline;\n"
+        f"  3. pass --allow-random-imagenet-fallback to train from random weights instead (recorded as "
+        f"'{INIT_RANDOM_FALLBACK}'), or --init scratch / --init mae:ENCODER."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,140 @@
+"""Exported encoders, ImageNet initialisation from local files and the offline message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from medens.models import (
+    ENCODER_FORMAT,
+    INIT_RANDOM_FALLBACK,
+    MaskedConvNeXt,
+    PretrainedWeightsUnavailable,
+    WeightsMismatchError,
+    create_classifier,
+    read_metadata,
+    save_weights,
+)
+
+ARCH = "convnext_atto"
+
+
+def _export(model: MaskedConvNeXt, path: Path) -> Path:
+    return save_weights(
+        path, model.encoder_state_dict(), {"format": ENCODER_FORMAT, **model.encoder_config()}
+    )
+
+
+def test_exported_encoder_loads_into_timm_with_only_the_head_missing(tmp_path: Path) -> None:
+    mae = MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32).eval()
+    path = _export(mae, tmp_path / "encoder.safetensors")
+    assert read_metadata(path)["arch"] == ARCH
+
+    plain = timm.create_model(ARCH, num_classes=3)
+    missing, unexpected = plain.load_state_dict(load_file(str(path)), strict=False)
+    assert unexpected == []
+    assert sorted(missing) == ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+
+    clf, init = create_classifier(ARCH, 3, init=f"mae:{path}")
+    assert init == f"mae:{path}"
+    clf.eval()
+    images = torch.rand(2, 3, 64, 64)
+    visible = torch.zeros(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            clf.forward_features(mae.normalize(images)), mae.forward_encoder(images, visible), rtol=0, atol=0
+        )
+
+
+def test_encoder_of_another_arch_is_refused(tmp_path: Path) -> None:
+    path = _export(MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32), tmp_path / "encoder.safetensors")
+    with pytest.raises(
+        WeightsMismatchError, match="pre-trained as 'convnext_atto' but the model is 'convnext_femto'"
+    ):
+        create_classifier("convnext_femto", 3, init=f"mae:{path}")
+
+
+def test_encoder_without_metadata_but_wrong_shapes_is_refused(tmp_path: Path) -> None:
+    femto = timm.create_model("convnext_femto", num_classes=0)
+    path = tmp_path / "bare.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in femto.state_dict().items() if not k.startswith("head.")}, str(path)
+    )
+    with pytest.raises(WeightsMismatchError, match="tensors of the wrong shape"):
+        create_classifier(ARCH, 3, init=f"mae:{path}")
+
+
+def test_missing_encoder_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="mae:PATH to name an encoder.safetensors"):
+        create_classifier(ARCH, 3, init=f"mae:{tmp_path / 'nope.safetensors'}")
+
+
+@pytest.mark.parametrize("bad", ["imagenet1k", "mae:", "random"])
+def test_bad_init_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="init: expected 'imagenet', 'scratch' or 'mae:PATH'"):
+        create_classifier(ARCH, 3, init=bad)
+
+
+def _imagenet_like_file(path: Path) -> dict[str, torch.Tensor]:
+    """A 1000-class ConvNeXt-Atto state dict as timm publishes it (here: random weights)."""
+    torch.manual_seed(1)
+    state = {k: v.contiguous() for k, v in timm.create_model(ARCH).state_dict().items()}
+    save_file(state, str(path))
+    return state
+
+
+def test_pretrained_file_round_trips(tmp_path: Path) -> None:
+    state = _imagenet_like_file(tmp_path / "model.safetensors")
+    model, init = create_classifier(ARCH, 4, init="imagenet", pretrained_file=tmp_path / "model.safetensors")
+    assert init == "imagenet"
+    loaded = model.state_dict()
+    assert loaded["head.fc.weight"].shape == (4, 320)  # the 1000-class head is dropped, the new one is fresh
+    for key, value in state.items():
+        if not key.startswith("head.fc."):
+            assert torch.equal(loaded[key], value), key
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network and an empty Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_offline_without_weights_says_how_to_supply_them(offline: Path) -> None:
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        create_classifier("convnext_atto.d2_in1k", 3, init="imagenet")
+    message = str(info.value)
+    assert "'convnext_atto.d2_in1k' are not available here (HF_HUB_OFFLINE is set)" in message
+    assert "--pretrained-file" in message and "--allow-random-imagenet-fallback" in message
+    assert "https://huggingface.co/timm/convnext_atto.d2_in1k" in message
+
+
+def test_offline_fallback_is_random_and_recorded(offline: Path) -> None:
+    model, init = create_classifier(ARCH, 3, init="imagenet", allow_random_fallback=True)
+    assert init == INIT_RANDOM_FALLBACK
+    assert model.head.fc.out_features == 3
+
+
+def test_offline_reads_the_hugging_face_cache(offline: Path) -> None:
+    snapshot = offline / "models--timm--convnext_atto.d2_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (offline / "models--timm--convnext_atto.d2_in1k" / "refs").mkdir()
+    (offline / "models--timm--convnext_atto.d2_in1k" / "refs" / "main").write_text("abc123")
+    state = _imagenet_like_file(snapshot / "model.safetensors")
+    model, init = create_classifier(ARCH, 3, init="imagenet")
+    assert init == "imagenet"
+    assert torch.equal(model.state_dict()["stem.0.weight"], state["stem.0.weight"])
+
+
+def test_unknown_pretrained_tag_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"Invalid pretrained tag.*convnext_atto\.d2_in1k"):
+        create_classifier("convnext_atto.nope", 3, init="imagenet")
