@@ -1,0 +1,88 @@
+"""Shared pieces of the op benchmarks: inputs, the backends to time, and the ratio table printed at the end.
+
+Every benchmark records (op, case, backend, median seconds, bytes moved) in ``benchmark.extra_info``; the
+terminal summary prints, per case, each backend's median and its speed-up over the reference, and
+``benchmarks/report.py`` turns ``--benchmark-json`` output into the README's tables.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import defaultdict
+
+import pytest
+import torch
+
+from medens.ops import available_backends
+
+_RESULTS: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def bench_devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def backends_for(device: torch.device) -> list[str]:
+    """The backends to time on ``device`` (interpreted Triton on the CPU is a correctness tool, not timed)."""
+    ok = available_backends()
+    if device.type == "cpu":
+        return [b for b in ("reference", "cpp") if ok[b]]
+    return [b for b in ("reference", "cuda", "triton") if ok[b]]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device, bytes_moved: int,
+        rounds: int = 10) -> None:
+    """Time ``fn`` (synchronised on GPUs) and record it for the summary."""
+
+    def timed():
+        out = fn()
+        synchronize(device)
+        return out
+
+    benchmark.group = f"{op} {case} on {device.type}"
+    benchmark.extra_info.update(
+        op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved,
+        torch=torch.__version__,
+    )
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
+    median = benchmark.stats.stats.median
+    _RESULTS[(op, f"{case} on {device.type}")][backend] = dict(median=median, bytes=bytes_moved)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("medens: speed-up over the reference (median times)")
+    for (op, case), rows in sorted(_RESULTS.items()):
+        ref = rows.get("reference", {}).get("median")
+        read = rows.get("read-pass", {}).get("median")
+        for backend, row in sorted(rows.items(), key=lambda kv: kv[1]["median"]):
+            ratio = f"{ref / row['median']:7.1f}x" if ref else "      -"
+            gbps = row["bytes"] / row["median"] / 1e9 if row["bytes"] else 0.0
+            share = f"  {read / row['median']:5.0%} of a plain read pass" if read and backend != "read-pass" else ""
+            write(f"{op:<22} {case:<44} {backend:<10} {row['median'] * 1e3:9.3f} ms {ratio}  "
+                  f"{gbps:6.1f} GB/s{share}")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """``device`` runs a benchmark on every device here; ``device, backend`` on every backend timed there."""
+    if "backend" in metafunc.fixturenames and "device" in metafunc.fixturenames:
+        pairs = [(d, b) for d in bench_devices() for b in backends_for(d)]
+        metafunc.parametrize(("device", "backend"), pairs, ids=[f"{d.type}-{b}" for d, b in pairs])
+    elif "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", bench_devices(), ids=lambda d: d.type)
