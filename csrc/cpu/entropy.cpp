@@ -24,14 +24,6 @@ struct EntropyParams {
   float inv_width;
 };
 
-// The hot loops are compiled for several x86 levels and picked at load time (GCC/Clang target_clones), so a
-// portable build still uses AVX2/AVX-512 where the machine has them. MEDENS_NATIVE builds skip this.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MEDENS_NATIVE_BUILD)
-#define MEDENS_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MEDENS_SIMD_CLONES
-#endif
-
 MEDENS_SIMD_CLONES
 void bins_f32_rgb(const float* red, const float* green, const float* blue, int64_t count, const EntropyParams& P,
                   uint16_t* bins) {

@@ -12,6 +12,14 @@
 #include <omp.h>
 #endif
 
+// Hot loops are compiled for several x86 levels and picked at load time (GCC/Clang target_clones), so a
+// portable build still uses AVX2/AVX-512 where the machine has them. MEDENS_NATIVE builds skip this.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MEDENS_NATIVE_BUILD)
+#define MEDENS_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MEDENS_SIMD_CLONES
+#endif
+
 namespace medens {
 namespace cpu {
 

@@ -27,6 +27,17 @@ inline int64_t patch_origin(const Geometry& g, const int64_t* strides, int64_t b
   return b * strides[0] + pi * g.patch * strides[2] + pj * g.patch * strides[3];
 }
 
+/// dst[3 x + c] = channel c's row[x]: the interleave of one patch row of three 4-byte channels.
+MEDENS_SIMD_CLONES
+void interleave3_u32(const uint32_t* red, const uint32_t* green, const uint32_t* blue, int64_t count,
+                     uint32_t* dst) {
+  for (int64_t x = 0; x < count; ++x) {
+    dst[3 * x] = red[x];
+    dst[3 * x + 1] = green[x];
+    dst[3 * x + 2] = blue[x];
+  }
+}
+
 /// Copies one patch into dst in patchify order, converting each element with `convert`.
 template <typename Src, typename Dst, typename Convert>
 void copy_patch(const Src* src, const int64_t* strides, const Geometry& g, Dst* dst, Convert convert) {
@@ -48,6 +59,87 @@ void copy_patch(const Src* src, const int64_t* strides, const Geometry& g, Dst* 
 }
 
 /// Raw (bit-exact) gather for any element type of the given storage size.
+/// copy_patch for raw elements, with a vectorised path for three 4-byte channels with contiguous rows.
+template <typename Raw>
+void copy_patch_raw(const Raw* src, const int64_t* strides, const Geometry& g, Raw* dst) {
+  if constexpr (sizeof(Raw) == 4) {
+    if (g.channels == 3 && strides[3] == 1) {
+      const int64_t p = g.patch;
+      for (int64_t py = 0; py < p; ++py) {
+        const Raw* row = src + py * strides[2];
+        interleave3_u32(row, row + strides[1], row + 2 * strides[1], p, dst + py * p * 3);
+      }
+      return;
+    }
+  }
+  copy_patch(src, strides, g, dst, [](Raw v) { return v; });
+}
+
+/// Mean and 1 / sqrt(unbiased variance + eps) of a float32 patch whose rows are contiguous: row sums in eight
+/// float32 lanes, accumulated in float64 across rows; two passes (sum, then squared deviations).
+MEDENS_SIMD_CLONES
+void moments_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t stride_c, int64_t stride_h,
+                      double eps, double* mean_out, double* inv_std_out) {
+  const int64_t n = channels * p * p;
+  double total = 0.0;
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t py = 0; py < p; ++py) {
+      const float* row = origin + c * stride_c + py * stride_h;
+      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t x = 0;
+      for (; x + 8 <= p; x += 8)
+        for (int i = 0; i < 8; ++i) lane[i] += row[x + i];
+      for (; x < p; ++x) lane[0] += row[x];
+      total += static_cast<double>(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+    }
+  const double mean = total / static_cast<double>(n);
+  const float mean_f = static_cast<float>(mean);
+  double squares = 0.0;
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t py = 0; py < p; ++py) {
+      const float* row = origin + c * stride_c + py * stride_h;
+      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t x = 0;
+      for (; x + 8 <= p; x += 8)
+        for (int i = 0; i < 8; ++i) {
+          const float d = row[x + i] - mean_f;
+          lane[i] += d * d;
+        }
+      for (; x < p; ++x) {
+        const float d = row[x] - mean_f;
+        lane[0] += d * d;
+      }
+      squares += static_cast<double>(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+    }
+  // the deviations were taken from mean rounded to float: correct the sum of squares for that offset
+  const double offset = mean - static_cast<double>(mean_f);
+  squares -= static_cast<double>(n) * offset * offset;
+  *mean_out = mean;
+  *inv_std_out = 1.0 / sqrt(squares / static_cast<double>(n - 1) + eps);
+}
+
+/// dst (patchify order) = (v - mean) * inv_std for a float32 patch whose rows are contiguous.
+MEDENS_SIMD_CLONES
+void write_normalized_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t stride_c, int64_t stride_h,
+                               float mean, float inv_std, float* dst) {
+  for (int64_t py = 0; py < p; ++py) {
+    const float* row = origin + py * stride_h;
+    float* o = dst + py * p * channels;
+    if (channels == 3) {
+      const float* green = row + stride_c;
+      const float* blue = row + 2 * stride_c;
+      for (int64_t x = 0; x < p; ++x) {
+        o[3 * x] = (row[x] - mean) * inv_std;
+        o[3 * x + 1] = (green[x] - mean) * inv_std;
+        o[3 * x + 2] = (blue[x] - mean) * inv_std;
+      }
+    } else {
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t x = 0; x < p; ++x) o[x * channels + c] = (row[c * stride_c + x] - mean) * inv_std;
+    }
+  }
+}
+
 template <typename Raw>
 bool gather_raw(const void* images, const int64_t* strides, const Geometry& g, const int64_t* ids,
                 const int64_t* ids_strides, int64_t num_ids, void* out, int num_threads) {
@@ -62,12 +154,12 @@ bool gather_raw(const void* images, const int64_t* strides, const Geometry& g, c
       ok.store(false, std::memory_order_relaxed);
       return;
     }
-    copy_patch(base + patch_origin(g, strides, b, n), strides, g, dst + item * D, [](Raw v) { return v; });
+    copy_patch_raw(base + patch_origin(g, strides, b, n), strides, g, dst + item * D);
   });
   return ok.load();
 }
 
-/// Gather with per-patch normalisation: (v - mean) / sqrt(var_unbiased + eps), statistics in float64.
+/// Gather with per-patch normalisation: (v - mean) / sqrt(var_unbiased + eps).
 template <int DT>
 bool gather_normalized(const void* images, const int64_t* strides, const Geometry& g, const int64_t* ids,
                        const int64_t* ids_strides, int64_t num_ids, double eps, void* out, int num_threads) {
@@ -86,8 +178,18 @@ bool gather_normalized(const void* images, const int64_t* strides, const Geometr
       ok.store(false, std::memory_order_relaxed);
       return;
     }
+    const T* origin = base + patch_origin(g, strides, b, n);
+    if constexpr (DT == kFloat32) {
+      if (strides[3] == 1) {
+        double mean, inv_std;
+        moments_f32_rows(origin, g.channels, g.patch, strides[1], strides[2], eps, &mean, &inv_std);
+        write_normalized_f32_rows(origin, g.channels, g.patch, strides[1], strides[2], static_cast<float>(mean),
+                                  static_cast<float>(inv_std), dst + item * D);
+        return;
+      }
+    }
     double* v = values.data();
-    copy_patch(base + patch_origin(g, strides, b, n), strides, g, v,
+    copy_patch(origin, strides, g, v,
                [](T x) { return static_cast<double>(E::to_float(x)); });
     double mean, inv_std;
     patch_moments([v](int64_t i) { return v[i]; }, D, eps, &mean, &inv_std);
