@@ -12,6 +12,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 // Hot loops are compiled for several x86 levels and picked at load time (GCC/Clang target_clones), so a
 // portable build still uses AVX2/AVX-512 where the machine has them. MEDENS_NATIVE builds skip this.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MEDENS_NATIVE_BUILD)
@@ -45,6 +49,21 @@ void parallel_for(int64_t n, int64_t work_per_item, int num_threads, Body body) 
   (void)num_threads;
 #endif
   for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+/// Asks the kernel to back a large, freshly allocated output with transparent huge pages (Linux, THP in
+/// "madvise" mode). Writing a new multi-megabyte tensor otherwise spends most of its time in 4 KiB page faults.
+inline void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < static_cast<int64_t>(4 * kHuge)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 }  // namespace cpu

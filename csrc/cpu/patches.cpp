@@ -2,6 +2,7 @@
 //
 // A patch is flattened in MAE's patchify order: row, then column, then channel, i.e. element
 // (py * p + px) * C + c holds image[b, c, pi * p + py, pj * p + px] for patch index n = pi * (W / p) + pj.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -146,6 +147,7 @@ bool gather_raw(const void* images, const int64_t* strides, const Geometry& g, c
   const Raw* base = static_cast<const Raw*>(images);
   Raw* dst = static_cast<Raw*>(out);
   const int64_t N = g.num_patches(), D = g.patch_dim();
+  advise_huge_pages(out, g.batch * num_ids * D * static_cast<int64_t>(sizeof(Raw)));
   std::atomic<bool> ok{true};
   parallel_for(g.batch * num_ids, D, num_threads, [&](int64_t item) {
     const int64_t b = item / num_ids, k = item % num_ids;
@@ -168,6 +170,7 @@ bool gather_normalized(const void* images, const int64_t* strides, const Geometr
   const T* base = static_cast<const T*>(images);
   T* dst = static_cast<T*>(out);
   const int64_t N = g.num_patches(), D = g.patch_dim();
+  advise_huge_pages(out, g.batch * num_ids * D * static_cast<int64_t>(sizeof(T)));
   std::atomic<bool> ok{true};
   parallel_for(g.batch * num_ids, D, num_threads, [&](int64_t item) {
     thread_local std::vector<double> values;
@@ -253,25 +256,43 @@ void apply_mask_impl(const void* images, const int64_t* strides, const Geometry&
   Raw* dst = static_cast<Raw*>(out);
   Raw value;
   std::memcpy(&value, fill, sizeof(Raw));
-  const int64_t p = g.patch, wp = g.patches_per_row(), H = g.height, C = g.channels;
+  const int64_t p = g.patch, wp = g.patches_per_row(), bands = g.height / p, C = g.channels;
   const bool contiguous_rows = strides[3] == 1 && out_strides[3] == 1;
-  parallel_for(g.batch * C * H, g.width, num_threads, [&](int64_t item) {
-    const int64_t y = item % H, c = (item / H) % C, b = item / (H * C);
-    const Raw* in_row = src + b * strides[0] + c * strides[1] + y * strides[2];
-    Raw* out_row = dst + b * out_strides[0] + c * out_strides[1] + y * out_strides[2];
-    const bool* mask_row = mask + b * mask_strides[0] + (y / p) * wp * mask_strides[1];
-    for (int64_t j = 0; j < wp; ++j) {
-      const bool hidden = mask_row[j * mask_strides[1]];
-      if (contiguous_rows) {
-        Raw* o = out_row + j * p;
-        if (hidden) {
-          for (int64_t x = 0; x < p; ++x) o[x] = value;
+  advise_huge_pages(out, g.batch * C * g.height * g.width * static_cast<int64_t>(sizeof(Raw)));
+  // One task per (image, channel, band of patch rows). The band's mask is turned once into runs of hidden or
+  // visible patches; every image row of the band is then a few block copies and fills.
+  parallel_for(g.batch * C * bands, p * g.width, num_threads, [&](int64_t item) {
+    const int64_t band = item % bands, c = (item / bands) % C, b = item / (bands * C);
+    const bool* mask_row = mask + b * mask_strides[0] + band * wp * mask_strides[1];
+    thread_local std::vector<int64_t> run_ends;  // end column (in patches) of each run; runs alternate
+    run_ends.clear();
+    const bool first_hidden = wp > 0 && mask_row[0];
+    bool current = first_hidden;
+    for (int64_t j = 1; j <= wp; ++j) {
+      if (j == wp || mask_row[j * mask_strides[1]] != current) {
+        run_ends.push_back(j);
+        if (j < wp) current = !current;
+      }
+    }
+    for (int64_t r = 0; r < p; ++r) {
+      const int64_t y = band * p + r;
+      const Raw* in_row = src + b * strides[0] + c * strides[1] + y * strides[2];
+      Raw* out_row = dst + b * out_strides[0] + c * out_strides[1] + y * out_strides[2];
+      bool hidden = first_hidden;
+      int64_t start = 0;
+      for (const int64_t end_patch : run_ends) {
+        const int64_t begin_x = start * p, end_x = end_patch * p;
+        if (contiguous_rows) {
+          if (hidden)
+            std::fill(out_row + begin_x, out_row + end_x, value);
+          else
+            std::memcpy(out_row + begin_x, in_row + begin_x, (end_x - begin_x) * sizeof(Raw));
         } else {
-          std::memcpy(o, in_row + j * p, p * sizeof(Raw));
+          for (int64_t x = begin_x; x < end_x; ++x)
+            out_row[x * out_strides[3]] = hidden ? value : in_row[x * strides[3]];
         }
-      } else {
-        for (int64_t x = j * p; x < (j + 1) * p; ++x)
-          out_row[x * out_strides[3]] = hidden ? value : in_row[x * strides[3]];
+        start = end_patch;
+        hidden = !hidden;
       }
     }
   });
