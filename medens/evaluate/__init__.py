@@ -17,7 +17,7 @@ fine-tuning run writes (``predictions.csv``, ``val_predictions.csv``, ``config.y
 
 from medens.evaluate.bootstrap import bootstrap_samples, confidence_intervals, difference_intervals
 from medens.evaluate.calibration import apply_temperature, fit_temperature
-from medens.evaluate.combine import ENSEMBLE_METHODS, combine, fit_weights
+from medens.evaluate.combine import ENSEMBLE_METHODS, EnsembleRule, combine, fit_rule, fit_weights
 from medens.evaluate.ensemble import ENSEMBLE_NAME, evaluate_ensemble
 from medens.evaluate.mcnemar import McNemarResult, mcnemar
 from medens.evaluate.members import IncompatibleMembersError, Member, align_members, load_member
@@ -42,6 +42,7 @@ __all__ = [
     "ENSEMBLE_METHODS",
     "ENSEMBLE_NAME",
     "SUMMARY_METRICS",
+    "EnsembleRule",
     "IncompatibleMembersError",
     "McNemarResult",
     "Member",
@@ -59,6 +60,7 @@ __all__ = [
     "difference_intervals",
     "evaluate_ensemble",
     "expected_calibration_error",
+    "fit_rule",
     "fit_temperature",
     "fit_weights",
     "load_member",

@@ -26,8 +26,7 @@ from medens.evaluate.bootstrap import (
     confidence_intervals,
     difference_intervals,
 )
-from medens.evaluate.calibration import apply_temperature, fit_temperature
-from medens.evaluate.combine import ENSEMBLE_METHODS, combine, fit_weights
+from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.mcnemar import mcnemar
 from medens.evaluate.members import Member, align_members, init_kind
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
@@ -121,19 +120,14 @@ def evaluate_ensemble(
     val = {m.name: m.val.probs for m in members} if needs_val else {}
     val_labels = first.val.labels if needs_val and first.val is not None else None
 
-    temperatures: dict[str, float] = {}
-    if calibrate:
-        for m in members:
-            t = fit_temperature(val[m.name], val_labels)
-            temperatures[m.name] = t
-            test[m.name] = apply_temperature(test[m.name], t)
-            val[m.name] = apply_temperature(val[m.name], t)
-            logger.info("temperature of %s: %.4f", m.name, t)
-    weights = None
-    if method == "weighted":
-        weights = fit_weights([val[m.name] for m in members], val_labels)
-        logger.info("ensemble weights: %s", dict(zip(test, np.round(weights, 4), strict=True)))
-    ensemble = combine([test[m.name] for m in members], method=method, weights=weights)
+    rule = fit_rule(
+        val or None, val_labels, method=method, calibrate=calibrate, members=[m.name for m in members]
+    )
+    test, ensemble = rule.apply(test)
+    if rule.temperatures:
+        logger.info("temperatures: %s", {k: round(v, 4) for k, v in rule.temperatures.items()})
+    if rule.weights:
+        logger.info("ensemble weights: %s", dict(zip(rule.members, np.round(rule.weights, 4), strict=True)))
 
     labels_by_name = {m.name: _member_label(m, calibrate, tta) for m in members}
     labels_by_name[ENSEMBLE_NAME] = ensemble_label(method, calibrate, tta)
@@ -180,8 +174,8 @@ def evaluate_ensemble(
                 "init": m.config.get("init"),
                 "init_kind": init_kind(m.config.get("init")),
                 "arch": m.config.get("arch"),
-                "temperature": temperatures.get(m.name),
-                "weight": float(weights[i]) if weights is not None else None,
+                "temperature": rule.temperatures[m.name] if rule.temperatures else None,
+                "weight": rule.weights[i] if rule.weights else None,
             }
             for i, m in enumerate(members)
         ],

@@ -7,7 +7,7 @@ import pytest
 from scipy import optimize
 
 from medens.evaluate.calibration import apply_temperature, fit_temperature, softmax
-from medens.evaluate.combine import combine, fit_weights
+from medens.evaluate.combine import combine, fit_rule, fit_weights
 from medens.evaluate.metrics import expected_calibration_error, negative_log_likelihood
 
 
@@ -104,3 +104,31 @@ def test_fitted_weights_match_constrained_scipy_optimum() -> None:
     )
     assert nll(w) == pytest.approx(res.fun, abs=1e-6)
     assert w[0] > w[1]  # the informative member gets more weight than the unrelated one
+
+
+def test_fit_rule_fits_temperatures_then_weights() -> None:
+    a, labels = sampled_problem(8, 300, 3, sharpness=3.0)
+    b, _ = sampled_problem(9, 300, 3, sharpness=0.5)
+    rule = fit_rule({"a": a, "b": b}, labels, method="weighted", calibrate=True)
+    assert rule.temperatures["a"] == pytest.approx(fit_temperature(a, labels))
+    calibrated = {
+        "a": apply_temperature(a, rule.temperatures["a"]),
+        "b": apply_temperature(b, rule.temperatures["b"]),
+    }
+    np.testing.assert_allclose(rule.weights, fit_weights([calibrated["a"], calibrated["b"]], labels))
+    members, ensemble = rule.apply({"b": b, "a": a})
+    np.testing.assert_allclose(members["a"], calibrated["a"])
+    np.testing.assert_allclose(
+        ensemble, combine([calibrated["a"], calibrated["b"]], "weighted", rule.weights)
+    )
+
+
+def test_plain_mean_rule_needs_no_validation() -> None:
+    rule = fit_rule(None, None, members=["x", "y"])
+    x, y = np.array([[0.2, 0.8]]), np.array([[0.6, 0.4]])
+    _, ensemble = rule.apply({"x": x, "y": y})
+    np.testing.assert_array_equal(ensemble, (x + y) / 2)
+    with pytest.raises(ValueError, match="val_probs: expected validation predictions"):
+        fit_rule(None, None, method="weighted", members=["x", "y"])
+    with pytest.raises(KeyError, match="missing"):
+        rule.apply({"x": x})
