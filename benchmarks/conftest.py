@@ -13,15 +13,27 @@ from collections import defaultdict
 import pytest
 import torch
 
+import medens
 from medens.ops import available_backends
 
 _RESULTS: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def bench_devices() -> list[torch.device]:
@@ -56,7 +68,7 @@ def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device
     benchmark.group = f"{op} {case} on {device.type}"
     benchmark.extra_info.update(
         op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved,
-        torch=torch.__version__,
+        torch=torch.__version__, medens=medens.__version__,
     )
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
     median = benchmark.stats.stats.median
