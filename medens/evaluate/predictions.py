@@ -166,3 +166,28 @@ def write_prediction_table(
         for p, label, row in zip(paths, label_names, table, strict=True):
             writer.writerow([p, label, *(_format_prob(x) for x in row)])
     return Path(path)
+
+
+def write_class_predictions(
+    path: str | os.PathLike[str], paths: Sequence[str], classes: Sequence[str], probs: np.ndarray
+) -> Path:
+    """Write predictions for unlabelled images: ``path``, ``prediction`` (the arg-max class), one column per class.
+
+    Args:
+        path: the CSV to write (atomically).
+        paths: N image paths.
+        classes: the K class names.
+        probs: ``(N, K)`` probabilities.
+
+    Returns:
+        ``path``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(paths), len(classes)):
+        raise ValueError(f"probs: expected shape ({len(paths)}, {len(classes)}), received {probs.shape}")
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "prediction", *classes])
+        for p, row in zip(paths, probs, strict=True):
+            writer.writerow([p, classes[int(np.argmax(row))], *(_format_prob(x) for x in row)])
+    return Path(path)

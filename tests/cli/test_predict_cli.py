@@ -1,0 +1,166 @@
+"""``python -m medens.train predict`` and the ensemble's ``--tta`` on member folders with real (tiny) models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medens.data import SplitDataset, build_transforms, load_dataset
+from medens.evaluate.members import load_member, write_member
+from medens.evaluate.predictions import Predictions
+from medens.models import create_classifier
+from medens.models.weights import save_weights
+from medens.train import ensemble as ensemble_cli
+from medens.train import predict as predict_cli
+
+SIZE = 32
+DATASET_OPTIONS = {"num_images": 18, "image_size": SIZE, "num_classes": 3}
+TEST, VAL = list(range(0, 10)), list(range(10, 18))
+
+
+def _probs(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(batch).softmax(1).double().numpy()
+
+
+def make_member(root: Path, name: str, init: str, seed: int) -> tuple[Path, torch.nn.Module]:
+    """A member folder with a random convnext_atto and its (non-TTA) predictions on the synthetic set."""
+    torch.manual_seed(seed)
+    model, _ = create_classifier("convnext_atto", 3, init="scratch")
+    model.eval()
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    transform = build_transforms(SIZE, train=False)
+    config = {
+        "dataset": "synthetic",
+        "data_root": None,
+        "dataset_options": DATASET_OPTIONS,
+        "classes": ds.classes,
+        "arch": "convnext_atto",
+        "image_size": SIZE,
+        "init": init,
+        "split_hash": "tiny",
+    }
+
+    def preds(indices: list[int]) -> Predictions:
+        split = SplitDataset(ds, indices, transform)
+        batch = torch.stack([split[i][0] for i in range(len(split))])
+        return Predictions(
+            split.ids, [ds.classes[t] for t in split.targets], ds.classes, _probs(model, batch)
+        )
+
+    directory = write_member(root / name, config, preds(TEST), preds(VAL))
+    save_weights(directory / "model.safetensors", model.state_dict(), {"arch": "convnext_atto"})
+    return directory, model
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, torch.nn.Module]]:
+    root = tmp_path_factory.mktemp("members")
+    return [make_member(root, "ft-imagenet", "imagenet", 0), make_member(root, "ft-mae", "mae:/x", 1)]
+
+
+def run_cli(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medens.train")
+    module.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_member_model_reproduces_stored_predictions(members) -> None:
+    member = load_member(members[0][0])
+    mm = predict_cli.load_member_model(member, "cpu")
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    probs = predict_cli.predict_probs(mm, SplitDataset(ds, TEST, mm.transform))
+    np.testing.assert_allclose(probs, member.test.probs, rtol=1e-5, atol=1e-6)
+
+
+def test_tta_averages_image_and_mirror(members) -> None:
+    directory, model = members[1]
+    member = predict_cli.with_tta_predictions(load_member(directory), val=True, device="cpu")
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    split = SplitDataset(ds, TEST, build_transforms(SIZE, train=False))
+    batch = torch.stack([split[i][0] for i in range(len(split))])
+    expected = (_probs(model, batch) + _probs(model, batch.flip(3))) / 2
+    np.testing.assert_allclose(member.test.probs, expected, rtol=1e-5, atol=1e-6)
+    assert member.val is not None and not np.allclose(member.val.probs, load_member(directory).val.probs)
+
+
+def test_ensemble_cli_with_tta(members, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dirs = [str(d) for d, _ in members]
+    out = tmp_path / "ens"
+    argv = [
+        "ensemble",
+        "--members",
+        *dirs,
+        "--out",
+        str(out),
+        "--tta",
+        "--calibrate",
+        "--bootstrap",
+        "20",
+        "--no-plots",
+        "--device",
+        "cpu",
+    ]
+    assert run_cli(ensemble_cli, argv) == 0
+    assert "Ensemble (mean, T-scaled, TTA)" in capsys.readouterr().out
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["tta"] is True and results["members"][0]["label"] == "ImageNet-init (T-scaled, TTA)"
+
+
+def test_predict_folder_is_mean_of_members(
+    members, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = tmp_path / "new" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        ds[i][0].save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred.csv"
+    argv = [
+        "predict",
+        "--members",
+        *[str(d) for d, _ in members],
+        "--images",
+        str(tmp_path / "new"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    assert run_cli(predict_cli, argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["Image", "Prediction", "Probability"]
+    assert "3 images" in printed
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png"]
+    transform = build_transforms(SIZE, train=False)
+    from medens.data import read_image
+
+    batch = torch.stack([transform(read_image(folder / f"img{i}.png")) for i in range(3)])
+    expected = np.mean([_probs(model, batch) for _, model in members], axis=0)
+    got = np.array([[float(r[c]) for c in ds.classes] for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert [r["prediction"] for r in rows] == [ds.classes[i] for i in expected.argmax(1)]
+
+
+def test_predict_refuses_missing_images(members, tmp_path: Path) -> None:
+    argv = [
+        "predict",
+        "--members",
+        str(members[0][0]),
+        "--images",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "p.csv"),
+    ]
+    assert run_cli(predict_cli, argv) == 2
+    assert not (tmp_path / "p.csv").exists()
