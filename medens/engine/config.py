@@ -1,0 +1,182 @@
+"""Run configuration: defaults, then a YAML file, then the command line; the resolved result is written out.
+
+A configuration is a flat ``dict`` of plain values (numbers, strings, booleans, lists, None), so it survives YAML,
+``torch.load(weights_only=True)`` and a hand edit. Each stage (pre-training, fine-tuning) owns its defaults; a
+YAML file (a path, or the name of a preset in ``medens/configs``) and ``key=value`` overrides are merged over
+them, and a key the stage does not know is an error that names it and suggests the closest known key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medens.engine.atomic import atomic_write_text
+
+__all__ = [
+    "PRESET_DIR",
+    "list_presets",
+    "resolve_config_path",
+    "load_yaml",
+    "yaml_value",
+    "merge_config",
+    "parse_overrides",
+    "write_config",
+    "read_config",
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """Parse one YAML value (``1e-3`` -> 0.001, ``true`` -> True, ``[1, 2]`` -> list)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+#: Where the packaged YAML presets live (``medens/configs``).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (file names without ``.yaml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A YAML path as given, or a preset name (``pretrain_paper``) resolved in ``medens/configs``.
+
+    Raises:
+        FileNotFoundError: when neither exists; the message lists the presets.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise FileNotFoundError(
+        f"config: expected a YAML file or a preset name ({', '.join(list_presets()) or 'none packaged'}), "
+        f"received {str(name_or_path)!r}"
+    )
+
+
+def load_yaml(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from a file or preset.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_config_path`.
+        ValueError: when the file is not a YAML mapping.
+    """
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml_value(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"config: {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"config: expected a YAML mapping of option: value in {path}, received {type(data).__name__}"
+        )
+    return data
+
+
+def merge_config(
+    defaults: Mapping[str, Any],
+    *overrides: Mapping[str, Any] | None,
+    source: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Merge override mappings over ``defaults`` (later ones win); unknown keys are errors.
+
+    Args:
+        defaults: every known key with its default value.
+        overrides: mappings to apply in order; ``None`` entries are skipped.
+        source: a label per override for error messages (e.g. the YAML path, ``"command line"``).
+        ignore: keys that may appear in an override but are dropped (e.g. bookkeeping written by a previous run).
+
+    Returns:
+        A new flat dict.
+
+    Raises:
+        ValueError: for a key not in ``defaults``, naming the closest known keys.
+    """
+    out = dict(defaults)
+    labels = list(source or [])
+    ignore = set(ignore)
+    for i, override in enumerate(overrides):
+        if not override:
+            continue
+        for key, value in override.items():
+            if key in ignore:
+                continue
+            if key not in defaults:
+                where = f" (in {labels[i]})" if i < len(labels) else ""
+                close = difflib.get_close_matches(str(key), list(defaults), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"config: unknown option {key!r}{where}{hint}")
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (``--set`` on the command line); values are read as YAML (``1e-3``, ``true``).
+
+    Raises:
+        ValueError: for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set: expected KEY=VALUE, received {item!r}")
+        out[key.strip().replace("-", "_")] = yaml_value(value) if value.strip() else None
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Convert paths, tuples and numpy scalars to YAML-safe plain values."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        return str(value)  # str subclasses such as torch's TorchVersion
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Write ``config`` as YAML, atomically, keys in the given order."""
+    text = yaml.safe_dump(_plain(dict(config)), sort_keys=False, default_flow_style=None, width=110)
+    return atomic_write_text(path, text)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config written by :func:`write_config`."""
+    return load_yaml(path)

@@ -1,0 +1,57 @@
+"""Two CPU processes under ``torchrun`` (gloo): identical weights, agreed skips, no hang on an exception."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _torchrun(out: Path, mode: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*cmd, str(WORKER), str(out), mode],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_ranks_hold_identical_weights_and_skip_together(tmp_path: Path) -> None:
+    result = _torchrun(tmp_path, "poison-rank1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key, value in rank0["weights"].items():
+        assert torch.equal(value, rank1["weights"][key]), key
+        assert torch.isfinite(value).all(), key
+    # Only rank 1 saw NaN pixels in its first batch, yet both ranks skipped that step (and agree on the
+    # losses, which are reduced across ranks). Epoch 2 reshuffles the NaN images into other steps.
+    assert rank0["history"][0]["skipped_steps"] == 1
+    timing = {"images_per_s", "epoch_seconds"}
+    for row0, row1 in zip(rank0["history"], rank1["history"], strict=True):
+        assert {k: v for k, v in row0.items() if k not in timing} == {
+            k: v for k, v in row1.items() if k not in timing
+        }
+    # One writer: one checkpoint and one log, no temporary files.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "log.csv", "rank0.pt", "rank1.pt"]
+
+
+@pytest.mark.slow
+def test_an_exception_on_one_rank_ends_the_run(tmp_path: Path) -> None:
+    result = _torchrun(tmp_path, "raise-rank1", timeout=180)
+    assert result.returncode != 0
+    assert "rank 1 fails on purpose" in result.stderr
+    assert not (tmp_path / "rank0.pt").exists()
