@@ -1,0 +1,521 @@
+"""What the ``pretrain`` and ``finetune`` commands share: options, config resolution, the run's set-up, data.
+
+Options are declared once, as :class:`Option` entries keyed by config name; each stage lists the keys it uses
+with their defaults. The command line, a YAML file and the Python entry points (``run_pretrain(config)``,
+``run_finetune(config)``) all go through the same keys, so a preset, a ``--set key=value`` and a flag are
+interchangeable, and ``config.yaml`` in the output folder repeats a run.
+
+Order of precedence: stage defaults < the run's saved ``config.yaml`` (with ``resume``) < ``--config`` YAML <
+command-line flags and ``--set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medens.engine import (
+    AMP_CHOICES,
+    DistContext,
+    configure_determinism,
+    init_distributed,
+    load_yaml,
+    merge_config,
+    parse_overrides,
+    seed_everything,
+    setup_logging,
+)
+from medens.engine.checkpoint import CHECKPOINT_NAME
+from medens.engine.config import yaml_value
+
+__all__ = [
+    "Option",
+    "OPTIONS",
+    "DATA_DEFAULTS",
+    "ENGINE_DEFAULTS",
+    "BOOKKEEPING_KEYS",
+    "CONFIG_NAME",
+    "SPLITS_NAME",
+    "add_options",
+    "cli_overrides",
+    "resolve_config",
+    "check_types",
+    "RunContext",
+    "start_run",
+    "open_data",
+    "split_hash",
+    "effective_lr",
+    "run_cli",
+]
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+SPLITS_NAME = "splits.json"
+
+#: Keys a run adds to its ``config.yaml`` that are facts about the run, not options (ignored when read back).
+BOOKKEEPING_KEYS = ("classes", "num_classes", "split_hash", "init_requested", "run", "encoder")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key as a command-line flag.
+
+    Attributes:
+        help: what it does (the default is appended from the stage's defaults).
+        type: parser for the flag's value; ``bool`` makes a ``--flag/--no-flag`` pair.
+        choices: allowed values.
+        metavar: placeholder in ``--help``.
+        flag: the flag, when not ``--`` + the key with dashes.
+    """
+
+    help: str
+    type: Callable[[str], Any] | type = str
+    choices: tuple[Any, ...] | None = None
+    metavar: str | None = None
+    flag: str | None = None
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "") else int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "") else text
+
+
+#: Every option either stage knows, with its help text.
+OPTIONS: dict[str, Option] = {
+    # data
+    "dataset": Option(
+        "dataset name: busi, isic2018, kvasir, covid, medmnist:<flag>, folder or synthetic", metavar="NAME"
+    ),
+    "data_root": Option(
+        "folder the dataset was unpacked in (not needed for synthetic)", _optional_str, metavar="PATH"
+    ),
+    "dataset_options": Option(
+        "reader options for medens.data.load_dataset as KEY=VALUE, repeatable (e.g. num_images=64 for synthetic)",
+        metavar="KEY=VALUE",
+        flag="--dataset-option",
+    ),
+    "cache_dir": Option(
+        "decode images once into a memory-mapped cache in this folder", _optional_str, metavar="DIR"
+    ),
+    "split_seed": Option("seed of the train/val/test split", int),
+    "val_fraction": Option("share of images for validation (when the dataset has no official split)", float),
+    "test_fraction": Option("share of images for testing (when the dataset has no official split)", float),
+    "folds": Option("k-fold cross-validation: number of folds", _optional_int, metavar="K"),
+    "fold": Option(
+        "k-fold cross-validation: which fold (0-based) is the test split", _optional_int, metavar="I"
+    ),
+    "use_official_split": Option("keep the publisher's split where the dataset ships one", bool),
+    "split_file": Option("reuse the split recorded in this splits.json", _optional_str, metavar="FILE"),
+    "num_workers": Option("data-loading worker processes per rank", int),
+    # model geometry
+    "arch": Option(
+        "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines)"
+    ),
+    "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),
+    # optimisation
+    "epochs": Option("training epochs", int),
+    "warmup_epochs": Option("epochs of linear lr warm-up", float),
+    "batch_size": Option("images per batch and rank", int),
+    "accum_steps": Option("batches accumulated per optimiser step", int),
+    "blr": Option("base learning rate: lr = blr * effective batch / 256", float),
+    "lr": Option("absolute learning rate (overrides --blr)", _optional_float),
+    "min_lr": Option("final learning rate of the cosine schedule", float),
+    "weight_decay": Option("AdamW weight decay", float),
+    "betas": Option("AdamW betas as B1,B2", lambda s: [float(v) for v in s.split(",")], metavar="B1,B2"),
+    "clip_grad": Option("clip the global gradient norm to this (none: no clipping)", _optional_float),
+    "amp": Option(
+        "mixed precision: auto (bf16 on capable GPUs, fp16 on older, fp32 on CPU), bf16, fp16, off",
+        choices=AMP_CHOICES,
+    ),
+    "channels_last": Option("NHWC memory format (faster convolutions on GPUs)", bool),
+    "compile": Option("torch.compile the model", bool),
+    "ema_decay": Option("keep an exponential moving average of the weights with this decay", _optional_float),
+    "max_nonfinite": Option("stop after this many non-finite loss steps in a row", int),
+    # run
+    "seed": Option("random seed", int),
+    "deterministic": Option("deterministic kernels (bit-identical reruns and resumes; slower)", bool),
+    "device": Option("auto, cpu or cuda (under torchrun each rank takes its LOCAL_RANK GPU)"),
+    "ops_backend": Option("medens.ops backend: auto, reference, cpp, cuda or triton"),
+    "progress": Option("show progress bars", bool),
+    "tensorboard": Option(
+        "write TensorBoard events (auto: when tensorboard is installed)",
+        yaml_value,
+        metavar="auto|true|false",
+    ),
+    "dist_timeout_s": Option("seconds a rank waits for the others before failing", float),
+}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "dataset": "synthetic",
+    "data_root": None,
+    "dataset_options": {},
+    "cache_dir": None,
+    "split_seed": 0,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "folds": None,
+    "fold": None,
+    "use_official_split": True,
+    "split_file": None,
+    "num_workers": 4,
+}
+
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "accum_steps": 1,
+    "lr": None,
+    "min_lr": 0.0,
+    "weight_decay": 0.05,
+    "clip_grad": None,
+    "amp": "auto",
+    "channels_last": True,
+    "compile": False,
+    "ema_decay": None,
+    "max_nonfinite": 5,
+    "seed": 0,
+    "deterministic": False,
+    "device": "auto",
+    "progress": True,
+    "tensorboard": "auto",
+    "dist_timeout_s": 1800.0,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--config``, ``--set``, ``--resume``, ``--print-config``."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help="YAML file (or packaged preset name) of options; flags given here override it",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key (repeatable), e.g. --set warmup_epochs=2",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue the run in --out from its checkpoint (its config.yaml is the base; flags override it)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration as YAML and exit"
+    )
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any, defaults: Mapping[str, Any], keys: Iterable[str]
+) -> None:
+    """Add the flags of ``keys`` (each documented in :data:`OPTIONS`, default from ``defaults``).
+
+    Flags default to "not given" so that only what the user typed overrides the YAML and the defaults.
+    """
+    for key in keys:
+        opt = OPTIONS[key]
+        flag = opt.flag or "--" + key.replace("_", "-")
+        default = defaults[key]
+        shown = "none" if default is None else default
+        if isinstance(shown, list):
+            shown = ",".join(str(v) for v in shown)
+        text = f"{opt.help} (default: {shown})"
+        if key == "dataset_options":
+            parser.add_argument(
+                flag, dest=key, action="append", metavar=opt.metavar, help=text, default=argparse.SUPPRESS
+            )
+        elif opt.type is bool:
+            parser.add_argument(
+                flag, dest=key, action=argparse.BooleanOptionalAction, help=text, default=argparse.SUPPRESS
+            )
+        else:
+            metavar = opt.metavar
+            if metavar is None and opt.choices is None:
+                metavar = {int: "N", float: "X", str: "NAME"}.get(
+                    opt.type,
+                    "X"
+                    if "float" in getattr(opt.type, "__name__", "")
+                    else "N"
+                    if "int" in getattr(opt.type, "__name__", "")
+                    else "VALUE",
+                )
+            parser.add_argument(
+                flag,
+                dest=key,
+                type=opt.type,
+                choices=opt.choices,
+                metavar=metavar,
+                help=text,
+                default=argparse.SUPPRESS,
+            )
+
+
+def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What the command line sets: ``--config`` YAML, then flags, then ``--set``; plus ``out`` and ``resume``.
+
+    Raises:
+        ValueError: for a bad ``--set`` or ``--dataset-option`` item, or an unknown key in either or in the YAML.
+    """
+    given = vars(args)
+    overrides: dict[str, Any] = {}
+    if given.get("config"):
+        from_file = load_yaml(given["config"])
+        merge_config(
+            defaults, from_file, source=[given["config"]], ignore=BOOKKEEPING_KEYS
+        )  # checks the keys
+        overrides.update({k: v for k, v in from_file.items() if k not in BOOKKEEPING_KEYS})
+    for key in defaults:
+        if key in given and key != "dataset_options":
+            overrides[key] = given[key]
+    if "dataset_options" in given:
+        options = dict(overrides.get("dataset_options") or {})
+        options.update(parse_overrides(given["dataset_options"]))
+        overrides["dataset_options"] = options
+    sets = parse_overrides(given.get("set") or [])
+    merge_config(defaults, sets, source=["--set"])  # unknown keys fail here, naming --set
+    overrides.update(sets)
+    overrides["out"] = given["out"]
+    if given.get("resume"):
+        overrides["resume"] = True
+    return overrides
+
+
+def run_cli(
+    run: Callable[[dict[str, Any]], Path], args: argparse.Namespace, defaults: Mapping[str, Any]
+) -> int:
+    """Resolve the command line, run the stage, and turn known failures into messages and exit codes.
+
+    Returns:
+        0 on success; 1 for a bad option, missing data or a failed run (message logged, no traceback);
+        130 after SIGINT, 143 after SIGTERM (the checkpoint is saved; ``--resume`` continues).
+    """
+    from medens.data import DatasetError
+    from medens.engine import NonFiniteLossError, TrainingInterrupted
+    from medens.models import PretrainedWeightsUnavailable
+
+    if not logging.getLogger("medens").handlers:
+        setup_logging(None)
+    try:
+        overrides = cli_overrides(args, defaults)
+        if getattr(args, "print_config", False):
+            import yaml
+
+            config = resolve_config(defaults, overrides)
+            sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+            return 0
+        run(overrides)
+    except TrainingInterrupted as err:
+        _logger.warning("%s", err)
+        return 143 if err.reason == "SIGTERM" else 130
+    except (
+        ValueError,
+        FileNotFoundError,
+        DatasetError,
+        PretrainedWeightsUnavailable,
+        NonFiniteLossError,
+    ) as err:
+        _logger.error("%s", err)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults < saved ``config.yaml`` (when ``resume`` and it exists) < ``overrides``; types checked.
+
+    ``overrides`` must hold ``out``. Bookkeeping keys written by an earlier run are dropped.
+
+    Raises:
+        ValueError: unknown keys, wrong types, or no ``out``.
+    """
+    full = {**defaults, "out": None, "resume": False}
+    if not overrides.get("out"):
+        raise ValueError("out: expected an output folder (--out DIR), received none")
+    saved: dict[str, Any] = {}
+    saved_path = Path(overrides["out"]) / CONFIG_NAME
+    if overrides.get("resume") and saved_path.is_file():
+        saved = load_yaml(saved_path)
+    config = merge_config(
+        full, saved, overrides, source=[str(saved_path), "options"], ignore=BOOKKEEPING_KEYS
+    )
+    config["out"] = str(Path(config["out"]).expanduser())
+    if isinstance(config.get("betas"), tuple):
+        config["betas"] = list(config["betas"])
+    check_types(config, full)
+    return config
+
+
+def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Every value has its default's type (ints where an int is expected, numbers for floats, ...).
+
+    Raises:
+        ValueError: naming the key, the expected type and the value received.
+    """
+    for key, default in defaults.items():
+        value = config.get(key)
+        if default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            want = "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict)
+            want = "a mapping"
+        elif isinstance(default, list):
+            ok = isinstance(value, (list, tuple))
+            want = "a list"
+        else:
+            ok = True
+            want = ""
+        if not ok:
+            raise ValueError(f"{key}: expected {want}, received {value!r} ({type(value).__name__})")
+
+
+def effective_lr(config: Mapping[str, Any], world_size: int) -> tuple[float, int]:
+    """``(lr, effective batch)``: ``lr`` when set, else ``blr * batch_size * accum_steps * world_size / 256``."""
+    effective = int(config["batch_size"]) * int(config["accum_steps"]) * world_size
+    if config.get("lr") is not None:
+        return float(config["lr"]), effective
+    return float(config["blr"]) * effective / 256, effective
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run's set-up
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """A started run: its resolved config, folder, place among ranks, and whether it resumes."""
+
+    config: dict[str, Any]
+    out_dir: Path
+    dist: DistContext
+    resuming: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def start_run(config: dict[str, Any], stage: str, is_complete: Callable[[Path], bool]) -> RunContext:
+    """Join the process group, set up logging, determinism and seeds; refuse to overwrite another run.
+
+    Raises:
+        ValueError: when ``out`` already holds a run and ``resume`` is off.
+    """
+    out_dir = Path(config["out"])
+    has_checkpoint = (out_dir / CHECKPOINT_NAME).is_file()
+    if not config["resume"] and (has_checkpoint or is_complete(out_dir)):
+        raise ValueError(
+            f"out: {out_dir} already holds a {stage} run; pass --resume to continue it (or to redo its final "
+            f"outputs), or choose another --out"
+        )
+    dist = init_distributed(config["device"], timeout_s=float(config["dist_timeout_s"]))
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    setup_logging(out_dir, rank=dist.rank)
+    configure_determinism(bool(config["deterministic"]))
+    seed_everything(int(config["seed"]))
+    if torch.cuda.is_available() and dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    resuming = bool(config["resume"]) and has_checkpoint
+    _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
+    return RunContext(config, out_dir, dist, resuming)
+
+
+def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str, list[int]]]:
+    """Open the dataset and split it; rank 0 writes ``splits.json`` into the run folder.
+
+    A resumed run reuses its own ``splits.json``, so it trains on exactly the images it started with.
+
+    Returns:
+        ``(dataset, {"train": [...], "val": [...], "test": [...]})``.
+
+    Raises:
+        medens.data.DatasetError: unknown dataset, bad options, missing files.
+    """
+    from medens.data import load_dataset, make_splits
+
+    options = dict(config.get("dataset_options") or {})
+    if config.get("cache_dir"):
+        options["cache_dir"] = config["cache_dir"]
+    dataset = load_dataset(config["dataset"], config.get("data_root"), **options)
+    own_splits = ctx.out_dir / SPLITS_NAME
+    split_file = config.get("split_file")
+    if ctx.resuming and own_splits.is_file():
+        split_file = own_splits
+    splits = make_splits(
+        dataset,
+        seed=int(config["split_seed"]),
+        val_fraction=float(config["val_fraction"]),
+        test_fraction=float(config["test_fraction"]),
+        folds=config.get("folds"),
+        fold=config.get("fold"),
+        use_official=bool(config["use_official_split"]),
+        out_dir=ctx.out_dir if ctx.dist.is_main else None,
+        split_file=split_file,
+    )
+    ctx.dist.barrier()
+    return dataset, splits
+
+
+def split_hash(dataset: Any, splits: Mapping[str, list[int]]) -> str:
+    """SHA-256 of which image ids are in which split (independent of file formatting and of index order)."""
+    canonical = {name: sorted(dataset.ids[i] for i in splits[name]) for name in sorted(splits)}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def run_facts(ctx: RunContext, lr: float, effective_batch: int, precision: str) -> dict[str, Any]:
+    """What a run records about where and how it ran (the ``run`` block of ``config.yaml``)."""
+    import timm
+
+    import medens
+
+    return {
+        "lr": lr,
+        "effective_batch_size": effective_batch,
+        "world_size": ctx.dist.world_size,
+        "device": str(ctx.dist.device),
+        "precision": precision,
+        "versions": {
+            "medens": medens.__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": sys.version.split()[0],
+        },
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv else "",
+    }

@@ -1,0 +1,385 @@
+"""``python -m medens.train pretrain``: entropy-guided masked-autoencoder pre-training of a ConvNeXt.
+
+Pre-trains :class:`medens.models.MaskedConvNeXt` on the (unlabelled) images of the target dataset's training
+split and writes, into ``--out``:
+
+- ``encoder.safetensors``: the encoder under timm's names, for ``finetune --init mae:DIR/encoder.safetensors``;
+- ``config.yaml``: the resolved configuration (repeat the run with ``--config DIR/config.yaml``);
+- ``log.csv``: one row per epoch (loss, lr, images/s, skipped steps);
+- ``checkpoint.pt``: the last checkpoint (``--resume`` continues from it);
+- ``reconstructions.png``: for a few images, the image, its entropy map, the mask and the reconstruction;
+- ``splits.json``: which images were in which split.
+
+Python entry points: :func:`run_pretrain`, :func:`default_config`, :func:`is_complete`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medens.engine import (
+    EngineConfig,
+    Trainer,
+    WarmupCosine,
+    build_loader,
+    create_optimizer,
+    seed_everything,
+    steps_per_epoch,
+    write_config,
+)
+from medens.models import ENCODER_FORMAT, MaskedConvNeXt, save_weights
+from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
+from medens.train.common import (
+    CONFIG_NAME,
+    DATA_DEFAULTS,
+    ENGINE_DEFAULTS,
+    OPTIONS,
+    Option,
+    RunContext,
+    _optional_int,
+    add_common_arguments,
+    add_options,
+    effective_lr,
+    open_data,
+    resolve_config,
+    run_cli,
+    run_facts,
+    split_hash,
+    start_run,
+)
+
+__all__ = ["run_pretrain", "default_config", "is_complete", "add_parser", "main", "ENCODER_NAME"]
+
+_logger = logging.getLogger(__name__)
+
+HELP = "entropy-guided masked-autoencoder pre-training of a ConvNeXt encoder"
+ENCODER_NAME = "encoder.safetensors"
+RECONSTRUCTIONS_NAME = "reconstructions.png"
+LOG_NAME = "log.csv"
+PRETRAIN_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
+
+DESCRIPTION = """\
+Pre-train a ConvNeXt (--arch) as a masked autoencoder on the images of the target dataset, hiding patches
+chosen by their entropy, and export the encoder for 'finetune --init mae:DIR/encoder.safetensors'.
+
+Writes into --out: encoder.safetensors, config.yaml (the resolved options), log.csv (one row per epoch),
+checkpoint.pt (the last checkpoint; --resume continues from it), reconstructions.png (image, entropy map,
+mask and reconstruction for a few images) and splits.json.
+
+Options come from the defaults below, then --config YAML, then the flags and --set KEY=VALUE.
+Multi-GPU: torchrun --nproc_per_node=G -m medens.train pretrain ...
+
+example (CPU, a minute):
+  python -m medens.train pretrain --dataset synthetic --dataset-option num_images=64 \\
+      --arch convnext_atto --image-size 64 --epochs 5 --batch-size 16 --out runs/mae
+"""
+
+_STAGE_OPTIONS: dict[str, Option] = {
+    "patch_size": Option(
+        "masking patch size, a multiple of 32 (none: the encoder stride, 32)", _optional_int, metavar="N"
+    ),
+    "mask_ratio": Option("share of patches hidden", float),
+    "masking": Option(
+        "entropy: the paper's entropy-guided masking; random: MAE's uniform masking (ablation)",
+        choices=MASKING_CHOICES,
+    ),
+    "mask_temperature": Option(
+        "temperature of entropy-guided sampling (0: strict top-k; inf: uniform)", float
+    ),
+    "mask_prefer": Option("hide high- or low-entropy patches preferentially", choices=PREFER_CHOICES),
+    "entropy_bins": Option("histogram bins of the patch entropy", int),
+    "decoder_dim": Option("decoder width", int),
+    "decoder_depth": Option("decoder ConvNeXt blocks", int),
+    "norm_pix_loss": Option("regress per-patch normalised pixels", bool),
+    "drop_path": Option("stochastic depth of the encoder", float),
+    "crop_scale_min": Option("smallest random-resized-crop area (share of the image)", float),
+    "hflip": Option("probability of a horizontal flip", float),
+    "pretrain_split": Option(
+        "images to pre-train on: train, trainval, or all (includes the test images)",
+        choices=tuple(PRETRAIN_SPLITS),
+    ),
+    "num_reconstructions": Option("images shown in reconstructions.png", int),
+}
+OPTIONS.update({k: v for k, v in _STAGE_OPTIONS.items() if k not in OPTIONS})
+
+_DEFAULTS: dict[str, Any] = {
+    **DATA_DEFAULTS,
+    "pretrain_split": "train",
+    "arch": "convnext_tiny",
+    "image_size": 224,
+    "patch_size": None,
+    "mask_ratio": 0.6,
+    "masking": "entropy",
+    "mask_temperature": 1.0,
+    "mask_prefer": "high",
+    "entropy_bins": 256,
+    "decoder_dim": 512,
+    "decoder_depth": 1,
+    "norm_pix_loss": True,
+    "drop_path": 0.0,
+    "crop_scale_min": 0.2,
+    "hflip": 0.5,
+    "epochs": 400,
+    "warmup_epochs": 40.0,
+    "batch_size": 64,
+    "blr": 1.5e-4,
+    "betas": [0.9, 0.95],
+    **ENGINE_DEFAULTS,
+    "ops_backend": "auto",
+    "num_reconstructions": 4,
+}
+
+
+def default_config() -> dict[str, Any]:
+    """The resolved defaults of ``pretrain`` (a fresh copy; presets and callers override keys of it)."""
+    return {
+        k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+        for k, v in _DEFAULTS.items()
+    }
+
+
+def is_complete(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds a finished pre-training run (its final artefacts exist)."""
+    out = Path(out_dir)
+    return all((out / name).is_file() for name in (ENCODER_NAME, CONFIG_NAME, LOG_NAME, RECONSTRUCTIONS_NAME))
+
+
+def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
+    """The masked autoencoder the config describes (bad geometry or names fail here, before any data is read)."""
+    return MaskedConvNeXt(
+        arch=config["arch"],
+        image_size=config["image_size"],
+        patch_size=config["patch_size"],
+        mask_ratio=config["mask_ratio"],
+        masking=config["masking"],
+        mask_temperature=float(config["mask_temperature"]),
+        mask_prefer=config["mask_prefer"],
+        entropy_bins=config["entropy_bins"],
+        decoder_dim=config["decoder_dim"],
+        decoder_depth=config["decoder_depth"],
+        norm_pix_loss=config["norm_pix_loss"],
+        drop_path_rate=config["drop_path"],
+        ops_backend=config["ops_backend"],
+    )
+
+
+def _mae_step(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+    images = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return model(images).loss, images.shape[0]
+
+
+def run_pretrain(config: dict[str, Any]) -> Path:
+    """Pre-train and export the encoder.
+
+    Args:
+        config: options over :func:`default_config` (only the keys to change are needed), plus ``out`` (the
+            output folder) and optionally ``resume`` (continue the run in ``out``; its ``config.yaml`` is the
+            base and ``config`` overrides it).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ValueError: bad options (unknown key, wrong type, mask ratio, image size, arch, ...) or an output folder
+            that holds another run without ``resume``.
+        medens.data.DatasetError: the dataset cannot be opened.
+        medens.engine.TrainingInterrupted: stopped by SIGTERM/SIGINT after saving a checkpoint.
+        medens.engine.NonFiniteLossError: too many non-finite steps in a row, after saving a checkpoint.
+    """
+    config = resolve_config(_DEFAULTS, config)
+    if config["pretrain_split"] not in PRETRAIN_SPLITS:
+        raise ValueError(
+            f"pretrain_split: expected one of {tuple(PRETRAIN_SPLITS)}, received {config['pretrain_split']!r}"
+        )
+    seed_everything(int(config["seed"]))
+    model = build_model(config)  # validates arch, sizes and masking before anything slow happens
+    engine = EngineConfig.from_config(config)
+    ctx = start_run(config, "pretrain", is_complete)
+    try:
+        return _pretrain(ctx, model, engine)
+    finally:
+        ctx.dist.close()
+
+
+def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> Path:
+    from medens.data import SplitDataset, build_transforms
+
+    config, dist, out = ctx.config, ctx.dist, ctx.out_dir
+    dataset, splits = open_data(config, ctx)
+    indices = sorted(i for name in PRETRAIN_SPLITS[config["pretrain_split"]] for i in splits[name])
+    if config["pretrain_split"] == "all":
+        _logger.warning("pretrain_split=all: pre-training also sees the test images (transductive)")
+    transform = build_transforms(
+        config["image_size"],
+        train=True,
+        normalize=False,
+        scale=(float(config["crop_scale_min"]), 1.0),
+        hflip=float(config["hflip"]),
+        rotation=0.0,
+        color_jitter=(0.0, 0.0, 0.0),
+    )
+    train_set = SplitDataset(dataset, indices, transform=transform)
+    loader = build_loader(
+        train_set,
+        int(config["batch_size"]),
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=int(config["seed"]),
+        drop_last=True,
+        num_workers=int(config["num_workers"]),
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=True,
+    )
+    seed_everything(int(config["seed"]) + dist.rank)  # masks and augmentation differ between ranks
+
+    lr, effective = effective_lr(config, dist.world_size)
+    optimizer = create_optimizer(
+        model, lr, weight_decay=float(config["weight_decay"]), betas=tuple(config["betas"])
+    )
+    per_epoch = steps_per_epoch(loader, engine.accum_steps)
+    scheduler = WarmupCosine(
+        optimizer,
+        lr,
+        total_steps=engine.epochs * per_epoch,
+        warmup_steps=round(float(config["warmup_epochs"]) * per_epoch),
+        min_lr=float(config["min_lr"]),
+    )
+    trainer = Trainer(
+        model, optimizer, scheduler, _mae_step, config=engine, out_dir=out, dist=dist, run_config=config
+    )
+    record = dict(config)
+    record["resume"] = False
+    record["split_hash"] = split_hash(dataset, splits)
+    record["encoder"] = model.encoder_config()
+    record["run"] = run_facts(ctx, lr, effective, trainer.precision.name)
+    if dist.is_main:
+        write_config(out / CONFIG_NAME, record)
+    _logger.info(
+        "pre-training %s on %d %s images (%s masking, ratio %.2f), %d epochs x %d steps, lr %.3g (batch %d)",
+        config["arch"],
+        len(train_set),
+        config["dataset"],
+        config["masking"],
+        config["mask_ratio"],
+        engine.epochs,
+        per_epoch,
+        lr,
+        effective,
+    )
+    if ctx.resuming:
+        trainer.resume()
+    trainer.fit(loader)
+
+    if dist.is_main:
+        save_weights(
+            out / ENCODER_NAME,
+            model.encoder_state_dict(),
+            {
+                "format": ENCODER_FORMAT,
+                **model.encoder_config(),
+                "epochs": trainer.epoch,
+                "dataset": config["dataset"],
+            },
+        )
+        _save_reconstructions(model, dataset, splits, config, out)
+        _logger.info("encoder written to %s", out / ENCODER_NAME)
+    dist.barrier()
+    return out
+
+
+def _save_reconstructions(model: MaskedConvNeXt, dataset: Any, splits: dict, config: dict, out: Path) -> None:
+    from medens.data import SplitDataset, build_transforms
+    from medens.models.reconstruction import reconstruct, save_reconstruction_grid
+
+    count = int(config["num_reconstructions"])
+    if count <= 0:
+        return
+    pool = splits.get("val") or splits["train"]
+    view = SplitDataset(
+        dataset, pool[:count], transform=build_transforms(config["image_size"], normalize=False)
+    )
+    images = torch.stack([view[i][0] for i in range(len(view))])
+    save_reconstruction_grid(out / RECONSTRUCTIONS_NAME, reconstruct(model, images, seed=int(config["seed"])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+_CLI_KEYS = (
+    "dataset",
+    "data_root",
+    "dataset_options",
+    "cache_dir",
+    "pretrain_split",
+    "split_seed",
+    "val_fraction",
+    "test_fraction",
+    "folds",
+    "fold",
+    "use_official_split",
+    "split_file",
+    "num_workers",
+    "arch",
+    "image_size",
+    "patch_size",
+    "mask_ratio",
+    "masking",
+    "mask_temperature",
+    "mask_prefer",
+    "entropy_bins",
+    "decoder_dim",
+    "decoder_depth",
+    "norm_pix_loss",
+    "drop_path",
+    "crop_scale_min",
+    "hflip",
+    "epochs",
+    "warmup_epochs",
+    "batch_size",
+    "accum_steps",
+    "blr",
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "betas",
+    "clip_grad",
+    "amp",
+    "channels_last",
+    "compile",
+    "ema_decay",
+    "max_nonfinite",
+    "seed",
+    "deterministic",
+    "device",
+    "ops_backend",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+    "num_reconstructions",
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``pretrain`` subcommand."""
+    parser = subparsers.add_parser(
+        "pretrain",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_arguments(parser)
+    add_options(parser, _DEFAULTS, _CLI_KEYS)
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``pretrain`` from parsed arguments; returns the exit code."""
+    return run_cli(run_pretrain, args, _DEFAULTS)
