@@ -53,10 +53,13 @@ class MemberModel:
 
 
 def load_member_model(member: Member, device: str | torch.device = "auto") -> MemberModel:
-    """Rebuild a member's classifier from ``config.yaml`` and ``model.safetensors``.
+    """Rebuild a member's classifier (``model.safetensors``) and its evaluation transform (``config.yaml``).
+
+    The transform repeats fine-tuning's: resize and centre-crop to ``image_size`` with ``crop_pct``, normalised
+    with the ``run.mean``/``run.std`` the run recorded (ImageNet's when absent).
 
     Args:
-        member: a loaded member (its config has ``arch``, ``image_size`` and ``classes``).
+        member: a loaded member.
         device: ``auto``, ``cpu``, ``cuda``, ...
 
     Returns:
@@ -64,27 +67,31 @@ def load_member_model(member: Member, device: str | torch.device = "auto") -> Me
 
     Raises:
         FileNotFoundError: if the folder has no ``model.safetensors``.
-        ValueError: if the config lacks ``arch`` or ``image_size``.
+        ValueError: if the config lacks ``image_size``.
     """
-    from medens.data import build_transforms
+    from medens.data import IMAGENET_MEAN, IMAGENET_STD, build_transforms
     from medens.engine import resolve_device
-    from medens.models import create_classifier
-    from medens.models.weights import load_weights
+    from medens.train.finetune import load_model
 
-    weights = member.directory / MODEL_FILE
-    if not weights.is_file():
+    if not (member.directory / MODEL_FILE).is_file():
         raise FileNotFoundError(
             f"members: expected {MODEL_FILE} in {member.directory} to run its model, received a folder without it"
         )
-    missing = [k for k in ("arch", "image_size") if member.config.get(k) is None]
-    if missing:
-        raise ValueError(f"{member.directory / 'config.yaml'}: expected keys {missing} to rebuild the model")
+    config = member.config
+    if config.get("image_size") is None:
+        raise ValueError(
+            f"{member.directory / 'config.yaml'}: expected key 'image_size' to rebuild the model input"
+        )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model, _ = create_classifier(str(member.config["arch"]), len(member.classes), init="scratch")
-    state, _ = load_weights(weights)
-    model.load_state_dict(state)
-    model.eval().to(dev)
-    transform = build_transforms(int(member.config["image_size"]), train=False)
+    model, _ = load_model(member.directory, dev)
+    run = config.get("run") or {}
+    transform = build_transforms(
+        int(config["image_size"]),
+        train=False,
+        mean=run.get("mean") or IMAGENET_MEAN,
+        std=run.get("std") or IMAGENET_STD,
+        crop_pct=float(config.get("crop_pct", 0.875)),
+    )
     return MemberModel(member=member, model=model, transform=transform, device=dev)
 
 
