@@ -1,0 +1,259 @@
+"""Train/val/test splits: official where the publisher ships them, else stratified (and grouped) from a seed,
+or k-fold; written to ``splits.json`` and read back to repeat a run exactly.
+
+``splits.json`` names items by id (not by position), so it stays valid if a dataset is re-listed::
+
+    {"format": "medens.splits/1", "dataset": "busi", "num_items": 780, "classes": [...], "method": "stratified",
+     "seed": 0, "val_fraction": 0.1, "test_fraction": 0.2, "folds": null, "fold": null,
+     "counts": {"train": {"benign": 306, ...}, ...}, "splits": {"train": ["benign/benign (1).png", ...], ...}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import SPLIT_NAMES, LabeledDataset
+from .errors import DatasetError, DatasetNotFoundError
+from .files import atomic_write_json
+from .partition import kfold_partition, stratified_partition
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "medens.splits/1"
+SPLITS_FILENAME = "splits.json"
+Splits = dict[str, list[int]]
+
+
+def _check_fractions(val_fraction: float, test_fraction: float, folds: int | None, fold: int | None) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise DatasetError(f"argument {name!r} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DatasetError(
+            f"val_fraction + test_fraction must be below 1 to leave a training set, got {val_fraction + test_fraction}"
+        )
+    if folds is None:
+        if fold is not None:
+            raise DatasetError(f"argument 'fold' ({fold}) needs 'folds' (the number of folds), got folds=None")
+        return
+    if int(folds) < 2:
+        raise DatasetError(f"argument 'folds' must be at least 2, got {folds}")
+    if fold is None or not 0 <= int(fold) < int(folds):
+        raise DatasetError(f"argument 'fold' must be in 0..{int(folds) - 1} for folds={folds}, got {fold}")
+
+
+def _carve(pool: list[int], labels: list[int], groups: list[str | None] | None, fractions: dict[str, float],
+           rng: np.random.Generator) -> dict[str, list[int]]:
+    """Partition the items ``pool`` (indices into the dataset) by ``fractions`` of the pool."""
+    sub_groups = [groups[i] for i in pool] if groups is not None else None
+    parts = stratified_partition([labels[i] for i in pool], fractions, rng, sub_groups)
+    return {name: sorted(pool[j] for j in part) for name, part in parts.items()}
+
+
+def _official(dataset: LabeledDataset, official: list[str | None], labels: list[int], groups, val_fraction: float,
+              test_fraction: float, folds: int | None, fold: int | None, rng) -> tuple[Splits, str]:
+    present = {s for s in official if s is not None}
+    fixed = {s: [i for i, o in enumerate(official) if o == s] for s in ("val", "test") if s in present}
+    pool = [i for i, o in enumerate(official) if o not in fixed]
+    if folds is not None:
+        if "test" not in fixed:
+            raise DatasetError(
+                f"{dataset.name}: k-fold with official splits needs an official test split; found only "
+                f"{sorted(present)} (pass use_official=False to cross-validate over every item)"
+            )
+        pool = [i for i, o in enumerate(official) if o != "test"]
+        pool_groups = [groups[i] for i in pool] if groups is not None else None
+        parts = kfold_partition([labels[i] for i in pool], int(folds), rng, pool_groups)
+        val = sorted(pool[j] for j in parts[int(fold)])
+        train = sorted(set(pool) - set(val))
+        return {"train": train, "val": val, "test": fixed["test"]}, "official-test+kfold"
+    missing = [s for s in ("val", "test") if s not in fixed]
+    if not missing:
+        return {"train": pool, "val": fixed["val"], "test": fixed["test"]}, "official"
+    wanted = {"val": val_fraction, "test": test_fraction}
+    share = {"train": 1.0 - val_fraction - test_fraction} | {s: wanted[s] for s in missing}
+    total = sum(share.values())
+    carved = _carve(pool, labels, groups, {s: v / total for s, v in share.items()}, rng)
+    return {**fixed, **carved}, "official+" + "+".join(f"carved-{s}" for s in missing)
+
+
+def _unofficial(labels: list[int], groups, val_fraction: float, test_fraction: float, folds: int | None,
+                fold: int | None, rng) -> tuple[Splits, str]:
+    kind = "grouped-" if groups is not None else ""
+    if folds is None:
+        fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+        return stratified_partition(labels, fractions, rng, groups), f"{kind}stratified"
+    parts = kfold_partition(labels, int(folds), rng, groups)
+    test = parts[int(fold)]
+    rest = sorted(set(range(len(labels))) - set(test))
+    val_share = val_fraction / (1.0 - 1.0 / int(folds))
+    if val_share >= 1.0:
+        raise DatasetError(f"val_fraction {val_fraction} leaves no training data with folds={folds}")
+    carved = _carve(rest, labels, groups, {"train": 1.0 - val_share, "val": val_share}, rng)
+    return {"train": carved["train"], "val": carved["val"], "test": test}, f"{kind}kfold"
+
+
+def make_splits(
+    dataset: LabeledDataset,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    folds: int | None = None,
+    fold: int | None = None,
+    use_official: bool = True,
+    grouped: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    split_file: str | os.PathLike[str] | None = None,
+) -> Splits:
+    """Split a dataset into train/val/test index lists, reproducibly, and record the split.
+
+    Rules, in order:
+
+    1. ``split_file`` given: read it (see :func:`load_splits`); every other option is ignored.
+    2. The dataset has official splits (and ``use_official``): they are kept. A missing ``val`` or ``test``
+       part is carved out of the official training part, stratified (and grouped), in the proportions
+       ``val_fraction : test_fraction : rest``. With ``folds``, the official test part stays the test split and
+       fold ``fold`` of the remaining items becomes ``val``.
+    3. Otherwise: stratified by class (grouped when the dataset knows groups and ``grouped``), ``1 - val - test``
+       / ``val`` / ``test``. With ``folds=K, fold=i``, fold ``i`` of a stratified K-fold is the test split, and
+       ``val_fraction`` of all items is carved from the other folds for validation.
+
+    Args:
+        dataset: Any :class:`LabeledDataset`.
+        seed: Seed of the shuffles; the same seed and dataset give the same split on any machine.
+        val_fraction: Share of items for validation.
+        test_fraction: Share of items for testing.
+        folds: Number of folds for k-fold cross-validation, or None.
+        fold: Which fold (0-based) this run uses, with ``folds``.
+        use_official: Use the publisher's splits when the dataset has them.
+        grouped: Keep groups (e.g. all images of one lesion) inside one split, when the dataset knows groups.
+        out_dir: If given, ``splits.json`` is written there (atomically).
+        split_file: A ``splits.json`` from an earlier run, to repeat it exactly.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``: sorted indices into ``dataset``, disjoint.
+
+    Raises:
+        DatasetError: Bad fractions or fold numbers, or a split file that does not fit the dataset.
+    """
+    if split_file is not None:
+        splits = load_splits(split_file, dataset)
+        if out_dir is not None:
+            record = json.loads(Path(split_file).read_text(encoding="utf-8"))
+            record["source"] = str(split_file)
+            target = Path(out_dir) / SPLITS_FILENAME
+            if not target.exists() or not target.samefile(split_file):
+                atomic_write_json(target, record)
+        return splits
+    splits, method = compute_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                    folds=folds, fold=fold, use_official=use_official, grouped=grouped)
+    if out_dir is not None:
+        settings = {"method": method, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                    "folds": folds, "fold": fold, "use_official": use_official, "grouped": grouped}
+        save_splits(Path(out_dir) / SPLITS_FILENAME, dataset, splits, settings)
+    logger.info("%s: split by %s: %s", dataset.name, method, {k: len(v) for k, v in splits.items()})
+    return splits
+
+
+def compute_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float = 0.1,
+                   test_fraction: float = 0.2, folds: int | None = None, fold: int | None = None,
+                   use_official: bool = True, grouped: bool = True) -> tuple[Splits, str]:
+    """:func:`make_splits` without files: returns the splits and the method used (e.g. ``"official"``,
+    ``"grouped-stratified"``, ``"official+carved-val"``, ``"kfold"``)."""
+    _check_fractions(val_fraction, test_fraction, folds, fold)
+    labels = list(dataset.targets)
+    groups = dataset.groups if grouped else None
+    rng = np.random.default_rng(seed)
+    official = dataset.official_splits if use_official else None
+    if official is not None:
+        splits, method = _official(dataset, official, labels, groups, val_fraction, test_fraction, folds, fold, rng)
+    else:
+        splits, method = _unofficial(labels, groups, val_fraction, test_fraction, folds, fold, rng)
+    return {name: sorted(splits.get(name, [])) for name in SPLIT_NAMES}, method
+
+
+def split_counts(dataset: LabeledDataset, splits: Splits) -> dict[str, dict[str, int]]:
+    """Items per class in each split: ``{"train": {"benign": 306, ...}, ...}`` (every class listed)."""
+    result = {}
+    for name, indices in splits.items():
+        counts = Counter(dataset.targets[i] for i in indices)
+        result[name] = {cls: counts.get(label, 0) for label, cls in enumerate(dataset.classes)}
+    return result
+
+
+def save_splits(path: str | os.PathLike[str], dataset: LabeledDataset, splits: Splits,
+                settings: dict[str, Any] | None = None) -> None:
+    """Write ``splits`` as a ``splits.json`` record (ids, counts, settings), atomically."""
+    record = {"format": FORMAT, "dataset": dataset.name, "root": dataset.root, "num_items": len(dataset),
+              "classes": list(dataset.classes), **(settings or {}),
+              "counts": split_counts(dataset, splits),
+              "splits": {name: [dataset.ids[i] for i in indices] for name, indices in splits.items()}}
+    atomic_write_json(Path(path), record)
+
+
+def _skipped_ids(dataset: LabeledDataset) -> set[str]:
+    if dataset.root is None:
+        return set()
+    return {Path(os.path.relpath(s.path, dataset.root)).as_posix() for s in dataset.skipped}
+
+
+def load_splits(path: str | os.PathLike[str], dataset: LabeledDataset) -> Splits:
+    """Read a ``splits.json`` and map its ids onto ``dataset``.
+
+    Ids of files that this dataset skipped (corrupt) are dropped with a warning; items of the dataset that
+    the file does not mention are left out with a warning.
+
+    Raises:
+        DatasetNotFoundError: The file does not exist.
+        DatasetError: Not a split file, other classes than the dataset's, overlapping splits, or ids the
+            dataset does not have.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"argument 'split_file': {str(path)!r} does not exist (expected a splits.json)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"split file {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("splits"), dict):
+        raise DatasetError(f"split file {str(path)!r}: expected format {FORMAT!r} with a 'splits' object")
+    if record.get("classes") != list(dataset.classes):
+        raise DatasetError(
+            f"split file {str(path)!r} was made for classes {record.get('classes')}, but dataset {dataset.name!r} "
+            f"has classes {dataset.classes}; labels would not mean the same"
+        )
+    position = {item: i for i, item in enumerate(dataset.ids)}
+    skipped = _skipped_ids(dataset)
+    splits: Splits = {}
+    seen: dict[int, str] = {}
+    for name in SPLIT_NAMES:
+        ids = record["splits"].get(name, [])
+        unknown = [i for i in ids if i not in position and i not in skipped]
+        if unknown:
+            raise DatasetError(
+                f"split file {str(path)!r}: {len(unknown)} {name} ids are not in dataset {dataset.name!r} "
+                f"(root {dataset.root!r}), e.g. {unknown[:5]}"
+            )
+        dropped = [i for i in ids if i in skipped]
+        if dropped:
+            logger.warning("split file %s: %d %s items were skipped as unreadable and are dropped, e.g. %s",
+                           path, len(dropped), name, dropped[:3])
+        indices = sorted(position[i] for i in ids if i in position)
+        for index in indices:
+            if index in seen:
+                raise DatasetError(f"split file {str(path)!r}: item {dataset.ids[index]!r} is in both "
+                                   f"{seen[index]!r} and {name!r}")
+            seen[index] = name
+        splits[name] = indices
+    unused = len(dataset) - len(seen)
+    if unused:
+        logger.warning("split file %s does not mention %d items of %s; they are left out", path, unused, dataset.name)
+    return splits
