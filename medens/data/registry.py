@@ -1,0 +1,105 @@
+"""Dataset names -> readers, and :func:`load_dataset`, the one entry point users and trainers call."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .base import LabeledDataset
+from .busi import load_busi
+from .cache import CachedDataset
+from .covid import load_covid
+from .errors import DatasetError
+from .folder import load_folder
+from .isic import load_isic2018
+from .kvasir import load_kvasir
+from .medmnist import load_medmnist
+from .synthetic import load_synthetic
+
+# Options every reader of image files accepts (see ImageDataset).
+FILE_OPTIONS: tuple[str, ...] = ("strict", "verify", "high_bit_depth")
+# Options load_dataset handles itself, for any dataset.
+CACHE_OPTIONS: tuple[str, ...] = ("cache_dir", "cache_size", "cache_workers")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered reader: ``loader(root, **options)`` and the option names it accepts."""
+
+    loader: Callable[..., LabeledDataset]
+    options: tuple[str, ...]
+    summary: str
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, loader: Callable[..., LabeledDataset], options: tuple[str, ...],
+                     summary: str = "") -> None:
+    """Make ``load_dataset(name, root, **options)`` call ``loader(root, **options)``.
+
+    Raises:
+        DatasetError: ``name`` is taken or contains ``":"`` (reserved for ``medmnist:<flag>``).
+    """
+    if name in _REGISTRY or ":" in name:
+        raise DatasetError(f"argument 'name': {name!r} is already registered or contains ':'")
+    _REGISTRY[name] = DatasetEntry(loader, tuple(options), summary)
+
+
+def list_datasets() -> dict[str, str]:
+    """Registered names and a one-line description of each."""
+    return {name: entry.summary for name, entry in sorted(_REGISTRY.items())}
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options) -> LabeledDataset:
+    """Open a dataset as its publisher distributes it.
+
+    Args:
+        name: ``busi``, ``isic2018``, ``kvasir``, ``covid``, ``medmnist:<flag>`` (e.g. ``medmnist:breastmnist``),
+            ``folder`` or ``synthetic`` (see :func:`list_datasets`).
+        root: Where the data was unpacked (None for ``synthetic``).
+        **options: Reader options, e.g. ``strict=True`` (a corrupt image is an error), ``verify="full"``,
+            ``high_bit_depth="minmax"``; ``layout=`` for isic2018; ``size=`` for medmnist;
+            ``num_images=``, ``image_size=``, ``num_classes=``, ``seed=`` for synthetic. And, for any dataset,
+            ``cache_dir=`` (serve images from a decode cache there, see :class:`CachedDataset`),
+            ``cache_size=`` (stored size, default 256) and ``cache_workers=``.
+
+    Returns:
+        A :class:`LabeledDataset` (a :class:`CachedDataset` when ``cache_dir`` is given).
+
+    Raises:
+        DatasetError: Unknown name or option, or a layout problem (the message says what was expected,
+            what was found, and where).
+        DatasetNotFoundError: ``root`` does not exist.
+        CorruptImageError: ``strict=True`` and an image cannot be decoded.
+    """
+    key, _, flag = name.partition(":")
+    entry = _REGISTRY.get(key.strip().lower())
+    if entry is None:
+        raise DatasetError(f"argument 'name': unknown dataset {name!r}; expected one of {sorted(_REGISTRY)} "
+                           f"(MedMNIST as 'medmnist:<flag>')")
+    cache = {k: options.pop(k) for k in CACHE_OPTIONS if k in options}
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        raise DatasetError(f"{name}: unknown option(s) {unknown}; this dataset accepts "
+                           f"{sorted(entry.options + CACHE_OPTIONS)}")
+    if flag:
+        options["flag"] = flag.strip().lower()
+    dataset = entry.loader(root, **options)
+    if cache.get("cache_dir") is not None:
+        dataset = CachedDataset(dataset, cache["cache_dir"], cache.get("cache_size", 256),
+                                num_workers=cache.get("cache_workers"))
+    return dataset
+
+
+register_dataset("busi", load_busi, FILE_OPTIONS, "BUSI breast ultrasound: Dataset_BUSI_with_GT/{benign,malignant,normal}")
+register_dataset("isic2018", load_isic2018, FILE_OPTIONS + ("layout",),
+                 "ISIC 2018 Task 3 (official splits, lesion groups) or HAM10000 dermoscopy")
+register_dataset("kvasir", load_kvasir, FILE_OPTIONS, "Kvasir v2 endoscopy: eight class folders")
+register_dataset("covid", load_covid, FILE_OPTIONS, "COVID-19 Radiography Database (current and older releases)")
+register_dataset("medmnist", load_medmnist, ("flag", "size", "strict"),
+                 "MedMNIST 2D .npz files: 'medmnist:<flag>', official splits")
+register_dataset("folder", load_folder, FILE_OPTIONS, "one sub-folder per class (optionally under train/val/test)")
+register_dataset("synthetic", load_synthetic, ("num_images", "image_size", "num_classes", "seed", "strict"),
+                 "generated ultrasound-like images, no files (the default)")

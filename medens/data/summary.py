@@ -1,0 +1,81 @@
+"""What a dataset holds, before any training: classes, counts per class and split, image sizes, skipped files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .base import LabeledDataset
+from .splits import Splits, compute_splits, split_counts
+
+_MAX_SIZES = 12
+
+
+def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: int = 0) -> dict[str, Any]:
+    """Describe ``dataset`` as a JSON-ready dict.
+
+    Args:
+        dataset: Any :class:`LabeledDataset`.
+        splits: The split to count; None makes the default one (official splits where the dataset has them,
+            else stratified 70/10/20 from ``seed``).
+        seed: Seed of the default split.
+
+    Returns:
+        ``{"dataset", "root", "num_images", "classes", "per_class", "split_method", "per_split",
+        "image_sizes" ("WxH" -> count, most common first), "num_skipped", "skipped" ([{"path", "reason"}])}``.
+    """
+    if splits is None:
+        splits, method = compute_splits(dataset, seed=seed)
+        if not method.startswith("official"):
+            method = f"{method} 70/10/20, seed {seed} (default; official splits: none)"
+    else:
+        method = "given"
+    per_class = Counter(dataset.targets)
+    sizes = Counter(dataset.image_size(i) for i in range(len(dataset)))
+    ordered = sorted(sizes.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    shown = {(f"{s[0]}x{s[1]}" if s else "unknown"): n for s, n in ordered[:_MAX_SIZES]}
+    if len(ordered) > _MAX_SIZES:
+        shown[f"{len(ordered) - _MAX_SIZES} other sizes"] = sum(n for _, n in ordered[_MAX_SIZES:])
+    return {
+        "dataset": dataset.name,
+        "root": dataset.root,
+        "num_images": len(dataset),
+        "classes": list(dataset.classes),
+        "per_class": {cls: per_class.get(i, 0) for i, cls in enumerate(dataset.classes)},
+        "split_method": method,
+        "per_split": split_counts(dataset, splits),
+        "image_sizes": shown,
+        "num_skipped": len(dataset.skipped),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                                    strict=True)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def format_summary(summary: dict[str, Any], max_skipped: int = 20) -> str:
+    """Render :func:`summarize`'s dict as plain-text tables."""
+    splits = list(summary["per_split"])
+    rows = [[cls, str(summary["per_class"][cls]), *(str(summary["per_split"][s][cls]) for s in splits)]
+            for cls in summary["classes"]]
+    totals = ["total", str(summary["num_images"]), *(str(sum(summary["per_split"][s].values())) for s in splits)]
+    parts = [
+        f"dataset {summary['dataset']}  root {summary['root']}",
+        f"{summary['num_images']} images, {len(summary['classes'])} classes; split: {summary['split_method']}",
+        "",
+        _table(["class", "images", *splits], [*rows, totals]),
+        "",
+        _table(["image size (WxH)", "images"], [[k, str(v)] for k, v in summary["image_sizes"].items()]),
+        "",
+        f"skipped files: {summary['num_skipped']}",
+    ]
+    for item in summary["skipped"][:max_skipped]:
+        parts.append(f"  {item['path']}: {item['reason']}")
+    if summary["num_skipped"] > max_skipped:
+        parts.append(f"  ... and {summary['num_skipped'] - max_skipped} more (use --json for the full list)")
+    return "\n".join(parts)
