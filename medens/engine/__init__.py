@@ -18,7 +18,7 @@ from medens.engine.ema import ModelEma
 from medens.engine.loader import ResumableDistributedSampler, build_loader, set_loader_epoch
 from medens.engine.optim import WarmupCosine, create_optimizer, param_groups, scaled_lr
 from medens.engine.precision import AMP_CHOICES, Precision, resolve_precision
-from medens.engine.records import setup_logging, write_csv_log
+from medens.engine.records import logging_to, setup_logging, write_csv_log
 from medens.engine.runtime import configure_determinism, seed_everything
 from medens.engine.trainer import (
     EngineConfig,
@@ -47,6 +47,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "load_yaml",
+    "logging_to",
     "merge_config",
     "param_groups",
     "parse_overrides",

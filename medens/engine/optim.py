@@ -89,7 +89,7 @@ class WarmupCosine:
         lr: peak learning rate.
         total_steps: optimiser steps in the whole run.
         warmup_steps: steps of linear warm-up (from ``lr / warmup_steps`` at step 0).
-        min_lr: final learning rate.
+        min_lr: final learning rate (at most ``lr``).
     """
 
     def __init__(
@@ -106,7 +106,7 @@ class WarmupCosine:
         self.lr = float(lr)
         self.total_steps = int(total_steps)
         self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
-        self.min_lr = float(min_lr)
+        self.min_lr = min(float(min_lr), self.lr)  # the schedule never rises above its peak
         self.step_count = 0
         self._apply()
 

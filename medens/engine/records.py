@@ -6,12 +6,13 @@ per epoch, however often it was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from medens.engine.atomic import atomic_write_text
 
-__all__ = ["setup_logging", "write_csv_log", "TensorBoardLogger", "TqdmHandler"]
+__all__ = ["setup_logging", "logging_to", "write_csv_log", "TensorBoardLogger", "TqdmHandler"]
 
 
 class TqdmHandler(logging.StreamHandler):
@@ -37,7 +38,8 @@ def setup_logging(
 ) -> None:
     """Log ``medens.*`` to stderr (rank 0 at ``level``, other ranks warnings only) and to ``out_dir/train.log``.
 
-    Calling it again replaces the handlers it installed before.
+    Calling it again replaces the handlers it installed before. For a scoped change that is undone afterwards
+    (what the Python entry points use), see :func:`logging_to`.
     """
     logger = logging.getLogger("medens")
     for handler in [h for h in logger.handlers if getattr(h, "_medens", False)]:
@@ -57,6 +59,33 @@ def setup_logging(
         logger.addHandler(file_handler)
     logger.setLevel(min(level, logging.INFO))
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def logging_to(
+    out_dir: str | os.PathLike | None = None, *, rank: int = 0, level: int = logging.INFO
+) -> Iterator[None]:
+    """:func:`setup_logging` for the duration of a block; the ``medens`` logger is restored afterwards.
+
+    A training run called from Python (a notebook, the pipeline, a test) must not leave its handlers, its log
+    file or a changed ``propagate`` behind.
+    """
+    logger = logging.getLogger("medens")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    for handler in saved[0]:
+        logger.removeHandler(handler)
+    try:
+        setup_logging(out_dir, rank=rank, level=level)
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            if getattr(handler, "_medens", False):
+                handler.close()
+        for handler in saved[0]:
+            logger.addHandler(handler)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
 
 
 def write_csv_log(path: str | os.PathLike, history: Sequence[Mapping[str, Any]]) -> Path:

@@ -12,12 +12,13 @@ command-line flags and ``--set``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ from medens.engine import (
     configure_determinism,
     init_distributed,
     load_yaml,
+    logging_to,
     merge_config,
     parse_overrides,
     seed_everything,
-    setup_logging,
 )
 from medens.engine.checkpoint import CHECKPOINT_NAME
 from medens.engine.config import yaml_value
@@ -51,7 +52,7 @@ __all__ = [
     "resolve_config",
     "check_types",
     "RunContext",
-    "start_run",
+    "run_session",
     "open_data",
     "split_hash",
     "effective_lr",
@@ -283,11 +284,11 @@ def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict
     given = vars(args)
     overrides: dict[str, Any] = {}
     if given.get("config"):
+        # A run's own config.yaml is a valid --config: its bookkeeping and its out/resume are not options.
+        skip = (*BOOKKEEPING_KEYS, "out", "resume")
         from_file = load_yaml(given["config"])
-        merge_config(
-            defaults, from_file, source=[given["config"]], ignore=BOOKKEEPING_KEYS
-        )  # checks the keys
-        overrides.update({k: v for k, v in from_file.items() if k not in BOOKKEEPING_KEYS})
+        merge_config(defaults, from_file, source=[given["config"]], ignore=skip)  # checks the keys
+        overrides.update({k: v for k, v in from_file.items() if k not in skip})
     for key in defaults:
         if key in given and key != "dataset_options":
             overrides[key] = given[key]
@@ -313,12 +314,19 @@ def run_cli(
         0 on success; 1 for a bad option, missing data or a failed run (message logged, no traceback);
         130 after SIGINT, 143 after SIGTERM (the checkpoint is saved; ``--resume`` continues).
     """
+    with contextlib.ExitStack() as stack:
+        if not logging.getLogger("medens").handlers:
+            stack.enter_context(logging_to(None))
+        return _run_cli(run, args, defaults)
+
+
+def _run_cli(
+    run: Callable[[dict[str, Any]], Path], args: argparse.Namespace, defaults: Mapping[str, Any]
+) -> int:
     from medens.data import DatasetError
     from medens.engine import NonFiniteLossError, TrainingInterrupted
     from medens.models import PretrainedWeightsUnavailable
 
-    if not logging.getLogger("medens").handlers:
-        setup_logging(None)
     try:
         overrides = cli_overrides(args, defaults)
         if getattr(args, "print_config", False):
@@ -429,8 +437,14 @@ class RunContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def start_run(config: dict[str, Any], stage: str, is_complete: Callable[[Path], bool]) -> RunContext:
-    """Join the process group, set up logging, determinism and seeds; refuse to overwrite another run.
+@contextlib.contextmanager
+def run_session(
+    config: dict[str, Any], stage: str, is_complete: Callable[[Path], bool]
+) -> Iterator[RunContext]:
+    """A run's process-wide set-up, undone when the block ends (so the Python entry points leave no trace).
+
+    Joins the process group (when launched by torchrun), logs to stderr and ``out/train.log``, sets
+    determinism and seeds. Refuses to start over another run in the same folder.
 
     Raises:
         ValueError: when ``out`` already holds a run and ``resume`` is off.
@@ -442,19 +456,34 @@ def start_run(config: dict[str, Any], stage: str, is_complete: Callable[[Path], 
             f"out: {out_dir} already holds a {stage} run; pass --resume to continue it (or to redo its final "
             f"outputs), or choose another --out"
         )
+    saved_flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
     dist = init_distributed(config["device"], timeout_s=float(config["dist_timeout_s"]))
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    setup_logging(out_dir, rank=dist.rank)
-    configure_determinism(bool(config["deterministic"]))
-    seed_everything(int(config["seed"]))
-    if torch.cuda.is_available() and dist.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    resuming = bool(config["resume"]) and has_checkpoint
-    _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
-    return RunContext(config, out_dir, dist, resuming)
+    try:
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        with logging_to(out_dir, rank=dist.rank):
+            configure_determinism(bool(config["deterministic"]))
+            seed_everything(int(config["seed"]))
+            if dist.device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            resuming = bool(config["resume"]) and has_checkpoint
+            _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
+            yield RunContext(config, out_dir, dist, resuming)
+    finally:
+        torch.use_deterministic_algorithms(saved_flags[0])
+        torch.backends.cudnn.benchmark = saved_flags[1]
+        torch.backends.cudnn.deterministic = saved_flags[2]
+        torch.backends.cuda.matmul.allow_tf32 = saved_flags[3]
+        torch.backends.cudnn.allow_tf32 = saved_flags[4]
+        dist.close()
 
 
 def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str, list[int]]]:

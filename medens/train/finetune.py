@@ -68,8 +68,8 @@ from medens.train.common import (
     resolve_config,
     run_cli,
     run_facts,
+    run_session,
     split_hash,
-    start_run,
 )
 
 __all__ = [
@@ -392,11 +392,8 @@ def run_finetune(config: dict[str, Any]) -> Path:
     """
     config = resolve_config(_DEFAULTS, config)
     _check_options(config)
-    ctx = start_run(config, "finetune", is_complete)
-    try:
+    with run_session(config, "finetune", is_complete) as ctx:
         return _finetune(ctx)
-    finally:
-        ctx.dist.close()
 
 
 def _check_options(config: dict[str, Any]) -> None:

@@ -50,8 +50,8 @@ from medens.train.common import (
     resolve_config,
     run_cli,
     run_facts,
+    run_session,
     split_hash,
-    start_run,
 )
 
 __all__ = ["run_pretrain", "default_config", "is_complete", "add_parser", "main", "ENCODER_NAME"]
@@ -200,11 +200,8 @@ def run_pretrain(config: dict[str, Any]) -> Path:
     seed_everything(int(config["seed"]))
     model = build_model(config)  # validates arch, sizes and masking before anything slow happens
     engine = EngineConfig.from_config(config)
-    ctx = start_run(config, "pretrain", is_complete)
-    try:
+    with run_session(config, "pretrain", is_complete) as ctx:
         return _pretrain(ctx, model, engine)
-    finally:
-        ctx.dist.close()
 
 
 def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> Path:

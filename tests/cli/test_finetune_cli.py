@@ -1,0 +1,187 @@
+"""``python -m medens.train finetune``: the output contract, the three inits, the offline message."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from medens.models import ENCODER_FORMAT, INIT_RANDOM_FALLBACK, MaskedConvNeXt, save_weights
+from medens.train.__main__ import main
+from medens.train.finetune import default_config, is_complete, load_model
+
+#: A fine-tuning run small enough for a CPU test (72 synthetic 64x64 images, ConvNeXt-Atto, 2 epochs).
+TINY = [
+    "--dataset", "synthetic", "--dataset-option", "num_images=72", "--dataset-option", "image_size=64",
+    "--arch", "convnext_atto", "--image-size", "64", "--batch-size", "8", "--epochs", "2",
+    "--num-workers", "0", "--no-progress", "--lr", "1e-3", "--warmup-epochs", "0",
+]  # fmt: skip
+CLASSES = ["normal", "benign", "malignant"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network and an empty Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def _encoder(path: Path, arch: str = "convnext_atto") -> Path:
+    mae = MaskedConvNeXt(arch, image_size=64, decoder_dim=32)
+    return save_weights(path, mae.encoder_state_dict(), {"format": ENCODER_FORMAT, **mae.encoder_config()})
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def test_mae_init_writes_the_member_contract(tmp_path: Path) -> None:
+    encoder = _encoder(tmp_path / "encoder.safetensors")
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--init", f"mae:{encoder}", "--out", str(out)]) == 0
+    assert is_complete(out)
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["dataset"] == "synthetic" and config["data_root"] is None
+    assert config["classes"] == CLASSES and config["arch"] == "convnext_atto" and config["image_size"] == 64
+    assert config["init"] == f"mae:{encoder}"
+    assert len(config["split_hash"]) == 64
+    splits = json.loads((out / "splits.json").read_text())
+    assert set(splits["splits"]) == {"train", "val", "test"}
+
+    for name, split in (("predictions.csv", "test"), ("val_predictions.csv", "val")):
+        rows = _read_csv(out / name)
+        assert list(rows[0]) == ["path", "label", *CLASSES]
+        assert [r["path"] for r in rows] == splits["splits"][split]
+        assert {r["label"] for r in rows} <= set(CLASSES)
+        for r in rows:
+            assert sum(float(r[c]) for c in CLASSES) == pytest.approx(1.0)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["select_metric"] == "macro_f1" and metrics["best_epoch"] in (1, 2)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and set(metrics["test"]["per_class"]) == set(CLASSES)
+    log = _read_csv(out / "log.csv")
+    assert [r["epoch"] for r in log] == ["1", "2"] and "val_macro_f1" in log[0]
+
+    # The best epoch's weights are what model.safetensors holds, and they reproduce predictions.csv.
+    model, loaded_config = load_model(out)
+    assert loaded_config["classes"] == CLASSES and model.head.fc.out_features == 3
+    from medens.data import SplitDataset, build_transforms, load_dataset
+
+    dataset = load_dataset("synthetic", None, num_images=72, image_size=64)
+    position = {item: i for i, item in enumerate(dataset.ids)}
+    rows = _read_csv(out / "predictions.csv")
+    run = loaded_config["run"]
+    transform = build_transforms(64, train=False, mean=run["mean"], std=run["std"], crop_pct=0.875)
+    test_set = SplitDataset(dataset, [position[r["path"]] for r in rows], transform=transform)
+    images = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    with torch.no_grad():
+        probs = model(images).double().softmax(-1)
+    written = torch.tensor([[float(r[c]) for c in CLASSES] for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(probs, written, rtol=0, atol=1e-5)
+
+    # The evaluate helper reads the folder as an ensemble member.
+    from medens.evaluate.members import load_member
+
+    member = load_member(out)
+    assert member.name == "mae-init" and member.split_hash == config["split_hash"] and member.val is not None
+
+
+def test_mae_encoder_of_another_arch_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    encoder = _encoder(tmp_path / "encoder.safetensors", "convnext_femto")
+    assert main(["finetune", *TINY, "--init", f"mae:{encoder}", "--out", str(tmp_path / "ft")]) == 1
+    err = capsys.readouterr().err
+    assert "pre-trained as 'convnext_femto' but the model is 'convnext_atto'" in err
+    assert "Traceback" not in err
+
+
+def test_pretrained_file_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    published = {k: v.contiguous() for k, v in timm.create_model("convnext_atto").state_dict().items()}
+    save_file(published, str(tmp_path / "model.safetensors"))
+    out = tmp_path / "ft"
+    argv = ["finetune", *TINY, "--init", "imagenet", "--pretrained-file", str(tmp_path / "model.safetensors")]
+    # A learning rate of 1e-30 leaves the weights where they were loaded (within float32 rounding).
+    assert main([*argv, "--epochs", "1", "--lr", "1e-30", "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["init"] == "imagenet"
+    trained = load_file(str(out / "model.safetensors"))
+    for key, value in published.items():
+        if key.startswith("head.fc."):
+            assert trained[key].shape[0] == 3  # a fresh 3-class head, not the file's 1000-class one
+        else:
+            torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-20, msg=key)
+
+
+def test_offline_imagenet_says_how_to_supply_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture, offline: None
+) -> None:
+    assert main(["finetune", *TINY, "--init", "imagenet", "--out", str(tmp_path / "ft")]) == 1
+    err = capsys.readouterr().err
+    assert "ImageNet weights for 'convnext_atto.d2_in1k' are not available here" in err
+    assert "--pretrained-file" in err and "--allow-random-imagenet-fallback" in err
+    assert "Traceback" not in err and "huggingface_hub" not in err
+
+
+def test_offline_fallback_is_recorded(tmp_path: Path, offline: None) -> None:
+    out = tmp_path / "ft"
+    argv = ["finetune", *TINY, "--epochs", "1", "--init", "imagenet", "--allow-random-imagenet-fallback"]
+    assert main([*argv, "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["init"] == INIT_RANDOM_FALLBACK and config["init_requested"] == "imagenet"
+    from medens.evaluate.members import load_member
+
+    assert load_member(out).name == "random-init-imagenet-unavailable"
+
+
+def test_options_for_imbalance_mixup_ema_and_resume(tmp_path: Path) -> None:
+    """Balanced sampler, Mixup/CutMix, EMA and layer decay run together; a finished run resumes to the same end."""
+    out = tmp_path / "ft"
+    argv = ["finetune", *TINY, "--init", "scratch", "--imbalance", "balanced_sampler", "--mixup", "0.2",
+            "--cutmix", "1.0", "--ema-decay", "0.9", "--layer-decay", "0.7", "--clip-grad", "1.0"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    before = load_file(str(out / "model.safetensors"))
+    # --resume on a finished run redoes only its final outputs, from the same weights.
+    assert main(["finetune", "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_finetune_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["finetune", *TINY, "--init", "imagenet1k", "--out", str(tmp_path / "a")]) == 1
+    assert "init: expected 'imagenet', 'scratch' or 'mae:PATH'" in capsys.readouterr().err
+    assert main(["finetune", *TINY, "--init", "scratch", "--mixup", "0.2", "--batch-size", "7",
+                 "--out", str(tmp_path / "b")]) == 1  # fmt: skip
+    assert "Mixup/CutMix need an even batch size" in capsys.readouterr().err
+
+
+def test_help_and_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--init", "--pretrained-file", "--allow-random-imagenet-fallback", "--layer-decay",
+                 "--label-smoothing", "--drop-path", "--mixup", "--cutmix", "--ema-decay", "--imbalance",
+                 "--select-metric", "--resume", "--config"):  # fmt: skip
+        assert flag in text, flag
+    defaults = default_config()
+    assert defaults["init"] == "imagenet" and defaults["select_metric"] == "macro_f1"
+    defaults["epochs"] = 1
+    assert default_config()["epochs"] != 1  # callers get a copy

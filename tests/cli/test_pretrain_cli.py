@@ -1,0 +1,266 @@
+"""``python -m medens.train pretrain`` as a user runs it: outputs, learning, bad options, help, stop and resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from medens.train.__main__ import main
+from medens.train.pretrain import default_config, is_complete, run_pretrain
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A pre-training run small enough for a CPU test (48 synthetic 64x64 images, ConvNeXt-Atto).
+TINY = [
+    "--dataset", "synthetic", "--dataset-option", "num_images=48", "--dataset-option", "image_size=64",
+    "--arch", "convnext_atto", "--image-size", "64", "--decoder-dim", "32", "--batch-size", "8",
+    "--num-workers", "0", "--no-progress", "--mask-ratio", "0.5",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+@pytest.mark.slow
+def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
+    out = tmp_path / "mae"
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    assert is_complete(out)
+    for name in (
+        "encoder.safetensors",
+        "config.yaml",
+        "log.csv",
+        "checkpoint.pt",
+        "reconstructions.png",
+        "splits.json",
+    ):
+        assert (out / name).is_file(), name
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["arch"] == "convnext_atto" and config["image_size"] == 64 and config["epochs"] == 2
+    assert config["dataset"] == "synthetic" and len(config["split_hash"]) == 64
+    assert config["run"]["world_size"] == 1 and config["run"]["effective_batch_size"] == 8
+    assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2"]
+
+    with Image.open(out / "reconstructions.png") as png:
+        assert png.format == "PNG" and png.width > 4 * 100 and png.height > 4 * 100
+
+    # The encoder loads into a timm classifier with only the head missing.
+    classifier = timm.create_model("convnext_atto", num_classes=5)
+    missing, unexpected = classifier.load_state_dict(
+        load_file(str(out / "encoder.safetensors")), strict=False
+    )
+    assert unexpected == [] and missing and all(k.startswith("head.") for k in missing)
+
+    # The resolved config repeats the run.
+    again = tmp_path / "again"
+    assert main(["pretrain", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    for key, value in load_file(str(out / "encoder.safetensors")).items():
+        assert torch.equal(value, load_file(str(again / "encoder.safetensors"))[key]), key
+
+
+def test_loss_falls_on_the_synthetic_dataset(tmp_path: Path) -> None:
+    run_pretrain(
+        {
+            "out": tmp_path,
+            "dataset": "synthetic",
+            "dataset_options": {"num_images": 40, "image_size": 64},
+            "arch": "convnext_atto",
+            "image_size": 64,
+            "decoder_dim": 64,
+            "mask_ratio": 0.5,
+            "epochs": 8,  # 8 epochs x 4 steps
+            "warmup_epochs": 1,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "num_workers": 0,
+            "progress": False,
+            "num_reconstructions": 1,
+        }
+    )
+    losses = [float(r["train_loss"]) for r in _rows(tmp_path / "log.csv")]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < 0.95 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--mask-ratio", "1.2"], "mask_ratio: expected a number strictly between 0 and 1"),
+        (["--image-size", "100"], "image_size: expected a positive multiple of the patch size 32"),
+        (["--arch", "convnext_tinny"], "arch: expected a timm ConvNeXt architecture"),
+        (["--arch", "resnet50"], "arch: expected a timm ConvNeXt architecture"),
+        (["--set", "epoch=3"], "unknown option 'epoch'"),
+        (["--set", "epochs=ten"], "epochs: expected an integer, received 'ten'"),
+    ],
+)
+def test_bad_options_fail_at_start_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    start = time.perf_counter()
+    assert main(["pretrain", *TINY, *flags, "--out", str(out)]) == 1
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()  # nothing was started
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert main(["pretrain", *TINY, "--out", str(tmp_path)]) == 1
+    assert "already holds a pretrain run; pass --resume" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--dataset",
+        "--data-root",
+        "--out",
+        "--arch",
+        "--image-size",
+        "--patch-size",
+        "--mask-ratio",
+        "--mask-temperature",
+        "--mask-prefer",
+        "--masking",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--config",
+        "--resume",
+        "--amp",
+        "--accum-steps",
+        "--clip-grad",
+        "--ema-decay",
+        "--compile",
+    ):
+        assert flag in text, flag
+    # every option's help line states its default
+    assert text.count("(default:") >= len([k for k in default_config() if k != "dataset_options"])
+
+
+def test_print_config_resolves_yaml_then_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "c.yaml").write_text("epochs: 7\nmask_ratio: 0.75\nlr: 1e-3\n")
+    argv = [
+        "pretrain",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--mask-ratio",
+        "0.5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["epochs"], config["mask_ratio"], config["lr"]) == (7, 0.5, 1e-3)
+    assert config["arch"] == default_config()["arch"]
+
+
+def test_packaged_presets_resolve() -> None:
+    from medens.engine.config import list_presets
+    from medens.train import finetune, pretrain
+    from medens.train.common import resolve_config
+
+    presets = list_presets()
+    assert {"pretrain_paper", "finetune_paper", "pretrain_cpu_demo", "finetune_cpu_demo"} <= set(presets)
+    for name in presets:
+        stage = pretrain if name.startswith("pretrain") else finetune
+        from medens.engine import load_yaml
+
+        resolve_config(stage.default_config(), {**load_yaml(name), "out": "x"})
+
+
+def _cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    return subprocess.Popen(
+        [sys.executable, "-m", "medens.train", *args], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = [*TINY, "--epochs", "4", "--deterministic", "--dataset-option", "num_images=64"]
+    full = _cli(["pretrain", *args, "--out", str(tmp_path / "full")])
+
+    stopped = _cli(["pretrain", *args, "--out", str(tmp_path / "split")])
+    checkpoint = tmp_path / "split" / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and stopped.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)  # somewhere in epoch 2 (or later)
+    _, err = stopped.communicate(timeout=240)
+    assert stopped.returncode == 143, err[-2000:]
+    assert "SIGTERM" in err and "--resume" in err
+    assert not is_complete(tmp_path / "split")
+
+    resumed = _cli(["pretrain", "--resume", "--out", str(tmp_path / "split")])
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-2000:]
+    _, err = full.communicate(timeout=240)
+    assert full.returncode == 0, err[-2000:]
+
+    a = load_file(str(tmp_path / "full" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["train_loss"] for r in _rows(tmp_path / "split" / "log.csv")] == [
+        r["train_loss"] for r in _rows(tmp_path / "full" / "log.csv")
+    ]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_pretraining(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "medens.train",
+        "pretrain",
+        *TINY,
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert is_complete(tmp_path)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["run"]["world_size"] == 2 and config["run"]["effective_batch_size"] == 16
+    assert [r["epoch"] for r in _rows(tmp_path / "log.csv")] == ["1", "2"]
