@@ -13,12 +13,14 @@ fine-tuning run writes (``predictions.csv``, ``val_predictions.csv``, ``config.y
 - :mod:`~medens.evaluate.plots`        confusion matrices, ROC curves, reliability diagrams (PNG)
 - :mod:`~medens.evaluate.report`       comparison tables and ``report.md``
 - :mod:`~medens.evaluate.ensemble`     all of the above for a set of members, written to a folder
+
+``evaluate_ensemble`` and ``ENSEMBLE_NAME`` are imported on first use, so importing the metrics does not load
+matplotlib.
 """
 
 from medens.evaluate.bootstrap import bootstrap_samples, confidence_intervals, difference_intervals
 from medens.evaluate.calibration import apply_temperature, fit_temperature
 from medens.evaluate.combine import ENSEMBLE_METHODS, EnsembleRule, combine, fit_rule, fit_weights
-from medens.evaluate.ensemble import ENSEMBLE_NAME, evaluate_ensemble
 from medens.evaluate.mcnemar import McNemarResult, mcnemar
 from medens.evaluate.members import IncompatibleMembersError, Member, align_members, load_member
 from medens.evaluate.metrics import (
@@ -71,3 +73,12 @@ __all__ = [
     "write_prediction_table",
     "write_predictions",
 ]
+
+
+def __getattr__(name: str):
+    """Import the ensemble evaluation (and with it matplotlib) only when it is asked for."""
+    if name in ("evaluate_ensemble", "ENSEMBLE_NAME"):
+        from medens.evaluate import ensemble
+
+        return getattr(ensemble, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

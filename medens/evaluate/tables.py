@@ -36,23 +36,27 @@ def _check(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             )
 
 
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to a common width, first column left-aligned and the rest right-aligned.
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """Columns padded to a common width.
 
     Args:
         headers: column titles.
         rows: cells as text, one sequence per row.
+        align: one letter per column, ``l`` or ``r``; default: first column left, the rest right.
 
     Returns:
         The table, lines joined by newlines (no trailing newline).
     """
     _check(headers, rows)
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align: expected {len(headers)} letters from 'l'/'r', received {align!r}")
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         parts = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            str(c).ljust(w) if a == "l" else str(c).rjust(w)
+            for c, w, a in zip(cells, widths, align, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
