@@ -1,5 +1,8 @@
 """Decoding: every Pillow mode becomes correct 8-bit RGB; corrupt files are named, never crash."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,6 +46,24 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
         assert check.mode.startswith("I")  # really a 16-bit file
     out = np.asarray(read_image(tmp_path / "deep.png"))[0, :, 0]
     np.testing.assert_array_equal(out, [0, 1, 4, 128, 255])
+
+
+def _png_rgb16(path, values):
+    """Write a 16-bit-per-channel RGB PNG (Pillow cannot write one) from uint16 values (H, W, 3)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    height, width, _ = values.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_16bit_colour_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[[0, 1000, 65535], [32768, 257, 40000]]], dtype=np.uint16)
+    _png_rgb16(tmp_path / "rgb16.png", values)
+    out = np.asarray(read_image(tmp_path / "rgb16.png"))
+    np.testing.assert_array_equal(out, values >> 8)  # Pillow keeps the high byte: 1000 -> 3, not 255
 
 
 def test_16bit_minmax_stretches_each_image_to_full_range(tmp_path):

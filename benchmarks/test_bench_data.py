@@ -1,0 +1,60 @@
+"""DataLoader throughput (images per second) on 2 workers, decoding JPEGs every epoch vs the decode cache.
+
+The dataset: 256 ultrasound-like JPEGs of 512 x 384 (about BUSI's size), read as a ``folder`` dataset and fed
+through the eval transform at 224 (resize to 256, centre crop). The cache stores them at 256 x 256, so the
+cached path skips JPEG decoding and the big resize. Each round is one full epoch over persistent workers.
+
+Run: ``pytest benchmarks/test_bench_data.py --benchmark`` (add ``--benchmark-json=out.json`` for the table).
+"""
+
+from __future__ import annotations
+
+import pytest
+from torch.utils.data import DataLoader
+
+from medens.data import SplitDataset, build_transforms, cache_dataset, load_dataset
+from medens.data.synthetic import SyntheticDataset
+
+NUM_IMAGES = 256
+WORKERS = 2
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_jpegs")
+    source = SyntheticDataset(NUM_IMAGES, (384, 512), num_classes=3, seed=0)
+    for i in range(NUM_IMAGES):
+        image, label = source[i]
+        folder = root / source.classes[label]
+        folder.mkdir(exist_ok=True)
+        image.save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def _epoch_images_per_second(benchmark, dataset):
+    split = SplitDataset(dataset, list(range(len(dataset))), transform=build_transforms(224, train=False))
+    loader = DataLoader(split, batch_size=BATCH, num_workers=WORKERS, persistent_workers=True)
+
+    def epoch() -> int:
+        return sum(len(labels) for _, labels in loader)
+
+    seen = benchmark.pedantic(epoch, rounds=3, warmup_rounds=1, iterations=1)
+    assert seen == NUM_IMAGES
+    rate = NUM_IMAGES / benchmark.stats.stats.mean
+    benchmark.extra_info.update({"images_per_second": round(rate, 1), "workers": WORKERS, "images": NUM_IMAGES,
+                                 "source": "512x384 JPEG", "transform": "eval 224"})
+    return rate
+
+
+@pytest.mark.benchmark
+def test_dataloader_decoding_jpegs(benchmark, jpeg_folder):
+    rate = _epoch_images_per_second(benchmark, load_dataset("folder", jpeg_folder))
+    assert rate > 0
+
+
+@pytest.mark.benchmark
+def test_dataloader_from_decode_cache(benchmark, jpeg_folder, tmp_path):
+    cached = cache_dataset(load_dataset("folder", jpeg_folder), tmp_path / "cache", size=256)
+    rate = _epoch_images_per_second(benchmark, cached)
+    assert rate > 0
