@@ -34,8 +34,12 @@ def _option(text: str) -> tuple[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(list_datasets()) + ", medmnist:<flag>"
-    parser = argparse.ArgumentParser(prog="python -m medens.data", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m medens.data",
+        description="Look at a dataset before training on it: its classes, images per class and split, "
+                    "image sizes, and the files skipped and why.",
+        epilog="\n".join(line.strip() for line in __doc__.splitlines() if line.startswith("    python")),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help=f"dataset name: {names}")
     parser.add_argument("--data-root", default=None, help="folder the dataset was unpacked into (not for synthetic)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
