@@ -117,3 +117,14 @@ def test_folder_without_either_layout_is_an_error(tmp_path, layouts):
     layouts.folder(tmp_path)
     with pytest.raises(DatasetError, match="expected ISIC2018_Task3_.*HAM10000_metadata.csv"):
         load_dataset("isic2018", tmp_path)
+
+
+def test_truncated_jpeg_is_skipped_when_opening_and_counted(tmp_path, layouts, caplog):
+    root = layouts.isic2018(tmp_path, {"Training": 6})
+    bad = root / "ISIC2018_Task3_Training_Input" / "ISIC_0024307.jpg"
+    layouts.truncate(layouts.big_jpeg(bad))
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("isic2018", root)
+    assert len(ds) == 5 and "ISIC2018_Task3_Training_Input/ISIC_0024307.jpg" not in ds.ids
+    assert [s.path for s in ds.skipped] == [str(bad)] and "truncated" in ds.skipped[0].reason
+    assert str(bad) in caplog.text
