@@ -264,3 +264,44 @@ def test_two_process_torchrun_pretraining(tmp_path: Path) -> None:
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["run"]["world_size"] == 2 and config["run"]["effective_batch_size"] == 16
     assert [r["epoch"] for r in _rows(tmp_path / "log.csv")] == ["1", "2"]
+
+
+# ---- the dispatcher of python -m medens.train -----------------------------------------------------------------
+
+
+def test_no_arguments_runs_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls = []
+    fake = types.ModuleType("medens.train.pipeline")
+
+    def add_parser(subparsers):
+        parser = subparsers.add_parser("pipeline")
+        parser.add_argument("--epochs", type=int, default=1)
+        parser.set_defaults(func=lambda args: calls.append(args.epochs) or 0)
+        return parser
+
+    fake.add_parser, fake.main = add_parser, lambda args: 0
+    monkeypatch.setitem(sys.modules, "medens.train.pipeline", fake)
+    assert main([]) == 0
+    assert calls == [1]
+
+
+def test_a_missing_subcommand_module_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from medens.train import __main__ as dispatcher
+
+    monkeypatch.setitem(dispatcher.SUBCOMMANDS, "later", ("medens.train.not_written_yet", "a future command"))
+    assert main(["later", "--flag"]) == 2
+    assert "the 'later' command is not available: module medens.train.not_written_yet is missing" in (
+        capsys.readouterr().err
+    )
+
+
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("pretrain", "finetune", "ensemble", "predict", "pipeline"):
+        assert command in text
