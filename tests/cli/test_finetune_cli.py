@@ -185,3 +185,24 @@ def test_help_and_defaults(capsys: pytest.CaptureFixture) -> None:
     assert defaults["init"] == "imagenet" and defaults["select_metric"] == "macro_f1"
     defaults["epochs"] = 1
     assert default_config()["epochs"] != 1  # callers get a copy
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_finetuning(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "medens.train", "finetune", *TINY, "--init", "scratch", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert is_complete(tmp_path)
+    splits = json.loads((tmp_path / "splits.json").read_text())["splits"]
+    # Every test and validation image is predicted exactly once, although each rank predicted half of them.
+    assert [r["path"] for r in _read_csv(tmp_path / "predictions.csv")] == splits["test"]
+    assert [r["path"] for r in _read_csv(tmp_path / "val_predictions.csv")] == splits["val"]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["run"]["world_size"] == 2
