@@ -573,6 +573,8 @@ def _finetune(ctx: RunContext) -> Path:
     )
     if ctx.resuming:
         trainer.resume()
+    if not trainer.finished and dist.is_main:
+        (out / METRICS_NAME).unlink(missing_ok=True)  # a resumed run that trains on: its results are stale
     trainer.fit(loader, epoch_end=evaluate)
 
     # The best epoch's weights predict both splits.

@@ -145,9 +145,9 @@ def default_config() -> dict[str, Any]:
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds a finished pre-training run (its final artefacts exist)."""
+    """True when ``out_dir`` holds a finished pre-training run (``encoder.safetensors`` is written last)."""
     out = Path(out_dir)
-    return all((out / name).is_file() for name in (ENCODER_NAME, CONFIG_NAME, LOG_NAME, RECONSTRUCTIONS_NAME))
+    return all((out / name).is_file() for name in (ENCODER_NAME, CONFIG_NAME, LOG_NAME))
 
 
 def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
@@ -271,9 +271,13 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
     )
     if ctx.resuming:
         trainer.resume()
+    if not trainer.finished and dist.is_main:
+        (out / ENCODER_NAME).unlink(missing_ok=True)  # a resumed run that trains on: the old encoder is stale
     trainer.fit(loader)
 
     if dist.is_main:
+        _save_reconstructions(model, dataset, splits, config, out)
+        # Written last: its presence marks a finished run (is_complete).
         save_weights(
             out / ENCODER_NAME,
             model.encoder_state_dict(),
@@ -284,7 +288,6 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
                 "dataset": config["dataset"],
             },
         )
-        _save_reconstructions(model, dataset, splits, config, out)
         _logger.info("encoder written to %s", out / ENCODER_NAME)
     dist.barrier()
     return out

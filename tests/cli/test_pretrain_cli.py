@@ -75,9 +75,15 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
 
     # The resolved config repeats the run.
     again = tmp_path / "again"
-    assert main(["pretrain", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    argv = ["pretrain", "--config", str(out / "config.yaml"), "--out", str(again)]
+    assert main(argv) == 0
     for key, value in load_file(str(out / "encoder.safetensors")).items():
         assert torch.equal(value, load_file(str(again / "encoder.safetensors"))[key]), key
+
+    # A finished run can be extended: --resume takes its config.yaml, flags override it.
+    assert main(["pretrain", "--resume", "--epochs", "3", "--out", str(out)]) == 0
+    assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2", "3"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3 and is_complete(out)
 
 
 def test_loss_falls_on_the_synthetic_dataset(tmp_path: Path) -> None:
