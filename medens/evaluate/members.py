@@ -8,6 +8,7 @@ split and predict the same test images with the same labels.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -73,6 +74,20 @@ class Member:
         """The hash of the split the member was trained on, if recorded."""
         value = self.config.get("split_hash")
         return None if value is None else str(value)
+
+
+def prediction_fingerprint(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 of a member's prediction files (test, then validation when present).
+
+    An evaluation records it per member, so a member that was retrained since is noticed.
+    """
+    digest = hashlib.sha256()
+    for name in (TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE):
+        path = Path(directory) / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def init_kind(init: str | None) -> str | None:

@@ -8,6 +8,7 @@ PNG plots to ``--out`` and prints the comparison table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
-from medens.evaluate.members import IncompatibleMembersError, Member, load_member
+from medens.evaluate.members import IncompatibleMembersError, Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table
 
@@ -64,9 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike[str]] | None = None) -> bool:
-    """Whether ``out_dir`` holds a finished evaluation (of exactly ``members``, when given).
+    """Whether ``out_dir`` holds a finished evaluation (of exactly ``members``, as they are now, when given).
 
-    ``metrics.json`` is written last, so its presence means every other output is there.
+    ``metrics.json`` is written last, so its presence means every other output is there. With ``members``, the
+    evaluation must list the same folders in the same order, and their prediction files must be unchanged since
+    (a member retrained after the evaluation makes it stale).
     """
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
@@ -77,8 +80,10 @@ def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike
         return False
     if members is None:
         return True
-    recorded = [Path(m["directory"]).resolve() for m in results.get("members", [])]
-    return recorded == [Path(m).resolve() for m in members]
+    recorded = results.get("members", [])
+    if [Path(m["directory"]).resolve() for m in recorded] != [Path(m).resolve() for m in members]:
+        return False
+    return all(m.get("fingerprint") == prediction_fingerprint(m["directory"]) for m in recorded)
 
 
 def run_ensemble(
@@ -137,8 +142,20 @@ def run_ensemble(
     )
 
 
+def cli_logging() -> contextlib.AbstractContextManager:
+    """Log ``medens`` INFO messages to stderr for a command's duration, unless the caller set up logging already."""
+    from medens.engine import logging_to
+
+    return contextlib.nullcontext() if logging.getLogger("medens").handlers else logging_to(None)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand; print the comparison table. Returns 0, or 2 when the members are refused."""
+    with cli_logging():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         results = run_ensemble(
             args.members,

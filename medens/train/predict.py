@@ -281,6 +281,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand and print the first predictions as a table. Returns 0, or 2 on bad input."""
+    from medens.train.ensemble import cli_logging
+
+    with cli_logging():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         paths, classes, probs = run_predict(
             args.members,

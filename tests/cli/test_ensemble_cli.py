@@ -78,6 +78,9 @@ def test_ensemble_prints_table_and_writes_outputs(tmp_path: Path, capsys: pytest
     assert ensemble_cli.is_complete(out, [a, b])
     assert not ensemble_cli.is_complete(out, [b, a])
     assert not ensemble_cli.is_complete(tmp_path / "nowhere")
+    # A member retrained after the evaluation makes it stale.
+    member(tmp_path, "finetune-mae", "mae:/x/encoder.safetensors", 2)
+    assert not ensemble_cli.is_complete(out, [a, b])
 
 
 def test_weighted_calibrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,463 @@
+"""``python -m medens.train pipeline``: the paper's method in one command, resumable.
+
+Runs, each into its own folder under ``--out``:
+
+1. ``pretrain/``: entropy-guided masked-autoencoder pre-training on the training split;
+2. ``finetune-imagenet/``: fine-tuning from ImageNet weights (from random weights, labelled so everywhere, when
+   ImageNet weights cannot be had and ``--require-imagenet`` is off);
+3. ``finetune-mae/``: fine-tuning from the pre-trained encoder;
+4. ``ensemble/``: the two members averaged and compared (:mod:`medens.train.ensemble`).
+
+Every stage uses the split that pre-training wrote (``pretrain/splits.json``), so the members are trained, selected
+and tested on the same images. A stage already complete in ``--out`` is skipped, one with a checkpoint resumes, so a
+killed pipeline continues where it stopped when the same command is run again. A complete stage whose recorded
+options differ from the requested ones is refused rather than silently reused.
+
+Without arguments (``python -m medens.train``), the pipeline runs the demo: the embedded synthetic dataset, the
+``small`` preset, into ``runs/demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medens.evaluate.bootstrap import DEFAULT_N_BOOT
+from medens.evaluate.combine import ENSEMBLE_METHODS
+from medens.evaluate.ensemble import REPORT_FILE
+from medens.evaluate.report import comparison_table
+from medens.evaluate.tables import text_table
+
+logger = logging.getLogger(__name__)
+
+HELP = "the whole method: pre-train, fine-tune from ImageNet and from MAE, ensemble (no arguments: the demo)"
+
+#: Stage folder names under ``--out``.
+PRETRAIN_DIR = "pretrain"
+IMAGENET_DIR = "finetune-imagenet"
+MAE_DIR = "finetune-mae"
+ENSEMBLE_DIR = "ensemble"
+#: Decode cache shared by the stages (not used for the generated synthetic images).
+CACHE_DIR = "cache"
+
+#: The demo of ``python -m medens.train`` without arguments.
+DEMO_DATASET = "synthetic"
+DEMO_OUT = "runs/demo"
+#: Synthetic images for the demo: as many as BUSI has (780), at the small preset's resolution.
+DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 780, "image_size": 64}
+
+#: Stage options per preset. ``paper`` names the packaged YAML presets (ConvNeXt-Tiny, 224 px, the paper-scale
+#: schedules); ``small`` is sized for a CPU: a 780-image dataset runs the whole pipeline in under 30 minutes on 2
+#: cores (see the measurements in the project's notes) and still learns.
+PRESETS: dict[str, dict[str, str | dict[str, Any]]] = {
+    "paper": {"pretrain": "pretrain_paper", "finetune": "finetune_paper"},
+    "small": {
+        "pretrain": {
+            "arch": "convnext_atto",
+            "image_size": 64,
+            "decoder_dim": 128,
+            "epochs": 50,
+            "warmup_epochs": 5,
+            "batch_size": 32,
+            "lr": 1.5e-3,
+            "num_workers": 0,
+        },
+        "finetune": {
+            "arch": "convnext_atto",
+            "image_size": 64,
+            "epochs": 40,
+            "warmup_epochs": 3,
+            "batch_size": 32,
+            "lr": 1.0e-3,
+            "layer_decay": 0.9,
+            "drop_path": 0.05,
+            "num_workers": 0,
+        },
+    },
+}
+
+#: Options that the pipeline's flags set for every training stage.
+_SHARED_FLAGS: dict[str, str] = {
+    "dataset": "dataset",
+    "data_root": "data_root",
+    "cache_dir": "cache_dir",
+    "arch": "arch",
+    "image_size": "image_size",
+    "batch_size": "batch_size",
+    "num_workers": "num_workers",
+    "device": "device",
+    "seed": "seed",
+    "split_seed": "split_seed",
+    "val_fraction": "val_fraction",
+    "test_fraction": "test_fraction",
+}
+
+#: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
+_UNCHECKED_KEYS = frozenset(
+    {
+        "out",
+        "resume",
+        "init",
+        "device",
+        "progress",
+        "num_workers",
+        "tensorboard",
+        "split_file",
+        "data_root",
+        "cache_dir",
+        "pretrained_file",
+        "dist_timeout_s",
+    }
+)
+
+
+@dataclass
+class StageOutcome:
+    """What happened to one stage: ``ran``, ``resumed`` or ``skipped``, how long it took, and where it is."""
+
+    name: str
+    status: str
+    seconds: float
+    folder: Path
+
+
+def preset_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pre-training and fine-tuning options of a preset.
+
+    Raises:
+        ValueError: on an unknown preset.
+    """
+    from medens.engine import load_yaml
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, received {preset!r}")
+    out = []
+    for stage in ("pretrain", "finetune"):
+        entry = PRESETS[preset][stage]
+        out.append(load_yaml(entry) if isinstance(entry, str) else dict(entry))
+    return out[0], out[1]
+
+
+def stage_configs(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The configuration of each training stage, from the pipeline's options.
+
+    Precedence: preset < the pipeline's flags (``dataset``, ``arch``, ``image_size``, ...) < ``pretrain_epochs`` /
+    ``finetune_epochs`` < ``set_pretrain`` / ``set_finetune`` (any stage key).
+
+    Args:
+        options: ``out``, ``preset``, ``dataset`` and the optional keys of :func:`add_parser`'s flags.
+
+    Returns:
+        ``{"pretrain": ..., "imagenet": ..., "mae": ...}``, each ready for ``run_pretrain`` / ``run_finetune``.
+    """
+    root = Path(options["out"])
+    pretrain, finetune = preset_configs(options["preset"])
+    shared = {key: options[flag] for flag, key in _SHARED_FLAGS.items() if options.get(flag) is not None}
+    dataset_options = dict(options.get("dataset_options") or {})
+    if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
+        dataset_options = dict(DEMO_DATASET_OPTIONS)
+    shared["dataset_options"] = dataset_options
+    if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
+        shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages
+    pretrain = {**pretrain, **shared}
+    finetune = {**finetune, **shared}
+    if options.get("pretrain_epochs") is not None:
+        pretrain["epochs"] = int(options["pretrain_epochs"])
+    if options.get("finetune_epochs") is not None:
+        finetune["epochs"] = int(options["finetune_epochs"])
+    pretrain.update(options.get("set_pretrain") or {})
+    finetune.update(options.get("set_finetune") or {})
+    for config in (pretrain, finetune):  # warm-up must fit in a shortened schedule
+        if "warmup_epochs" in config and "epochs" in config:
+            config["warmup_epochs"] = min(
+                float(config["warmup_epochs"]), max(0.0, float(config["epochs"]) - 1)
+            )
+
+    pretrain_dir = root / PRETRAIN_DIR
+    from medens.train.pretrain import ENCODER_NAME
+
+    common_ft = {**finetune, "split_file": str(pretrain_dir / "splits.json")}
+    imagenet = {
+        **common_ft,
+        "init": "imagenet",
+        "allow_random_imagenet_fallback": not options.get("require_imagenet", False),
+        "out": str(root / IMAGENET_DIR),
+    }
+    if options.get("pretrained_file"):
+        imagenet["pretrained_file"] = str(options["pretrained_file"])
+    mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / MAE_DIR)}
+    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
+
+
+def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
+    """Requested options that differ from what the finished run in ``folder`` recorded in its config.yaml."""
+    import yaml
+
+    from medens.engine import load_yaml
+
+    recorded = load_yaml(folder / "config.yaml")
+    diffs = []
+    for key, value in requested.items():
+        if key in _UNCHECKED_KEYS:
+            continue
+        want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
+        if key in recorded and recorded[key] != want:
+            diffs.append(f"{key}={recorded[key]!r} (requested {want!r})")
+    if "init" in requested and not str(requested["init"]).startswith("mae:"):
+        if recorded.get("init_requested", requested["init"]) != requested["init"]:
+            diffs.append(f"init={recorded.get('init_requested')!r} (requested {requested['init']!r})")
+    return diffs
+
+
+def _run_stage(
+    name: str,
+    config: dict[str, Any],
+    run: Callable[[dict[str, Any]], Path],
+    is_complete: Callable[[Path], bool],
+) -> StageOutcome:
+    """Skip a finished stage (after checking its options), resume one with a checkpoint, or start it."""
+    from medens.engine import CHECKPOINT_NAME
+
+    folder = Path(config["out"])
+    if is_complete(folder):
+        diffs = _recorded_mismatches(folder, config)
+        if diffs:
+            raise ValueError(
+                f"out: {folder} holds a finished {name} run with other options: {'; '.join(diffs)}. "
+                f"Use another --out, or delete {folder} to redo the stage"
+            )
+        logger.info("%s: already complete in %s, skipped", name, folder)
+        return StageOutcome(name, "skipped", 0.0, folder)
+    resume = (folder / CHECKPOINT_NAME).is_file()
+    logger.info("%s: %s in %s", name, "resuming" if resume else "starting", folder)
+    start = time.perf_counter()
+    run({**config, "resume": resume})
+    return StageOutcome(name, "resumed" if resume else "ran", time.perf_counter() - start, folder)
+
+
+def run_pipeline(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[StageOutcome]]:
+    """Run (or resume) the four stages and return the ensemble's results.
+
+    Args:
+        options: ``out``, ``preset``, ``dataset`` and, optionally, every other flag of :func:`add_parser` under
+            its ``dest`` name (``data_root``, ``arch``, ``pretrain_epochs``, ``method``, ``calibrate``, ...).
+
+    Returns:
+        ``(content of ensemble/metrics.json, outcome of each stage)``.
+
+    Raises:
+        ValueError: bad options, or a finished stage recorded with other options.
+        medens.data.DatasetError: the dataset cannot be opened.
+        medens.engine.TrainingInterrupted: a stage was stopped (its checkpoint is saved; rerun to resume).
+    """
+    from medens.train import ensemble as ensemble_stage
+    from medens.train import finetune, pretrain
+
+    configs = stage_configs(options)
+    root = Path(options["out"])
+    outcomes = [
+        _run_stage("pretrain", configs["pretrain"], pretrain.run_pretrain, pretrain.is_complete),
+        _run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune, finetune.is_complete),
+        _run_stage("finetune-mae", configs["mae"], finetune.run_finetune, finetune.is_complete),
+    ]
+    members = [configs["imagenet"]["out"], configs["mae"]["out"]]
+    ens_dir = root / ENSEMBLE_DIR
+    method = options.get("method") or ENSEMBLE_METHODS[0]
+    calibrate, tta = bool(options.get("calibrate")), bool(options.get("tta"))
+    n_boot = int(options.get("bootstrap") or DEFAULT_N_BOOT)
+    results = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot)
+    if results is not None:
+        outcomes.append(StageOutcome("ensemble", "skipped", 0.0, ens_dir))
+    else:
+        start = time.perf_counter()
+        results = ensemble_stage.run_ensemble(
+            members,
+            ens_dir,
+            method=method,
+            calibrate=calibrate,
+            tta=tta,
+            n_boot=n_boot,
+            device=str(options.get("device") or "auto"),
+        )
+        outcomes.append(StageOutcome("ensemble", "ran", time.perf_counter() - start, ens_dir))
+    return results, outcomes
+
+
+def _finished_ensemble(
+    ens_dir: Path, members: list[str], method: str, calibrate: bool, tta: bool, n_boot: int
+) -> dict[str, Any] | None:
+    """The recorded results when ``ens_dir`` already evaluated these members the same way, else None."""
+    import json
+
+    from medens.evaluate.ensemble import METRICS_FILE
+    from medens.train.ensemble import is_complete
+
+    if not is_complete(ens_dir, members):
+        return None
+    results = json.loads((ens_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    same = (
+        results.get("method"),
+        results.get("calibrate"),
+        results.get("tta"),
+        results["bootstrap"]["n_boot"],
+    )
+    return results if same == (method, calibrate, tta, n_boot) else None
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def stage_table(outcomes: list[StageOutcome]) -> str:
+    """The stages as a text table: name, what happened, time, folder."""
+    rows = [
+        [o.name, o.status, "-" if o.status == "skipped" else _format_seconds(o.seconds), str(o.folder)]
+        for o in outcomes
+    ]
+    return text_table(["Stage", "Status", "Time", "Folder"], rows, align="llrl")
+
+
+def _key_values(items: list[str] | None) -> dict[str, Any]:
+    from medens.engine import parse_overrides
+
+    return parse_overrides(items or [])
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``pipeline`` subcommand and return its parser."""
+    p = subparsers.add_parser("pipeline", help=HELP, description=HELP)
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=DEMO_DATASET,
+        metavar="NAME",
+        help=f"busi, isic2018, kvasir, covid, medmnist:<flag>, folder or synthetic (default: {DEMO_DATASET})",
+    )
+    data.add_argument("--data-root", metavar="PATH", help="folder the dataset was unpacked in")
+    data.add_argument(
+        "--dataset-option",
+        dest="dataset_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="reader option, repeatable (synthetic default: "
+        + ", ".join(f"{k}={v}" for k, v in DEMO_DATASET_OPTIONS.items())
+        + ")",
+    )
+    data.add_argument("--cache-dir", metavar="DIR", help="decode images once into a cache in this folder")
+    data.add_argument("--split-seed", type=int, help="seed of the train/val/test split")
+    data.add_argument("--val-fraction", type=float, help="share of images for validation (no official split)")
+    data.add_argument("--test-fraction", type=float, help="share of images for testing (no official split)")
+    run = p.add_argument_group("run")
+    run.add_argument(
+        "--out", metavar="DIR", help=f"output folder (default for the synthetic demo: {DEMO_OUT})"
+    )
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="paper: ConvNeXt-Tiny, 224 px, paper-scale schedules; small: fits a CPU "
+        "(default: small for synthetic, paper otherwise)",
+    )
+    run.add_argument("--arch", help="timm ConvNeXt for every stage (overrides the preset)")
+    run.add_argument(
+        "--image-size", type=int, metavar="N", help="input side in pixels (overrides the preset)"
+    )
+    run.add_argument(
+        "--pretrain-epochs", type=int, metavar="N", help="pre-training epochs (overrides the preset)"
+    )
+    run.add_argument(
+        "--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs (overrides the preset)"
+    )
+    run.add_argument("--batch-size", type=int, metavar="N", help="batch size of every stage")
+    run.add_argument("--num-workers", type=int, metavar="N", help="data-loading workers")
+    run.add_argument("--device", help="auto, cpu or cuda")
+    run.add_argument("--seed", type=int, help="random seed of every stage")
+    run.add_argument(
+        "--pretrained-file", metavar="FILE", help="local ImageNet weights for the ImageNet member"
+    )
+    run.add_argument(
+        "--require-imagenet",
+        action="store_true",
+        help="fail when ImageNet weights cannot be had, instead of training that member from "
+        "random weights (labelled 'Random-init (ImageNet weights unavailable)')",
+    )
+    run.add_argument("--set-pretrain", action="append", metavar="KEY=VALUE", help="any pre-training option")
+    run.add_argument("--set-finetune", action="append", metavar="KEY=VALUE", help="any fine-tuning option")
+    ens = p.add_argument_group("ensemble")
+    ens.add_argument(
+        "--method",
+        choices=ENSEMBLE_METHODS,
+        default=ENSEMBLE_METHODS[0],
+        help="combination rule (default: mean, the paper's)",
+    )
+    ens.add_argument(
+        "--calibrate", action="store_true", help="temperature-scale members on the validation split"
+    )
+    ens.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ens.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples")
+    p.set_defaults(func=main)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`run_pipeline` from parsed flags, with the demo's defaults filled in.
+
+    Raises:
+        ValueError: when a real dataset is given without ``--out``.
+    """
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    synthetic = args.dataset == DEMO_DATASET
+    if not options.get("out"):
+        if not synthetic:
+            raise ValueError(f"out: expected --out DIR for dataset {args.dataset!r}, received none")
+        options["out"] = DEMO_OUT
+    options["preset"] = options.get("preset") or ("small" if synthetic else "paper")
+    options["dataset_options"] = _key_values(args.dataset_options)
+    options["set_pretrain"] = _key_values(args.set_pretrain)
+    options["set_finetune"] = _key_values(args.set_finetune)
+    return options
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the pipeline, print the stages and the comparison table. Returns 0, 1 on failure, 130/143 if stopped."""
+    from medens.train.ensemble import cli_logging
+
+    with cli_logging():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from medens.data import DatasetError
+    from medens.engine import NonFiniteLossError, TrainingInterrupted
+    from medens.evaluate.members import IncompatibleMembersError
+    from medens.models import PretrainedWeightsUnavailable
+
+    try:
+        options = options_from_args(args)
+        logger.info(
+            "pipeline: dataset %s, preset %s, into %s", options["dataset"], options["preset"], options["out"]
+        )
+        results, outcomes = run_pipeline(options)
+    except TrainingInterrupted as err:
+        logger.warning("%s. Run the same pipeline command again to resume.", err)
+        return 143 if err.reason == "SIGTERM" else 130
+    except (
+        ValueError,
+        FileNotFoundError,
+        DatasetError,
+        PretrainedWeightsUnavailable,
+        NonFiniteLossError,
+        IncompatibleMembersError,
+    ) as err:
+        logger.error("pipeline: %s", err)
+        return 1
+    print(stage_table(outcomes))
+    print()
+    print(comparison_table(results))
+    print(f"\nreport: {Path(options['out']) / ENSEMBLE_DIR / REPORT_FILE}")
+    return 0

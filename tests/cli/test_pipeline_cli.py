@@ -1,0 +1,215 @@
+"""``python -m medens.train pipeline``: stage configuration, the demo defaults, and a tiny end-to-end run that resumes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medens.train import pipeline
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="medens.train")
+    pipeline.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["pipeline", *argv])
+
+
+def test_no_arguments_means_the_demo() -> None:
+    options = pipeline.options_from_args(parse([]))
+    assert (options["dataset"], options["out"], options["preset"]) == ("synthetic", "runs/demo", "small")
+    configs = pipeline.stage_configs(options)
+    for stage in ("pretrain", "imagenet", "mae"):
+        assert configs[stage]["dataset_options"] == pipeline.DEMO_DATASET_OPTIONS
+        assert configs[stage]["arch"] == "convnext_atto"
+        assert "cache_dir" not in configs[stage]  # generated images need no decode cache
+
+
+def test_real_dataset_needs_out_and_defaults_to_paper(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="out: expected --out DIR for dataset 'busi'"):
+        pipeline.options_from_args(parse(["--dataset", "busi"]))
+    options = pipeline.options_from_args(
+        parse(["--dataset", "busi", "--data-root", "/d", "--out", str(tmp_path)])
+    )
+    configs = pipeline.stage_configs(options)
+    assert options["preset"] == "paper"
+    assert configs["pretrain"]["arch"] == "convnext_tiny" and configs["pretrain"]["image_size"] == 224
+    assert configs["imagenet"]["arch"] == "convnext_tiny.fb_in1k"
+    assert configs["mae"]["cache_dir"] == str(tmp_path / "cache")
+    assert (
+        configs["pretrain"]["epochs"]
+        == yaml.safe_load(
+            (Path(pipeline.__file__).parent.parent / "configs" / "pretrain_paper.yaml").read_text()
+        )["epochs"]
+    )
+
+
+def test_stage_options_override_the_preset(tmp_path: Path) -> None:
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--arch",
+        "convnext_femto",
+        "--image-size",
+        "96",
+        "--pretrain-epochs",
+        "3",
+        "--finetune-epochs",
+        "2",
+        "--set-finetune",
+        "label_smoothing=0.0",
+        "--set-pretrain",
+        "mask_ratio=0.5",
+        "--dataset-option",
+        "num_images=40",
+        "--require-imagenet",
+        "--pretrained-file",
+        "/w/model.safetensors",
+    ]
+    configs = pipeline.stage_configs(pipeline.options_from_args(parse(argv)))
+    pre, imnet, mae = configs["pretrain"], configs["imagenet"], configs["mae"]
+    assert pre["arch"] == imnet["arch"] == mae["arch"] == "convnext_femto"
+    assert pre["image_size"] == mae["image_size"] == 96
+    assert (pre["epochs"], imnet["epochs"], mae["epochs"]) == (3, 2, 2)
+    assert pre["warmup_epochs"] <= 2 and mae["warmup_epochs"] <= 1  # warm-up shortened to fit
+    assert pre["mask_ratio"] == 0.5 and mae["label_smoothing"] == 0.0
+    assert pre["dataset_options"] == {"num_images": 40}
+    # Both members use the split pre-training wrote, and the MAE member its encoder.
+    assert imnet["split_file"] == mae["split_file"] == str(tmp_path / "pretrain" / "splits.json")
+    assert mae["init"] == f"mae:{tmp_path / 'pretrain' / 'encoder.safetensors'}"
+    assert imnet["init"] == "imagenet" and imnet["allow_random_imagenet_fallback"] is False
+    assert imnet["pretrained_file"] == "/w/model.safetensors"
+    assert [Path(c["out"]).name for c in configs.values()] == [
+        "pretrain",
+        "finetune-imagenet",
+        "finetune-mae",
+    ]
+
+
+def test_unknown_preset_is_named() -> None:
+    with pytest.raises(ValueError, match=r"preset: expected one of \['paper', 'small'\], received 'huge'"):
+        pipeline.preset_configs("huge")
+
+
+def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "finetune-mae"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"epochs": 5, "arch": "convnext_atto", "device": "cuda"})
+    )
+    assert (
+        pipeline._recorded_mismatches(folder, {"epochs": 5, "arch": "convnext_atto", "device": "cpu"}) == []
+    )
+    diffs = pipeline._recorded_mismatches(folder, {"epochs": 7, "arch": "convnext_atto"})
+    assert diffs == ["epochs=5 (requested 7)"]
+
+
+TINY_PRETRAIN = {
+    "arch": "convnext_atto",
+    "image_size": 64,
+    "decoder_dim": 32,
+    "epochs": 1,
+    "warmup_epochs": 0,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "num_workers": 0,
+    "progress": False,
+}
+TINY_FINETUNE = {
+    "arch": "convnext_atto",
+    "image_size": 64,
+    "epochs": 1,
+    "warmup_epochs": 0,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "num_workers": 0,
+    "progress": False,
+}
+
+
+@pytest.mark.slow
+def test_default_run_end_to_end_then_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m medens.train`` without arguments, shrunk to seconds, then rerun and resumed."""
+    from medens.train.__main__ import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(pipeline.PRESETS, "small", {"pretrain": TINY_PRETRAIN, "finetune": TINY_FINETUNE})
+    monkeypatch.setattr(pipeline, "DEMO_DATASET_OPTIONS", {"num_images": 48, "image_size": 64})
+    monkeypatch.setattr(pipeline, "DEFAULT_N_BOOT", 50)
+
+    assert train_main([]) == 0
+    printed = capsys.readouterr().out
+    root = tmp_path / "runs" / "demo"
+    stages = ["pretrain", "finetune-imagenet", "finetune-mae", "ensemble"]
+    for stage in stages:
+        assert f"{stage} " in printed
+    assert printed.count(" ran ") == 4
+    # The table: both members and the ensemble, the ImageNet member labelled as what it is (no weights offline).
+    for label in ["Random-init (ImageNet weights unavailable)", "MAE-init", "Ensemble (mean)"]:
+        assert label in printed
+    assert "ImageNet-init " not in printed
+    assert f"report: {Path('runs/demo/ensemble/report.md')}" in printed
+    results = json.loads((root / "ensemble" / "metrics.json").read_text())
+    assert [m["init_kind"] for m in results["members"]] == ["imagenet-unavailable-random-init", "mae"]
+    hashes = {yaml.safe_load((root / s / "config.yaml").read_text())["split_hash"] for s in stages[:3]}
+    assert len(hashes) == 1  # every stage on one split
+    for name in [
+        "report.md",
+        "predictions.csv",
+        "confusion_matrices.png",
+        "roc_curves.png",
+        "reliability.png",
+    ]:
+        assert (root / "ensemble" / name).is_file()
+
+    # Run again: nothing is redone.
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.suffix != ".log"}
+    assert train_main([]) == 0
+    assert capsys.readouterr().out.count(" skipped ") == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A pipeline killed during the MAE fine-tuning (checkpoint written, final outputs not yet): rerunning resumes
+    # that stage and redoes the ensemble, and leaves the finished stages alone.
+    for name in ["metrics.json", "predictions.csv", "val_predictions.csv"]:
+        (root / "finetune-mae" / name).unlink()
+    for path in (root / "ensemble").iterdir():
+        path.unlink()
+    keep = {p: p.stat().st_mtime_ns for p in (root / "finetune-imagenet").iterdir()}
+    assert train_main([]) == 0
+    printed = capsys.readouterr().out
+    status = {
+        line.split()[0]: line.split()[1]
+        for line in printed.splitlines()
+        if line.split()[:1] in [[s] for s in stages]
+    }
+    assert status == {
+        "pretrain": "skipped",
+        "finetune-imagenet": "skipped",
+        "finetune-mae": "resumed",
+        "ensemble": "ran",
+    }
+    assert {p: p.stat().st_mtime_ns for p in (root / "finetune-imagenet").iterdir()} == keep
+    assert (root / "finetune-mae" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_changed_options_on_a_finished_stage_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    monkeypatch.setitem(pipeline.PRESETS, "small", {"pretrain": TINY_PRETRAIN, "finetune": TINY_FINETUNE})
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--dataset-option", "num_images=30", "--bootstrap", "20"]
+    assert pipeline.main(parse(argv)) == 0
+    logging.getLogger("medens").addHandler(caplog.handler)
+    try:
+        assert pipeline.main(parse([*argv, "--pretrain-epochs", "2"])) == 1
+    finally:
+        logging.getLogger("medens").removeHandler(caplog.handler)
+    assert "holds a finished pretrain run with other options: epochs=1 (requested 2)" in caplog.text
