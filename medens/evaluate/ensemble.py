@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medens.evaluate.atomic import atomic_write_text
+from medens.engine.atomic import atomic_write_text
 from medens.evaluate.bootstrap import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,

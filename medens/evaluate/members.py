@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from medens.evaluate.atomic import atomic_write_text
+from medens.engine.atomic import atomic_write_text
 from medens.evaluate.predictions import Predictions, read_predictions, write_predictions
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.evaluate.atomic import atomic_path
+from medens.engine.atomic import atomic_path
 from medens.evaluate.metrics import (
     DEFAULT_ECE_BINS,
     binary_auroc,
