@@ -1,0 +1,244 @@
+"""``gather_patches`` (forward and backward) and ``apply_patch_mask`` in Triton.
+
+A patch is flattened in MAE's patchify order: element ``(py * p + px) * C + c`` holds ``image[b, c, py, px]`` of
+the patch. The gather programs work on one output patch each, as tiles of whole patch rows (``p * C`` values in
+output order, read across the C channel planes); a patch that fits one tile (the common case) is read once and
+normalised in registers, a larger one is read once per pass. Statistics are float64 and rounded exactly like
+the CPU and CUDA kernels (``(v - mean) * inv_std`` in float64, then to float32, then to the image dtype).
+The backward adds its gradient with atomics, so repeated ids accumulate. Out-of-range ids never touch memory out
+of bounds: the output row is NaN (forward) or nothing is added (backward), and ``index_error[0]`` is set to 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
+
+TILE_ELEMENTS = 4096
+"""Values a gather program holds at once; a patch with more is processed in tiles of whole rows."""
+
+MASK_BLOCK = 1024
+"""Pixels of an image row an apply_patch_mask program handles."""
+
+
+@triton.jit
+def _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error):
+    """(batch index, patch index clamped into range, whether the id was out of range) of output patch `item`."""
+    b = item // num_ids
+    k = item - b * num_ids
+    n = tl.load(ids + b * is0 + k * is1)
+    bad = (n < 0) | (n >= num_patches)
+    tl.store(index_error, 1, mask=bad)
+    return b, tl.where(bad, 0, n), bad
+
+
+@triton.jit
+def _tile(r0, PATCH: tl.constexpr, CHANNELS: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Rows r, positions q = px * C + c of a tile, its valid elements, and their channel and column."""
+    r = r0 + tl.arange(0, ROWS)[:, None]
+    q = tl.arange(0, BLOCK_Q)[None, :]
+    valid = (r < PATCH) & (q < PATCH * CHANNELS)
+    px = q // CHANNELS
+    c = q - px * CHANNELS
+    return r, q, valid, px, c
+
+
+@triton.jit
+def _load_float64(pointers, valid, IS_FLOAT64: tl.constexpr):
+    """Image values as float64, 0 where not valid. (No `other=` on the load: the interpreter cannot make
+    bfloat16 constants, and masked-off lanes are undefined on the GPU anyway.)"""
+    x = tl.load(pointers, mask=valid)
+    if not IS_FLOAT64:
+        x = x.to(tl.float32).to(tl.float64)
+    return tl.where(valid, x, 0.0)
+
+
+@triton.jit
+def _moments(origin, sc, sh, sw, eps, PATCH: tl.constexpr, CHANNELS: tl.constexpr, ROWS: tl.constexpr,
+             BLOCK_Q: tl.constexpr, IS_FLOAT64: tl.constexpr):
+    """Mean and 1 / sqrt(unbiased variance + eps) of a patch, two passes in float64 (re-reading it)."""
+    D: tl.constexpr = PATCH * PATCH * CHANNELS
+    total = tl.zeros([ROWS, BLOCK_Q], dtype=tl.float64)
+    for r0 in range(0, PATCH, ROWS):
+        r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+        total += _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+    mean = tl.sum(tl.sum(total, axis=1), axis=0) / D
+    squares = tl.zeros([ROWS, BLOCK_Q], dtype=tl.float64)
+    for r0 in range(0, PATCH, ROWS):
+        r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+        x = _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+        d = tl.where(valid, x - mean, 0.0)
+        squares += d * d
+    var = tl.sum(tl.sum(squares, axis=1), axis=0) / (D - 1)
+    return mean, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit(do_not_specialize=["eps_bits"])
+def _gather_kernel(
+    images, ids, out, index_error, eps_bits, num_ids, num_patches, patches_per_row, sb, sc, sh, sw, is0, is1,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
+    NORMALIZE: tl.constexpr, IS_FLOAT64: tl.constexpr,
+):
+    item = tl.program_id(0).to(tl.int64)
+    b, n, bad = _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error)
+    pi = n // patches_per_row
+    pj = n - pi * patches_per_row
+    origin = images + b * sb + pi * PATCH * sh + pj * PATCH * sw
+    D: tl.constexpr = PATCH * PATCH * CHANNELS
+    dst = out + item * D
+    if NORMALIZE:
+        eps = eps_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        if ROWS >= PATCH:  # the whole patch in one tile: read it once
+            r, q, valid, px, c = _tile(0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+            x = _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+            mean = tl.sum(tl.sum(x, axis=1), axis=0) / D
+            d = tl.where(valid, x - mean, 0.0)
+            var = tl.sum(tl.sum(d * d, axis=1), axis=0) / (D - 1)
+            y = (x - mean) * (1.0 / tl.sqrt(var + eps))
+            if not IS_FLOAT64:
+                y = y.to(tl.float32)
+            tl.store(dst + r * (PATCH * CHANNELS) + q, tl.where(bad, float("nan"), y).to(out.dtype.element_ty),
+                     mask=valid)
+        else:
+            mean, inv_std = _moments(origin, sc, sh, sw, eps, PATCH, CHANNELS, ROWS, BLOCK_Q, IS_FLOAT64)
+            for r0 in range(0, PATCH, ROWS):
+                r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+                x = _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+                y = (x - mean) * inv_std
+                if not IS_FLOAT64:
+                    y = y.to(tl.float32)
+                tl.store(dst + r * (PATCH * CHANNELS) + q, tl.where(bad, float("nan"), y).to(out.dtype.element_ty),
+                         mask=valid)
+    else:
+        for r0 in range(0, PATCH, ROWS):
+            r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+            x = tl.load(origin + c * sc + r * sh + px * sw, mask=valid)
+            nan = tl.full([ROWS, BLOCK_Q], float("nan"), tl.float32).to(x.dtype)
+            tl.store(dst + r * (PATCH * CHANNELS) + q, tl.where(bad, nan, x), mask=valid)  # raw bits unless bad
+
+
+@triton.jit(do_not_specialize=["eps_bits"])
+def _gather_backward_kernel(
+    grad, images, ids, grad_images, index_error, eps_bits, num_ids, num_patches, patches_per_row, height, width,
+    sb, sc, sh, sw, is0, is1,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
+    NORMALIZE: tl.constexpr, IS_FLOAT64: tl.constexpr,
+):
+    item = tl.program_id(0).to(tl.int64)
+    b, n, bad = _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error)
+    pi = n // patches_per_row
+    pj = n - pi * patches_per_row
+    D: tl.constexpr = PATCH * PATCH * CHANNELS
+    g_row = grad + item * D
+    origin = images + b * sb + pi * PATCH * sh + pj * PATCH * sw
+    # grad_images is contiguous (B, C, H, W)
+    target = grad_images + b * CHANNELS * height * width + pi * PATCH * width + pj * PATCH
+    if NORMALIZE:
+        eps = eps_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        mean, inv_std = _moments(origin, sc, sh, sw, eps, PATCH, CHANNELS, ROWS, BLOCK_Q, IS_FLOAT64)
+        g_total = tl.zeros([ROWS, BLOCK_Q], dtype=tl.float64)
+        gy_total = tl.zeros([ROWS, BLOCK_Q], dtype=tl.float64)
+        for r0 in range(0, PATCH, ROWS):
+            r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+            x = _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+            g = tl.load(g_row + r * (PATCH * CHANNELS) + q, mask=valid, other=0).to(tl.float64)
+            y = tl.where(valid, (x - mean) * inv_std, 0.0)
+            g_total += g
+            gy_total += g * y
+        grad_mean = tl.sum(tl.sum(g_total, axis=1), axis=0) / D
+        y_coef = tl.sum(tl.sum(gy_total, axis=1), axis=0) / (D - 1)
+        for r0 in range(0, PATCH, ROWS):
+            r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+            x = _load_float64(origin + c * sc + r * sh + px * sw, valid, IS_FLOAT64)
+            g = tl.load(g_row + r * (PATCH * CHANNELS) + q, mask=valid, other=0).to(tl.float64)
+            y = (x - mean) * inv_std
+            dv = inv_std * (g - grad_mean - y * y_coef)
+            tl.atomic_add(target + c * (height * width) + r * width + px, dv.to(grad_images.dtype.element_ty),
+                          mask=valid & ~bad)
+    else:
+        for r0 in range(0, PATCH, ROWS):
+            r, q, valid, px, c = _tile(r0, PATCH, CHANNELS, ROWS, BLOCK_Q)
+            g = tl.load(g_row + r * (PATCH * CHANNELS) + q, mask=valid, other=0)
+            tl.atomic_add(target + c * (height * width) + r * width + px, g, mask=valid & ~bad)
+
+
+@triton.jit
+def _apply_mask_kernel(
+    images, mask, fill, out, channels, height, width, patches_per_row, sb, sc, sh, sw, ob, oc, oh, ow, ms0, ms1,
+    PATCH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    line = tl.program_id(0).to(tl.int64)  # (b * C + c) * H + y
+    y = line % height
+    bc = line // height
+    c = bc % channels
+    b = bc // channels
+    x = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    valid = x < width
+    hidden = tl.load(mask + b * ms0 + ((y // PATCH) * patches_per_row + x // PATCH) * ms1, mask=valid, other=0) != 0
+    values = tl.load(images + b * sb + c * sc + y * sh + x * sw, mask=valid & ~hidden)  # hidden pixels: not read
+    tl.store(out + b * ob + c * oc + y * oh + x * ow, tl.where(hidden, tl.load(fill), values), mask=valid)
+
+
+def _tiling(patch_size: int, channels: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_Q): rows of a patch per tile and the padded row length p * C."""
+    block_q = next_power_of_2(patch_size * channels)
+    return min(next_power_of_2(patch_size), max(1, TILE_ELEMENTS // block_q)), block_q
+
+
+def gather_patches(
+    images: torch.Tensor, ids: torch.Tensor, patch_size: int, normalize: bool, eps: float, index_error: torch.Tensor
+) -> torch.Tensor:
+    """(B, C, H, W) floating images, (B, K) int64 ids -> (B, K, p*p*C) patches; index_error: (1,) int32, zeroed."""
+    b, c, h, w = images.shape
+    p = patch_size
+    k = ids.shape[1]
+    out = torch.empty(b, k, p * p * c, dtype=images.dtype, device=images.device)
+    if out.numel() == 0:
+        return out
+    rows, block_q = _tiling(p, c)
+    with ieee_quiet(images.device):
+        _gather_kernel[(b * k,)](
+            images, ids, out, index_error, float64_bits(eps), k, (h // p) * (w // p), w // p, *images.stride(),
+            *ids.stride(), PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q, NORMALIZE=normalize,
+            IS_FLOAT64=images.dtype == torch.float64, num_warps=4, **FP_OPTIONS,
+        )
+    return out
+
+
+def gather_patches_backward(
+    grad: torch.Tensor, images: torch.Tensor, ids: torch.Tensor, patch_size: int, normalize: bool, eps: float,
+    index_error: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient of gather_patches: grad (B, K, p*p*C) contiguous, images and result float32 or float64."""
+    b, c, h, w = images.shape
+    p = patch_size
+    k = ids.shape[1]
+    grad_images = torch.zeros(b, c, h, w, dtype=grad.dtype, device=grad.device)
+    if b * k == 0:
+        return grad_images
+    rows, block_q = _tiling(p, c)
+    with ieee_quiet(grad.device):
+        _gather_backward_kernel[(b * k,)](
+            grad, images, ids, grad_images, index_error, float64_bits(eps), k, (h // p) * (w // p), w // p, h, w,
+            *images.stride(), *ids.stride(), PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q,
+            NORMALIZE=normalize, IS_FLOAT64=grad.dtype == torch.float64, num_warps=4, **FP_OPTIONS,
+        )
+    return grad_images
+
+
+def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch_size: int, fill: float) -> torch.Tensor:
+    """A copy of images (same strides when dense) with every pixel of a hidden patch set to ``fill``."""
+    b, c, h, w = images.shape
+    out = torch.empty_like(images)
+    if out.numel() == 0:
+        return out
+    fill_value = torch.full((1,), fill, dtype=images.dtype, device=images.device)
+    block = min(MASK_BLOCK, next_power_of_2(w))
+    _apply_mask_kernel[(b * c * h, triton.cdiv(w, block))](
+        images, mask.view(torch.uint8), fill_value, out, c, h, w, w // patch_size, *images.stride(), *out.stride(),
+        *mask.stride(), PATCH=patch_size, BLOCK=block, num_warps=4,
+    )
+    return out

@@ -1,0 +1,90 @@
+"""How the installed package was built: the CUDA kernels must be compiled in wherever nvcc is on the PATH.
+
+CI installs the package (``pip install ".[test]"``) on a machine with nvcc but no GPU, so these tests are what
+catches a CUDA build that silently dropped out (CMake's ``MEDENS_CUDA=AUTO`` falls back to CPU only when it
+finds no CUDA compiler).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import medens
+from medens.ops import build_info
+
+CUDA_ENTRY_POINTS = (
+    "patch_entropy_cuda",
+    "entropy_guided_mask_cuda",
+    "gather_patches_cuda",
+    "gather_patches_backward_cuda",
+    "apply_patch_mask_cuda",
+    "cuda_error_string",
+)
+DEFAULT_ARCHITECTURES = ["80-real", "90-real", "90-virtual"]
+
+
+def _cuda_requested() -> str:
+    """MEDENS_CUDA of the build: from build_info() when the extension records it, else from the environment."""
+    return str(build_info().get("cuda_requested", os.environ.get("MEDENS_CUDA", "AUTO"))).upper()
+
+
+def _expect_cuda_build() -> None:
+    """Skip unless this machine's build must contain the CUDA kernels."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on the PATH: a CPU-only build is expected here")
+    if _cuda_requested() == "OFF":
+        pytest.skip("the extension was built with MEDENS_CUDA=OFF")
+
+
+def _extension_path() -> Path:
+    spec = importlib.util.find_spec("medens._C")
+    assert spec is not None and spec.origin, "medens._C is not installed"
+    return Path(spec.origin)
+
+
+def test_cuda_kernels_are_compiled_in_when_nvcc_is_on_the_path():
+    _expect_cuda_build()
+    info = build_info()
+    assert info["extension"], f"medens._C failed to import: {info.get('extension_error')}"
+    assert info["cuda_compiled"], (
+        f"nvcc is on the PATH ({shutil.which('nvcc')}) but medens._C was built without CUDA: the CUDA build dropped "
+        "out (see the CMake output of `pip install -v .`)")
+    ext = importlib.import_module("medens._C")
+    missing = [name for name in CUDA_ENTRY_POINTS if not hasattr(ext, name)]
+    assert not missing, f"medens._C lacks the CUDA entry points {missing}"
+
+
+def test_cuda_architectures_are_named_explicitly():
+    _expect_cuda_build()
+    architectures = build_info()["cuda_architectures"]
+    assert architectures and not any("native" in a or a in ("all", "all-major") for a in architectures)
+    if "MEDENS_CUDA_ARCHITECTURES" not in os.environ:
+        # machine code for 8.0 (A100) and 9.0 (H100), and PTX of the newest so later GPUs can JIT it
+        assert architectures == DEFAULT_ARCHITECTURES
+
+
+def test_cuda_runtime_is_linked_statically():
+    # `import medens._C` must work on machines without CUDA libraries (CPU-only users of a CUDA build).
+    _expect_cuda_build()
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf is not available to list the extension's dynamic dependencies")
+    dynamic = subprocess.run([readelf, "-d", str(_extension_path())], capture_output=True, text=True, check=True)
+    needed = [line for line in dynamic.stdout.splitlines() if "(NEEDED)" in line]
+    assert not [line for line in needed if "libcudart" in line], needed
+
+
+def test_triton_kernels_ship_inside_the_package():
+    # The wheel maps kernels/ to medens/kernels; the triton backend imports medens.kernels.triton.
+    for module in ("entropy", "masking", "patches"):
+        spec = importlib.util.find_spec(f"medens.kernels.triton.{module}")
+        assert spec is not None and spec.origin, f"medens.kernels.triton.{module} is not installed"
+        assert Path(spec.origin).is_relative_to(Path(medens.__file__).parent)
