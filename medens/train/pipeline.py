@@ -444,7 +444,11 @@ def _main(args: argparse.Namespace) -> int:
         )
         results, outcomes = run_pipeline(options)
     except TrainingInterrupted as err:
-        logger.warning("%s. Run the same pipeline command again to resume.", err)
+        logger.warning(
+            "pipeline stopped (%s); checkpoint saved at %s. Run the same pipeline command again to resume.",
+            err.reason,
+            err.checkpoint,
+        )
         return 143 if err.reason == "SIGTERM" else 130
     except (
         ValueError,
