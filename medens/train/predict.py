@@ -1,5 +1,10 @@
 """``python -m medens.train predict``: the ensemble's class probabilities for new images.
 
+``--images`` is an image file or a folder (searched recursively); ``--out`` receives a CSV with ``path``,
+``prediction`` (the most probable class) and one probability column per class, named by the class. The members
+are combined as ``ensemble`` combines them (``--method``, ``--calibrate``, ``--tta``); one member gives its own
+probabilities.
+
 Also the model side of the ensemble: rebuilding a member's classifier from its folder (``config.yaml`` +
 ``model.safetensors``) and running it, optionally with test-time augmentation (TTA). TTA averages the softmax
 probabilities of the image and its horizontal mirror; vertical flips are left out because ultrasound, X-ray and
