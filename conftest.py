@@ -2,6 +2,7 @@
 
 - ``--benchmark`` collects the timed benchmarks under benchmarks/ (plain ``pytest`` skips them and times nothing).
 - Every test starts from the same random seed.
+- OpenMP threads wait passively (see below).
 - Without a CUDA device, Triton kernels run in the interpreter (``TRITON_INTERPRET=1``) on CPU tensors; this must
   be set before Triton is first imported, hence here.
 """
@@ -15,6 +16,11 @@ from pathlib import Path
 import pytest
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
+
+# OpenMP threads (torch's and medens._C's) otherwise spin while waiting; on a 2-core machine shared with other
+# processes, a spinning team makes each parallel region wait for a descheduled thread (steps 10-40x slower).
+# Must be set before torch (and its OpenMP runtime) is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _cuda_available() -> bool:

@@ -37,6 +37,9 @@ py::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
+#if defined(MEDENS_CUDA_REQUESTED)
+  info["cuda_requested"] = MEDENS_CUDA_REQUESTED;  // AUTO, ON or OFF at build time
+#endif
   std::vector<std::string> archs;
 #if defined(MEDENS_WITH_CUDA)
   info["cuda_compiled"] = true;

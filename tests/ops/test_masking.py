@@ -19,7 +19,7 @@ TEMPERATURES = [0.0, 0.1, 1.0, 3.5, math.inf]
 
 def assert_same_mask(got: PatchMask, expected: PatchMask) -> None:
     assert isinstance(got, PatchMask)
-    for name, a, b in zip(PatchMask._fields, got, expected):
+    for name, a, b in zip(PatchMask._fields, got, expected, strict=True):
         assert a.dtype == b.dtype, name
         assert torch.equal(a, b), name
 
