@@ -107,6 +107,30 @@ def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
     assert diffs == ["epochs=5 (requested 7)"]
 
 
+def test_run_stage_skips_resumes_or_starts(tmp_path: Path) -> None:
+    calls: list[dict] = []
+
+    def run(config: dict) -> Path:
+        calls.append(config)
+        return Path(config["out"])
+
+    folder = tmp_path / "stage"
+    config = {"out": str(folder), "epochs": 5}
+    started = pipeline._run_stage("finetune-mae", config, run, lambda p: False)
+    assert (started.status, calls[-1]["resume"]) == ("ran", False)
+
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": 5}))
+    resumed = pipeline._run_stage("finetune-mae", config, run, lambda p: False)
+    assert (resumed.status, calls[-1]["resume"]) == ("resumed", True)
+    with pytest.raises(ValueError, match="holds an unfinished finetune-mae run with other options: epochs=5"):
+        pipeline._run_stage("finetune-mae", {**config, "epochs": 7}, run, lambda p: False)
+
+    skipped = pipeline._run_stage("finetune-mae", config, run, lambda p: True)
+    assert skipped.status == "skipped" and len(calls) == 2
+
+
 TINY_PRETRAIN = {
     "arch": "convnext_atto",
     "image_size": 64,
