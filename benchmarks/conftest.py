@@ -10,7 +10,6 @@ from __future__ import annotations
 import platform
 from collections import defaultdict
 
-import pytest
 import torch
 
 import medens
@@ -57,8 +56,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device, bytes_moved: int,
-        rounds: int = 10) -> None:
-    """Time ``fn`` (synchronised on GPUs) and record it for the summary."""
+        rounds: int = 10, ops: int = 0) -> None:
+    """Time ``fn`` (synchronised on GPUs) and record it for the summary.
+
+    ``bytes_moved`` and ``ops`` are what the op must read and write and the arithmetic it must do (counted per
+    element in each benchmark's docstring): the roofline in benchmarks/report.py divides them by the bandwidth
+    and arithmetic rate measured in the same run.
+    """
 
     def timed():
         out = fn()
@@ -67,12 +71,17 @@ def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device
 
     benchmark.group = f"{op} {case} on {device.type}"
     benchmark.extra_info.update(
-        op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved,
+        op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved, ops=ops,
         torch=torch.__version__, medens=medens.__version__,
     )
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
-    median = benchmark.stats.stats.median
-    _RESULTS[(op, f"{case} on {device.type}")][backend] = dict(median=median, bytes=bytes_moved)
+    record(op, f"{case} on {device.type}", backend, benchmark)
+
+
+def record(op: str, case: str, backend: str, benchmark) -> None:
+    """Keep a benchmark for the summary (its extra_info stays live: values added after the run show too)."""
+    _RESULTS[(op, case)][backend] = dict(median=benchmark.stats.stats.median,
+                                         bytes=benchmark.extra_info.get("bytes", 0), info=benchmark.extra_info)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -87,8 +96,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             ratio = f"{ref / row['median']:7.1f}x" if ref else "      -"
             gbps = row["bytes"] / row["median"] / 1e9 if row["bytes"] else 0.0
             share = f"  {read / row['median']:5.0%} of a plain read pass" if read and backend != "read-pass" else ""
-            write(f"{op:<22} {case:<44} {backend:<10} {row['median'] * 1e3:9.3f} ms {ratio}  "
-                  f"{gbps:6.1f} GB/s{share}")
+            info = row["info"]
+            extra = "".join([
+                f"  {info['images_per_s']:7.1f} img/s" if "images_per_s" in info else "",
+                f"  {info['share_of_step']:5.1%} of a training step" if "share_of_step" in info else "",
+            ])
+            rate = f"{gbps:6.1f} GB/s" if row["bytes"] else ""
+            write(f"{op:<22} {case:<44} {backend:<10} {row['median'] * 1e3:9.3f} ms {ratio}  {rate}{share}{extra}")
+    _write_bottlenecks(write)
+
+
+def _write_bottlenecks(write) -> None:
+    """Loader against model: whichever delivers fewer images per second bounds training."""
+    loaders = {case: row["info"]["images_per_s"] for (op, case), rows in _RESULTS.items() if op == "dataloader"
+               for row in rows.values() if "images_per_s" in row["info"]}
+    models = {f"{op} {case}": row["info"]["images_per_s"] for (op, case), rows in _RESULTS.items()
+              if op in ("mae_train_step", "finetune_step") for name, row in rows.items()
+              if "images_per_s" in row["info"] and name in ("cpp", "cuda", "torch")}
+    if not loaders or not models:
+        return
+    write("")
+    write("bottleneck (images per second; the smaller side bounds a training epoch):")
+    for model, model_rate in sorted(models.items()):
+        for loader, loader_rate in sorted(loaders.items()):
+            side = "loader" if loader_rate < model_rate else "model"
+            write(f"  {model} {model_rate:7.1f}  vs  dataloader {loader} {loader_rate:7.1f}  ->  {side}")
 
 
 def pytest_generate_tests(metafunc) -> None:

@@ -7,8 +7,9 @@ Usage::
     python benchmarks/report.py bench.json --readme README.md # replace the block between the bench markers
 
 Every row is one benchmark: median time, the interquartile range, the speed-up over the reference in the same
-group, the bytes it moves per second, its share of the plain read pass timed beside it (the memory roofline of a
-pass over the same bytes), the machine, the medens version and the date. Nothing is estimated: a figure is only
+group, the bytes it moves per second, its share of the roofline (the time its bytes and operations imply at the
+read bandwidth and peak arithmetic rate measured by the plain read pass and a matmul of the same run), the machine,
+the medens version and the date. Nothing is estimated: a figure is only
 shown when it was measured in the run the JSON comes from.
 """
 
@@ -34,7 +35,7 @@ def load_rows(path: Path) -> tuple[list[dict], dict]:
         stats = bench["stats"]
         rows.append(dict(
             op=info["op"], case=info["case"], backend=info["backend"], device=info["device"],
-            bytes=info.get("bytes", 0), median=stats["median"], q1=stats["q1"], q3=stats["q3"],
+            bytes=info.get("bytes", 0), ops=info.get("ops", 0), median=stats["median"], q1=stats["q1"], q3=stats["q3"],
             rounds=stats["rounds"], torch=info.get("torch", ""),
         ))
     meta = dict(date=data.get("datetime", "")[:10], version=_medens_version(data))
@@ -53,7 +54,30 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
+def machine_roofs(rows: list[dict]) -> dict[str, tuple[float | None, float | None]]:
+    """Per device: the read bandwidth (bytes/s) of the plain read pass and the peak arithmetic rate (ops/s) of the
+    compute pass, both measured in this run (None when that run did not measure them)."""
+    roofs = {}
+    for device in {r["device"] for r in rows}:
+        reads = [r["bytes"] / r["median"] for r in rows if r["device"] == device and r["backend"] == "read-pass"]
+        rates = [r["ops"] / r["median"] for r in rows if r["device"] == device and r["backend"] == "compute-pass"]
+        roofs[device] = (max(reads) if reads else None, max(rates) if rates else None)
+    return roofs
+
+
+def roofline_share(row: dict, roofs: dict) -> str:
+    """Time the op's bytes and operations imply at the measured roofs, as a share of its measured time."""
+    bandwidth, rate = roofs.get(row["device"], (None, None))
+    if row["backend"] in ("read-pass", "compute-pass") or not (row["bytes"] or row["ops"]):
+        return "—"
+    if (row["bytes"] and bandwidth is None) or (row["ops"] and rate is None):
+        return "—"
+    bound = max(row["bytes"] / bandwidth if row["bytes"] else 0.0, row["ops"] / rate if row["ops"] else 0.0)
+    return f"{bound / row['median']:.0%}"
+
+
 def tables(rows: list[dict], meta: dict) -> str:
+    roofs = machine_roofs(rows)
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["op"], row["device"], row["case"])].append(row)
@@ -63,19 +87,28 @@ def tables(rows: list[dict], meta: dict) -> str:
         by_op[key[0]].append(key)
     for op, keys in by_op.items():
         lines += [f"#### {op}", "",
-                  "| case | backend | median ms | IQR ms | vs reference | GB/s | share of read pass | device |",
+                  "| case | backend | median ms | IQR ms | vs reference | GB/s | share of roofline | device |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for key in keys:
             group = sorted(groups[key], key=lambda r: r["median"])
             ref = next((r["median"] for r in group if r["backend"] == "reference"), None)
-            read = next((r["median"] for r in group if r["backend"] == "read-pass"), None)
             for r in group:
                 speedup = f"{ref / r['median']:.1f}x" if ref else "—"
                 gbps = f"{r['bytes'] / r['median'] / 1e9:.1f}" if r["bytes"] else "—"
-                share = f"{read / r['median']:.0%}" if read and r["backend"] != "read-pass" else "—"
+                share = roofline_share(r, roofs)
                 lines.append(f"| {key[2]} | {r['backend']} | {_ms(r['median'])} | {_ms(r['q1'])}–{_ms(r['q3'])} | "
                              f"{speedup} | {gbps} | {share} | {r['device']} |")
         lines.append("")
+    for device, (bandwidth, rate) in sorted(roofs.items()):
+        parts = []
+        if bandwidth:
+            parts.append(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (plain read pass)")
+        if rate:
+            parts.append(f"peak rate {rate / 1e9:.0f} Gop/s (float32 matmul)")
+        if parts:
+            lines.append(f"Roofs on {device}: " + ", ".join(parts) + ". Share of roofline = the time the op's bytes "
+                         "and operations imply at these roofs, divided by its measured time.")
+            lines.append("")
     lines.append(f"_Measured {meta['date']}, medens {meta['version'] or 'dev'}, torch {rows[0]['torch'] if rows else ''}._")
     return "\n".join(lines) + "\n"
 

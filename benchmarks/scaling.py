@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-from medens.ops import apply_patch_mask, available_backends, entropy_guided_mask, gather_patches, patch_entropy
+from medens.ops import (
+    apply_patch_mask,
+    available_backends,
+    entropy_guided_mask,
+    gather_patches,
+    patch_entropy,
+)
 from medens.ops import reference as R
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medens import ops
 from medens.engine import create_optimizer, resolve_precision
-from medens.models import MaskedConvNeXt
+from medens.models import MaskedConvNeXt, create_classifier
 
 from .conftest import run
 
@@ -42,4 +43,86 @@ def test_train_step(benchmark, device, backend) -> None:
     step()  # first-call allocations and kernel selection
     run(benchmark, step, op="mae_train_step", case=case, backend=backend, device=device, bytes_moved=0,
         rounds=5 if device.type == "cpu" else 20)
+    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+
+
+def test_masking_ops_share_of_step(benchmark, device, backend) -> None:
+    """The part of the training step spent in the medens ops: entropy, mask selection and target gathering."""
+    step, case, batch = _train_step(device, backend)
+    arch, size = ("convnext_tiny", 224) if device.type == "cuda" else ("convnext_atto", 128)
+    model = MaskedConvNeXt(arch, image_size=size, ops_backend=backend).to(device)
+    images = torch.rand(batch, 3, size, size, device=device)
+
+    def mask_ops() -> torch.Tensor:
+        patch_mask, _ = model.sample_mask(images)
+        return ops.gather_patches(images, patch_mask.ids_mask, model.patch_size, normalize=True, backend=backend)
+
+    step()
+    run(benchmark, mask_ops, op="mae_masking_ops", case=case, backend=backend, device=device, bytes_moved=0,
+        rounds=10 if device.type == "cpu" else 50)
+    ops_median = benchmark.stats.stats.median
+    step_median = _median_of(step, device, rounds=3 if device.type == "cpu" else 10)
+    benchmark.extra_info.update(step_seconds=step_median, share_of_step=ops_median / step_median)
+
+
+def _median_of(fn, device: torch.device, rounds: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _classifier_inputs(device: torch.device):
+    arch, size, batch = ("convnext_tiny", 224, 64) if device.type == "cuda" else ("convnext_atto", 128, 16)
+    images = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 3, (batch,), device=device)
+    return arch, size, batch, images, labels
+
+
+def test_finetune_step(benchmark, device) -> None:
+    """One fine-tuning step of a 3-class classifier (forward, cross-entropy, backward, AdamW)."""
+    arch, size, batch, images, labels = _classifier_inputs(device)
+    torch.manual_seed(0)
+    model, _ = create_classifier(arch, 3, init="scratch")
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, 1e-4)
+    precision = resolve_precision("auto", device)
+
+    def step() -> torch.Tensor:
+        with precision.autocast():
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    step()
+    run(benchmark, step, op="finetune_step", case=f"{arch} {batch}x{size}px {precision.name}", backend="torch",
+        device=device, bytes_moved=0, rounds=5 if device.type == "cpu" else 20)
+    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+
+
+def test_ensemble_inference(benchmark, device) -> None:
+    """Ensemble prediction: two classifiers, softmax, mean of the probabilities (the paper's rule)."""
+    arch, size, batch, images, _ = _classifier_inputs(device)
+    members = [create_classifier(arch, 3, init="scratch")[0].to(device, memory_format=torch.channels_last).eval()
+               for _ in range(2)]
+    precision = resolve_precision("auto", device)
+
+    @torch.inference_mode()
+    def predict() -> torch.Tensor:
+        with precision.autocast():
+            return torch.stack([m(images).float().softmax(-1) for m in members]).mean(0)
+
+    run(benchmark, predict, op="ensemble_inference", case=f"2 x {arch} {batch}x{size}px {precision.name}",
+        backend="torch", device=device, bytes_moved=0, rounds=5 if device.type == "cpu" else 20)
     benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
