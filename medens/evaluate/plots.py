@@ -115,7 +115,14 @@ def plot_roc_curves(
             for name, probs in probs_by_model.items():
                 fpr, tpr = roc_curve(probs[:, k], positive)
                 ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} ({binary_auroc(probs[:, k], positive):.3f})")
-            ax.legend(fontsize=7, loc="lower right", title="model (AUROC)", title_fontsize=7)
+            # Below the panel: inside it would hide the steep start of the curves.
+            ax.legend(
+                fontsize=7,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.22),
+                title="model (AUROC)",
+                title_fontsize=7,
+            )
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
