@@ -53,8 +53,9 @@ DEMO_OUT = "runs/demo"
 DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 500, "image_size": 64}
 
 #: Stage options per preset. ``paper`` names the packaged YAML presets (ConvNeXt-Tiny, 224 px, the paper-scale
-#: schedules); ``small`` is sized for a CPU: a 780-image dataset runs the whole pipeline in under 30 minutes on 2
-#: cores (see the measurements in the project's notes) and still learns.
+#: schedules); ``small`` is sized for a CPU. Measured on BreastMNIST (the 780 BUSI images, 546 for training) with
+#: 2 CPU cores: 6 min 23 s for the whole pipeline on otherwise idle cores, 23 min 30 s while other jobs loaded
+#: them; test AUROC 0.82 (random init) and 0.84 (MAE init) where the majority class alone scores 0.73 accuracy.
 PRESETS: dict[str, dict[str, str | dict[str, Any]]] = {
     "paper": {"pretrain": "pretrain_paper", "finetune": "finetune_paper"},
     "small": {
