@@ -76,47 +76,46 @@ void copy_patch_raw(const Raw* src, const int64_t* strides, const Geometry& g, R
   copy_patch(src, strides, g, dst, [](Raw v) { return v; });
 }
 
-/// Mean and 1 / sqrt(unbiased variance + eps) of a float32 patch whose rows are contiguous: row sums in eight
-/// float32 lanes, accumulated in float64 across rows; two passes (sum, then squared deviations).
+/// Mean and 1 / sqrt(unbiased variance + eps) of a float32 patch whose rows are contiguous, in one pass over
+/// values shifted by the patch's first value (the shifted-data algorithm: flat patches, whose deviations are tiny,
+/// keep their precision).
 MEDENS_SIMD_CLONES
 void moments_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t stride_c, int64_t stride_h,
                       double eps, double* mean_out, double* inv_std_out) {
   const int64_t n = channels * p * p;
-  double total = 0.0;
+  const float shift = origin[0];
+  // Eight float32 lanes for the whole patch (GCC/Clang vector extension), reduced once at the end. Shifted values
+  // are small, so float32 partial sums of a few hundred values keep ~1e-7 relative precision.
+  typedef float Lanes __attribute__((vector_size(32)));
+  const Lanes shift_lanes = Lanes{} + shift;
+  Lanes lane{}, lane_sq{};
+  float tail = 0.0f, tail_sq = 0.0f;
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t py = 0; py < p; ++py) {
       const float* row = origin + c * stride_c + py * stride_h;
-      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       int64_t x = 0;
-      for (; x + 8 <= p; x += 8)
-        for (int i = 0; i < 8; ++i) lane[i] += row[x + i];
-      for (; x < p; ++x) lane[0] += row[x];
-      total += static_cast<double>(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
-    }
-  const double mean = total / static_cast<double>(n);
-  const float mean_f = static_cast<float>(mean);
-  double squares = 0.0;
-  for (int64_t c = 0; c < channels; ++c)
-    for (int64_t py = 0; py < p; ++py) {
-      const float* row = origin + c * stride_c + py * stride_h;
-      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int64_t x = 0;
-      for (; x + 8 <= p; x += 8)
-        for (int i = 0; i < 8; ++i) {
-          const float d = row[x + i] - mean_f;
-          lane[i] += d * d;
-        }
-      for (; x < p; ++x) {
-        const float d = row[x] - mean_f;
-        lane[0] += d * d;
+      for (; x + 8 <= p; x += 8) {
+        Lanes v;
+        std::memcpy(&v, row + x, sizeof v);
+        const Lanes d = v - shift_lanes;
+        lane += d;
+        lane_sq += d * d;
       }
-      squares += static_cast<double>(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+      for (; x < p; ++x) {
+        const float d = row[x] - shift;
+        tail += d;
+        tail_sq += d * d;
+      }
     }
-  // the deviations were taken from mean rounded to float: correct the sum of squares for that offset
-  const double offset = mean - static_cast<double>(mean_f);
-  squares -= static_cast<double>(n) * offset * offset;
-  *mean_out = mean;
-  *inv_std_out = 1.0 / sqrt(squares / static_cast<double>(n - 1) + eps);
+  double sum = tail, squares = tail_sq;
+  for (int i = 0; i < 8; ++i) {
+    sum += static_cast<double>(lane[i]);
+    squares += static_cast<double>(lane_sq[i]);
+  }
+  const double mean_shifted = sum / static_cast<double>(n);
+  const double var = std::max(squares - sum * mean_shifted, 0.0) / static_cast<double>(n - 1);
+  *mean_out = static_cast<double>(shift) + mean_shifted;
+  *inv_std_out = 1.0 / sqrt(var + eps);
 }
 
 /// dst (patchify order) = (v - mean) * inv_std for a float32 patch whose rows are contiguous.
@@ -126,14 +125,24 @@ void write_normalized_f32_rows(const float* origin, int64_t channels, int64_t p,
   for (int64_t py = 0; py < p; ++py) {
     const float* row = origin + py * stride_h;
     float* o = dst + py * p * channels;
-    if (channels == 3) {
-      const float* green = row + stride_c;
-      const float* blue = row + 2 * stride_c;
-      for (int64_t x = 0; x < p; ++x) {
-        o[3 * x] = (row[x] - mean) * inv_std;
-        o[3 * x + 1] = (green[x] - mean) * inv_std;
-        o[3 * x + 2] = (blue[x] - mean) * inv_std;
+    if (channels == 3 && p <= 256) {
+      // normalise each channel's row (contiguous, vectorised), then interleave as the raw gather does
+      typedef float Lanes __attribute__((vector_size(32)));
+      const Lanes mean_lanes = Lanes{} + mean, scale_lanes = Lanes{} + inv_std;
+      float planar[3][256];
+      for (int c = 0; c < 3; ++c) {
+        const float* src = row + c * stride_c;
+        int64_t x = 0;
+        for (; x + 8 <= p; x += 8) {
+          Lanes v;
+          std::memcpy(&v, src + x, sizeof v);
+          v = (v - mean_lanes) * scale_lanes;
+          std::memcpy(&planar[c][x], &v, sizeof v);
+        }
+        for (; x < p; ++x) planar[c][x] = (src[x] - mean) * inv_std;
       }
+      interleave3_u32(reinterpret_cast<const uint32_t*>(planar[0]), reinterpret_cast<const uint32_t*>(planar[1]),
+                      reinterpret_cast<const uint32_t*>(planar[2]), p, reinterpret_cast<uint32_t*>(o));
     } else {
       for (int64_t c = 0; c < channels; ++c)
         for (int64_t x = 0; x < p; ++x) o[x * channels + c] = (row[c * stride_c + x] - mean) * inv_std;
