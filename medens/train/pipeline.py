@@ -49,7 +49,8 @@ CACHE_DIR = "cache"
 DEMO_DATASET = "synthetic"
 DEMO_OUT = "runs/demo"
 #: Synthetic images for the demo, at the small preset's resolution; fewer than BUSI's 780 so the demo stays
-#: within 10 minutes on 2 CPU cores.
+#: within 10 minutes on 2 CPU cores (measured: 6 min 47 s on lightly loaded cores; 14 min 25 s while other jobs
+#: loaded them heavily).
 DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 500, "image_size": 64}
 
 #: Stage options per preset. ``paper`` names the packaged YAML presets (ConvNeXt-Tiny, 224 px, the paper-scale
