@@ -29,6 +29,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; results are meant to be shared like any other file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
