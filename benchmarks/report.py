@@ -36,7 +36,8 @@ def load_rows(path: Path) -> tuple[list[dict], dict]:
         rows.append(dict(
             op=info["op"], case=info["case"], backend=info["backend"], device=info["device"],
             bytes=info.get("bytes", 0), ops=info.get("ops", 0), median=stats["median"], q1=stats["q1"], q3=stats["q3"],
-            rounds=stats["rounds"], torch=info.get("torch", ""),
+            rounds=stats["rounds"], torch=info.get("torch", ""), images_per_s=info.get("images_per_s"),
+            share_of_step=info.get("share_of_step"),
         ))
     meta = dict(date=data.get("datetime", "")[:10], version=_medens_version(data))
     return rows, meta
@@ -87,14 +88,21 @@ def tables(rows: list[dict], meta: dict) -> str:
         by_op[key[0]].append(key)
     for op, keys in by_op.items():
         lines += [f"#### {op}", "",
-                  "| case | backend | median ms | IQR ms | vs reference | GB/s | share of roofline | device |",
+                  "| case | backend | median ms | IQR ms | vs reference | throughput | share of roofline | device |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for key in keys:
             group = sorted(groups[key], key=lambda r: r["median"])
             ref = next((r["median"] for r in group if r["backend"] == "reference"), None)
             for r in group:
                 speedup = f"{ref / r['median']:.1f}x" if ref else "—"
-                gbps = f"{r['bytes'] / r['median'] / 1e9:.1f}" if r["bytes"] else "—"
+                if r["images_per_s"]:
+                    gbps = f"{r['images_per_s']:.1f} img/s"
+                elif r["bytes"]:
+                    gbps = f"{r['bytes'] / r['median'] / 1e9:.1f} GB/s"
+                else:
+                    gbps = "—"
+                if r["share_of_step"]:
+                    gbps += f" ({r['share_of_step']:.1%} of a step)"
                 share = roofline_share(r, roofs)
                 lines.append(f"| {key[2]} | {r['backend']} | {_ms(r['median'])} | {_ms(r['q1'])}–{_ms(r['q3'])} | "
                              f"{speedup} | {gbps} | {share} | {r['device']} |")

@@ -10,12 +10,13 @@ Run: ``pytest benchmarks/test_bench_data.py --benchmark`` (add ``--benchmark-jso
 from __future__ import annotations
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from medens.data import SplitDataset, build_transforms, cache_dataset, load_dataset
 from medens.data.synthetic import SyntheticDataset
 
-from .conftest import record
+from .conftest import device_name, record
 
 NUM_IMAGES = 256
 WORKERS = (0, 1, 2)
@@ -46,7 +47,9 @@ def _epoch_images_per_second(benchmark, dataset, workers: int, source: str):
     rate = NUM_IMAGES / benchmark.stats.stats.median
     benchmark.group = f"dataloader {workers} workers"
     benchmark.extra_info.update({"images_per_s": round(rate, 1), "workers": workers, "images": NUM_IMAGES,
-                                 "source": "512x384 JPEG", "transform": "eval 224"})
+                                 "source": "512x384 JPEG", "transform": "eval 224", "op": "dataloader",
+                                 "case": f"{workers} workers, 512x384 JPEG to 224 px", "backend": source,
+                                 "device": device_name(torch.device("cpu")), "torch": torch.__version__})
     record("dataloader", f"{workers} workers, eval 224 px", source, benchmark)
     return rate
 
