@@ -15,6 +15,7 @@ from medens.engine import create_optimizer, resolve_precision
 from medens.models import MaskedConvNeXt, create_classifier
 
 from .conftest import run
+from .scaling import median_seconds
 
 pytestmark = pytest.mark.benchmark
 
@@ -61,24 +62,8 @@ def test_masking_ops_share_of_step(benchmark, device, backend) -> None:
     run(benchmark, mask_ops, op="mae_masking_ops", case=case, backend=backend, device=device, bytes_moved=0,
         rounds=10 if device.type == "cpu" else 50)
     ops_median = benchmark.stats.stats.median
-    step_median = _median_of(step, device, rounds=3 if device.type == "cpu" else 10)
+    step_median = median_seconds(step, device, repeats=3 if device.type == "cpu" else 10)
     benchmark.extra_info.update(step_seconds=step_median, share_of_step=ops_median / step_median)
-
-
-def _median_of(fn, device: torch.device, rounds: int) -> float:
-    import statistics
-    import time
-
-    times = []
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _classifier_inputs(device: torch.device):

@@ -17,6 +17,7 @@ Python entry points: :func:`run_finetune`, :func:`default_config`, :func:`is_com
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -200,10 +201,7 @@ example (CPU, a minute):
 
 def default_config() -> dict[str, Any]:
     """The resolved defaults of ``finetune`` (a fresh copy; presets and callers override keys of it)."""
-    return {
-        k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-        for k, v in _DEFAULTS.items()
-    }
+    return copy.deepcopy(_DEFAULTS)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:

@@ -16,6 +16,7 @@ Python entry points: :func:`run_pretrain`, :func:`default_config`, :func:`is_com
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 from pathlib import Path
@@ -138,10 +139,7 @@ _DEFAULTS: dict[str, Any] = {
 
 def default_config() -> dict[str, Any]:
     """The resolved defaults of ``pretrain`` (a fresh copy; presets and callers override keys of it)."""
-    return {
-        k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-        for k, v in _DEFAULTS.items()
-    }
+    return copy.deepcopy(_DEFAULTS)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
