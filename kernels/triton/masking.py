@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from medens.ops._dtypes import kernel_float
+
 from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
 
 MAX_FUSED_ROW = 4096
@@ -91,10 +93,6 @@ def _keys_kernel(
     tl.store(keys + row * n + idx, key, mask=valid)
 
 
-def _as_kernel_float(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32 (exact); float32/float64 pass through."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-
 
 def entropy_guided_mask(
     scores: torch.Tensor, noise: torch.Tensor | None, num_keep: int, temperature: float, prefer_high: bool
@@ -102,8 +100,8 @@ def entropy_guided_mask(
     """(B, N) scores (and noise unless T = 0), any float dtype and strides -> (mask, ids_keep, ids_mask, ids_restore)."""
     b, n = scores.shape
     device = scores.device
-    scores = _as_kernel_float(scores)
-    noise = None if noise is None else _as_kernel_float(noise)
+    scores = kernel_float(scores)
+    noise = None if noise is None else kernel_float(noise)
     plain = temperature == 0
     uniform = math.isinf(temperature)
     scale = 0.0 if plain or uniform else (1.0 if prefer_high else -1.0) / temperature

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ._backends import extension
-from ._dtypes import check_status, dtype_code
+from ._dtypes import check_status, dtype_code, kernel_float
 from ._registry import register_kernel
+from .reference import statistics_dtype
 
 BACKEND = "cuda"
 INDEX_OUT_OF_RANGE = 2  # medens::kIndexOutOfRange (csrc/include/medens/patch_math.h, _dtypes.STATUS_MESSAGES)
@@ -66,10 +67,6 @@ def patch_entropy(images: Tensor, patch_size: int, bins: int, lo: float, range_w
     return out
 
 
-def _as_kernel_float(x: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32 (exact); float32/float64 pass through."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-
 
 @register_kernel("entropy_guided_mask", BACKEND)
 def entropy_guided_mask(
@@ -77,7 +74,7 @@ def entropy_guided_mask(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b, n = scores.shape
     device = scores.device
-    scores = _as_kernel_float(scores)
+    scores = kernel_float(scores)
     mask = torch.empty(b, n, dtype=torch.bool, device=device)
     ids_keep = torch.empty(b, num_keep, dtype=torch.int64, device=device)
     ids_mask = torch.empty(b, n - num_keep, dtype=torch.int64, device=device)
@@ -86,7 +83,7 @@ def entropy_guided_mask(
     if noise is None:
         noise_ptr, noise_code, noise_strides = 0, dtype_code(torch.float32), [0, 0]
     else:
-        noise = _as_kernel_float(noise)
+        noise = kernel_float(noise)
         noise_ptr, noise_code, noise_strides = noise.data_ptr(), dtype_code(noise.dtype), list(noise.stride())
     _launch("entropy_guided_mask", "entropy_guided_mask_cuda", device, scores.data_ptr(), dtype_code(scores.dtype),
             list(scores.stride()), noise_ptr, noise_code, noise_strides, b, n, num_keep, temperature, prefer_high,
@@ -112,7 +109,7 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
 ) -> Tensor:
-    compute = torch.float64 if images.dtype == torch.float64 else torch.float32
+    compute = statistics_dtype(images.dtype)
     device = images.device
     grad = grad.to(compute).contiguous()
     source = images.to(compute) if normalize else images

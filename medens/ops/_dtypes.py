@@ -20,6 +20,11 @@ STATUS_MESSAGES = {
 }
 
 
+def kernel_float(x: torch.Tensor) -> torch.Tensor:
+    """Scores and noise as the masking kernels read them: float16/bfloat16 -> float32 (exact); float32/float64 as is."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
 def dtype_code(dtype: torch.dtype) -> int:
     return DTYPE_CODES[dtype]
 

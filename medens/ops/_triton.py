@@ -19,6 +19,7 @@ from medens.kernels.triton import patches as _patches
 
 from ._cuda import raise_on_index_error
 from ._registry import register_kernel
+from .reference import statistics_dtype
 
 BACKEND = "triton"
 
@@ -54,7 +55,7 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
 ) -> Tensor:
-    compute = torch.float64 if images.dtype == torch.float64 else torch.float32
+    compute = statistics_dtype(images.dtype)
     with _on_device(images):
         grad = grad.to(compute).contiguous()
         source = images.to(compute) if normalize else images

@@ -28,6 +28,7 @@ import torch
 from medens.engine import (
     AMP_CHOICES,
     DistContext,
+    TrainingInterrupted,
     configure_determinism,
     init_distributed,
     load_yaml,
@@ -44,6 +45,9 @@ __all__ = [
     "OPTIONS",
     "DATA_DEFAULTS",
     "ENGINE_DEFAULTS",
+    "ENGINE_CLI_KEYS",
+    "user_errors",
+    "interrupted_exit_code",
     "BOOKKEEPING_KEYS",
     "CONFIG_NAME",
     "SPLITS_NAME",
@@ -198,6 +202,38 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "dist_timeout_s": 1800.0,
 }
 
+#: The engine options every training command exposes on its command line, in help order.
+ENGINE_CLI_KEYS = (
+    "clip_grad",
+    "amp",
+    "channels_last",
+    "compile",
+    "ema_decay",
+    "max_nonfinite",
+    "seed",
+    "deterministic",
+    "device",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can act on from the message alone: the commands print it and exit 1, without a traceback.
+
+    Imported here rather than at module level, so that ``--help`` does not load the models.
+    """
+    from medens.data import DatasetError
+    from medens.engine import NonFiniteLossError
+    from medens.models import PretrainedWeightsUnavailable
+
+    return (ValueError, FileNotFoundError, DatasetError, PretrainedWeightsUnavailable, NonFiniteLossError)
+
+
+def interrupted_exit_code(err: TrainingInterrupted) -> int:
+    """The shell's convention for a run stopped by a signal: 128 + SIGTERM (15) or SIGINT (2)."""
+    return 143 if err.reason == "SIGTERM" else 130
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
@@ -323,10 +359,6 @@ def run_cli(
 def _run_cli(
     run: Callable[[dict[str, Any]], Path], args: argparse.Namespace, defaults: Mapping[str, Any]
 ) -> int:
-    from medens.data import DatasetError
-    from medens.engine import NonFiniteLossError, TrainingInterrupted
-    from medens.models import PretrainedWeightsUnavailable
-
     try:
         overrides = cli_overrides(args, defaults)
         if getattr(args, "print_config", False):
@@ -338,14 +370,8 @@ def _run_cli(
         run(overrides)
     except TrainingInterrupted as err:
         _logger.warning("%s", err)
-        return 143 if err.reason == "SIGTERM" else 130
-    except (
-        ValueError,
-        FileNotFoundError,
-        DatasetError,
-        PretrainedWeightsUnavailable,
-        NonFiniteLossError,
-    ) as err:
+        return interrupted_exit_code(err)
+    except user_errors() as err:
         _logger.error("%s", err)
         return 1
     return 0

@@ -56,6 +56,7 @@ from medens.models import (
 from medens.train.common import (
     CONFIG_NAME,
     DATA_DEFAULTS,
+    ENGINE_CLI_KEYS,
     ENGINE_DEFAULTS,
     OPTIONS,
     SPLITS_NAME,
@@ -694,18 +695,7 @@ _CLI_KEYS = (
     "rotation",
     "color_jitter",
     "crop_pct",
-    "clip_grad",
-    "amp",
-    "channels_last",
-    "compile",
-    "ema_decay",
-    "max_nonfinite",
-    "seed",
-    "deterministic",
-    "device",
-    "progress",
-    "tensorboard",
-    "dist_timeout_s",
+    *ENGINE_CLI_KEYS,
 )
 
 

@@ -437,10 +437,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from medens.data import DatasetError
-    from medens.engine import NonFiniteLossError, TrainingInterrupted
+    from medens.engine import TrainingInterrupted
     from medens.evaluate.members import IncompatibleMembersError
-    from medens.models import PretrainedWeightsUnavailable
+    from medens.train.common import interrupted_exit_code, user_errors
 
     try:
         options = options_from_args(args)
@@ -454,15 +453,8 @@ def _main(args: argparse.Namespace) -> int:
             err.reason,
             err.checkpoint,
         )
-        return 143 if err.reason == "SIGTERM" else 130
-    except (
-        ValueError,
-        FileNotFoundError,
-        DatasetError,
-        PretrainedWeightsUnavailable,
-        NonFiniteLossError,
-        IncompatibleMembersError,
-    ) as err:
+        return interrupted_exit_code(err)
+    except (*user_errors(), IncompatibleMembersError) as err:
         logger.error("pipeline: %s", err)
         return 1
     print(stage_table(outcomes))

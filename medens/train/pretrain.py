@@ -39,6 +39,7 @@ from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
 from medens.train.common import (
     CONFIG_NAME,
     DATA_DEFAULTS,
+    ENGINE_CLI_KEYS,
     ENGINE_DEFAULTS,
     OPTIONS,
     Option,
@@ -347,20 +348,9 @@ _CLI_KEYS = (
     "min_lr",
     "weight_decay",
     "betas",
-    "clip_grad",
-    "amp",
-    "channels_last",
-    "compile",
-    "ema_decay",
-    "max_nonfinite",
-    "seed",
-    "deterministic",
-    "device",
     "ops_backend",
-    "progress",
-    "tensorboard",
-    "dist_timeout_s",
     "num_reconstructions",
+    *ENGINE_CLI_KEYS,
 )
 
 
