@@ -4,10 +4,12 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "medens/cpu_kernels.h"
+#include "medens/host_cache.h"
 #include "medens/patch_math.h"
 
 #if defined(MEDENS_WITH_CUDA)
@@ -62,11 +64,101 @@ py::dict build_info() {
   return info;
 }
 
+// The DLPack structures (https://dmlc.github.io/dlpack/latest/c_api.html), declared here so that the extension
+// needs no header beyond pybind11: a block of the host cache goes to torch.from_dlpack as a contiguous tensor, and
+// the deleter, which torch calls when the tensor's storage dies, gives the block back to the cache.
+struct DLDevice {
+  int32_t device_type;  // 1: kDLCPU
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;  // 0: int, 1: unsigned int, 2: float, 4: bfloat, 6: bool
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor* self);
+};
+
+struct HostBlock {
+  DLManagedTensor managed;
+  std::vector<int64_t> shape;
+  int64_t capacity;
+};
+
+void release_host_block(DLManagedTensor* managed) {
+  HostBlock* block = static_cast<HostBlock*>(managed->manager_ctx);
+  medens::cpu::host_cache_release(managed->dl_tensor.data, block->capacity);
+  delete block;
+}
+
+/// A DLPack capsule ("dltensor") for a contiguous CPU tensor of the given shape and DLPack dtype (code, bits),
+/// over a block of the host cache.
+py::capsule host_block(const std::vector<int64_t>& shape, int dtype_code, int dtype_bits) {
+  if (dtype_bits <= 0 || dtype_bits % 8 != 0)
+    throw py::value_error("host_block: dtype_bits must be a positive multiple of 8, got " + std::to_string(dtype_bits));
+  int64_t bytes = dtype_bits / 8;
+  for (const int64_t size : shape) {
+    if (size < 0) throw py::value_error("host_block: sizes must be >= 0, got " + std::to_string(size));
+    bytes *= size;
+  }
+  auto* block = new HostBlock();
+  block->shape = shape;
+  void* data = medens::cpu::host_cache_acquire(bytes, &block->capacity);
+  if (data == nullptr) {
+    delete block;
+    throw std::bad_alloc();
+  }
+  const DLDataType dtype{static_cast<uint8_t>(dtype_code), static_cast<uint8_t>(dtype_bits), 1};
+  block->managed.dl_tensor =
+      DLTensor{data, DLDevice{1, 0}, static_cast<int32_t>(shape.size()), dtype, block->shape.data(), nullptr, 0};
+  block->managed.manager_ctx = block;
+  block->managed.deleter = &release_host_block;
+  // A capsule that no consumer took (still named "dltensor") releases the block itself.
+  return py::capsule(&block->managed, "dltensor", [](PyObject* capsule) {
+    if (PyCapsule_IsValid(capsule, "dltensor")) {
+      auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+      managed->deleter(managed);
+    }
+  });
+}
+
+py::dict host_cache_info() {
+  const medens::cpu::HostCacheInfo info = medens::cpu::host_cache_info();
+  py::dict out;
+  out["limit_bytes"] = info.limit_bytes;
+  out["idle_bytes"] = info.idle_bytes;
+  out["idle_blocks"] = info.idle_blocks;
+  out["in_use_bytes"] = info.in_use_bytes;
+  out["hits"] = info.hits;
+  out["misses"] = info.misses;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "medens compiled kernels (CPU, and CUDA when built with a toolkit)";
   m.def("build_info", &build_info, "How this extension was built.");
+
+  m.def("host_block", &host_block, py::arg("shape"), py::arg("dtype_code"), py::arg("dtype_bits"),
+        "A DLPack capsule (contiguous CPU tensor) over a block of the host cache; the block returns to the cache "
+        "when the tensor made from it dies.");
+  m.def("host_cache_info", &host_cache_info, "Limit, idle and in-use bytes, hits and misses of the host cache.");
+  m.def("host_cache_clear", &medens::cpu::host_cache_clear, "Frees every idle block; returns the bytes freed.");
+  m.def("host_cache_set_limit", &medens::cpu::host_cache_set_limit, py::arg("bytes"),
+        "Sets the most idle bytes the host cache keeps.");
 
   m.def(
       "patch_entropy_cpu",

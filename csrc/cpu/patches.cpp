@@ -118,6 +118,46 @@ void moments_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t 
   *inv_std_out = 1.0 / sqrt(var + eps);
 }
 
+// Three channel rows of 16 (or 8) float32 values, interleaved into patchify order: dst[3 x + c] = channel c at x.
+// __builtin_shufflevector picks lanes from the concatenation of its two operands; with AVX-512 each output
+// vector is two permutes, and on older targets the compiler lowers the same code to narrower instructions.
+typedef float Floats16 __attribute__((vector_size(64)));
+typedef float Floats8 __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline void interleave3_block(Floats16 r, Floats16 g, Floats16 b, float* dst) {
+  const Floats16 rg0 = __builtin_shufflevector(r, g, 0, 16, 0, 1, 17, 0, 2, 18, 0, 3, 19, 0, 4, 20, 0, 5);
+  const Floats16 rg1 = __builtin_shufflevector(r, g, 21, 0, 6, 22, 0, 7, 23, 0, 8, 24, 0, 9, 25, 0, 10, 26);
+  const Floats16 rg2 = __builtin_shufflevector(r, g, 0, 11, 27, 0, 12, 28, 0, 13, 29, 0, 14, 30, 0, 15, 31, 0);
+  const Floats16 out[3] = {
+      __builtin_shufflevector(rg0, b, 0, 1, 16, 3, 4, 17, 6, 7, 18, 9, 10, 19, 12, 13, 20, 15),
+      __builtin_shufflevector(rg1, b, 0, 21, 2, 3, 22, 5, 6, 23, 8, 9, 24, 11, 12, 25, 14, 15),
+      __builtin_shufflevector(rg2, b, 26, 1, 2, 27, 4, 5, 28, 7, 8, 29, 10, 11, 30, 13, 14, 31)};
+  std::memcpy(dst, out, sizeof out);
+}
+
+__attribute__((always_inline)) inline void interleave3_block(Floats8 r, Floats8 g, Floats8 b, float* dst) {
+  const Floats8 rg0 = __builtin_shufflevector(r, g, 0, 8, 0, 1, 9, 0, 2, 10);
+  const Floats8 rg1 = __builtin_shufflevector(r, g, 0, 3, 11, 0, 4, 12, 0, 5);
+  const Floats8 rg2 = __builtin_shufflevector(r, g, 13, 0, 6, 14, 0, 7, 15, 0);
+  const Floats8 out[3] = {__builtin_shufflevector(rg0, b, 0, 1, 8, 3, 4, 9, 6, 7),
+                          __builtin_shufflevector(rg1, b, 10, 1, 2, 11, 4, 5, 12, 7),
+                          __builtin_shufflevector(rg2, b, 0, 13, 2, 3, 14, 5, 6, 15)};
+  std::memcpy(dst, out, sizeof out);
+}
+
+/// Normalises `Lanes`-wide blocks of the three channel rows from column x on; returns the first column not done.
+template <typename Lanes>
+__attribute__((always_inline)) inline int64_t write_normalized_blocks(const float* row, int64_t stride_c, int64_t p, int64_t x, Lanes mean,
+                                       Lanes scale, float* dst) {
+  constexpr int64_t kWidth = sizeof(Lanes) / sizeof(float);
+  for (; x + kWidth <= p; x += kWidth) {
+    Lanes v[3];
+    for (int c = 0; c < 3; ++c) std::memcpy(&v[c], row + c * stride_c + x, sizeof(Lanes));
+    interleave3_block((v[0] - mean) * scale, (v[1] - mean) * scale, (v[2] - mean) * scale, dst + 3 * x);
+  }
+  return x;
+}
+
 /// dst (patchify order) = (v - mean) * inv_std for a float32 patch whose rows are contiguous.
 MEDENS_SIMD_CLONES
 void write_normalized_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t stride_c, int64_t stride_h,
@@ -125,28 +165,13 @@ void write_normalized_f32_rows(const float* origin, int64_t channels, int64_t p,
   for (int64_t py = 0; py < p; ++py) {
     const float* row = origin + py * stride_h;
     float* o = dst + py * p * channels;
-    if (channels == 3 && p <= 256) {
-      // normalise each channel's row (contiguous, vectorised), then interleave as the raw gather does
-      typedef float Lanes __attribute__((vector_size(32)));
-      const Lanes mean_lanes = Lanes{} + mean, scale_lanes = Lanes{} + inv_std;
-      float planar[3][256];
-      for (int c = 0; c < 3; ++c) {
-        const float* src = row + c * stride_c;
-        int64_t x = 0;
-        for (; x + 8 <= p; x += 8) {
-          Lanes v;
-          std::memcpy(&v, src + x, sizeof v);
-          v = (v - mean_lanes) * scale_lanes;
-          std::memcpy(&planar[c][x], &v, sizeof v);
-        }
-        for (; x < p; ++x) planar[c][x] = (src[x] - mean) * inv_std;
-      }
-      interleave3_u32(reinterpret_cast<const uint32_t*>(planar[0]), reinterpret_cast<const uint32_t*>(planar[1]),
-                      reinterpret_cast<const uint32_t*>(planar[2]), p, reinterpret_cast<uint32_t*>(o));
-    } else {
-      for (int64_t c = 0; c < channels; ++c)
-        for (int64_t x = 0; x < p; ++x) o[x * channels + c] = (row[c * stride_c + x] - mean) * inv_std;
+    int64_t x = 0;
+    if (channels == 3) {
+      x = write_normalized_blocks(row, stride_c, p, x, Floats16{} + mean, Floats16{} + inv_std, o);
+      x = write_normalized_blocks(row, stride_c, p, x, Floats8{} + mean, Floats8{} + inv_std, o);
     }
+    for (; x < p; ++x)
+      for (int64_t c = 0; c < channels; ++c) o[x * channels + c] = (row[c * stride_c + x] - mean) * inv_std;
   }
 }
 
@@ -218,10 +243,13 @@ bool gather_backward_impl(const T* grad, const T* images, const int64_t* image_s
   const int64_t N = g.num_patches(), D = g.patch_dim(), p = g.patch, C = g.channels;
   const int64_t out_strides[4] = {C * g.height * g.width, g.height * g.width, g.width, 1};
   std::atomic<bool> ok{true};
-  // One task per image: every write of a task lands in its own image, so repeated ids accumulate safely.
+  // One task per image: every write of a task lands in its own image, so repeated ids accumulate safely. The task
+  // zeroes its image first (the output is not initialised by the caller), which keeps the image in cache for the
+  // accumulation that follows.
   parallel_for(g.batch, num_ids * D, num_threads, [&](int64_t b) {
     thread_local std::vector<double> values;
     values.resize(D);
+    std::fill(grad_images + b * out_strides[0], grad_images + (b + 1) * out_strides[0], T(0));
     for (int64_t k = 0; k < num_ids; ++k) {
       const int64_t n = ids[b * ids_strides[0] + k * ids_strides[1]];
       if (n < 0 || n >= N) {

@@ -14,6 +14,7 @@ The ops are registered with ``torch.library`` (namespace ``medens``), so ``torch
 """
 
 from ._backends import available_backends, build_info
+from ._host_memory import empty_host_cache, host_cache_info
 from .entropy import patch_entropy
 from .masking import entropy_guided_mask
 from .patches import apply_patch_mask, gather_patches, patchify, unpatchify
@@ -24,8 +25,10 @@ __all__ = [
     "apply_patch_mask",
     "available_backends",
     "build_info",
+    "empty_host_cache",
     "entropy_guided_mask",
     "gather_patches",
+    "host_cache_info",
     "patch_entropy",
     "patchify",
     "unpatchify",

@@ -1,7 +1,8 @@
 """CPU kernels of ``medens._C``, registered as the ``cpp`` backend.
 
 Each launcher receives tensors already validated by the public op, passes data pointers, sizes and element
-strides to C++, and runs with ``torch.get_num_threads()`` OpenMP threads.
+strides to C++, and runs with ``torch.get_num_threads()`` OpenMP threads. Outputs come from
+:func:`._host_memory.empty`, which reuses large blocks instead of page-faulting fresh ones every call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from ._backends import extension
 from ._dtypes import check_status, dtype_code, kernel_float
+from ._host_memory import empty
 from ._registry import register_kernel
 from .reference import statistics_dtype
 
@@ -24,7 +26,7 @@ def _threads() -> int:
 @register_kernel("patch_entropy", BACKEND)
 def patch_entropy(images: Tensor, patch_size: int, bins: int, lo: float, range_width: float) -> Tensor:
     b, c, h, w = images.shape
-    out = torch.empty(b, (h // patch_size) * (w // patch_size), dtype=torch.float32)
+    out = empty((b, (h // patch_size) * (w // patch_size)), torch.float32)
     status = extension().patch_entropy_cpu(
         images.data_ptr(), dtype_code(images.dtype), b, c, h, w, list(images.stride()), patch_size, bins, lo,
         range_width, out.data_ptr(), _threads(),
@@ -62,7 +64,7 @@ def entropy_guided_mask(
 def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float) -> Tensor:
     b, c, h, w = images.shape
     k = ids.shape[1]
-    out = torch.empty(b, k, patch_size * patch_size * c, dtype=images.dtype)
+    out = empty((b, k, patch_size * patch_size * c), images.dtype)
     status = extension().gather_patches_cpu(
         images.data_ptr(), dtype_code(images.dtype), b, c, h, w, list(images.stride()), ids.data_ptr(),
         list(ids.stride()), k, patch_size, normalize, eps, out.data_ptr(), _threads(),
@@ -79,7 +81,7 @@ def gather_patches_backward(
     grad = grad.to(compute).contiguous()
     source = images.to(compute) if normalize else images
     b, c, h, w = images.shape
-    grad_images = torch.zeros(b, c, h, w, dtype=compute)
+    grad_images = empty((b, c, h, w), compute)  # every element is written by the kernel
     status = extension().gather_patches_backward_cpu(
         grad.data_ptr(), dtype_code(compute), source.data_ptr(), list(source.stride()), b, c, h, w, ids.data_ptr(),
         list(ids.stride()), ids.shape[1], patch_size, normalize, eps, grad_images.data_ptr(), _threads(),
@@ -91,7 +93,7 @@ def gather_patches_backward(
 @register_kernel("apply_patch_mask", BACKEND)
 def apply_patch_mask(images: Tensor, mask: Tensor, patch_size: int, fill: float) -> Tensor:
     b, c, h, w = images.shape
-    out = torch.empty_like(images)
+    out = empty(tuple(images.shape), images.dtype) if images.is_contiguous() else torch.empty_like(images)
     fill_value = torch.tensor([fill], dtype=images.dtype)
     status = extension().apply_patch_mask_cpu(
         images.data_ptr(), images.element_size(), b, c, h, w, list(images.stride()), mask.data_ptr(),

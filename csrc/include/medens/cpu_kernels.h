@@ -26,8 +26,8 @@ int gather_patches(const void* images, int dtype, int64_t batch, int64_t channel
                    const int64_t* strides, const int64_t* ids, const int64_t* ids_strides, int64_t num_ids,
                    int64_t patch, bool normalize, double eps, void* out, int num_threads);
 
-/// Gradient of gather_patches with respect to images, accumulated into grad_images (B, C, H, W) contiguous,
-/// zero-initialised by the caller. grad: (B, K, p*p*C) contiguous; images only read when normalize.
+/// Gradient of gather_patches with respect to images, written to grad_images (B, C, H, W) contiguous (every
+/// element; patches gathered more than once accumulate). grad: (B, K, p*p*C) contiguous; images only read when normalize.
 /// dtype: float32 or float64 (grad, images and grad_images share it).
 int gather_patches_backward(const void* grad, int dtype, const void* images, const int64_t* image_strides,
                             int64_t batch, int64_t channels, int64_t height, int64_t width, const int64_t* ids,

@@ -1,0 +1,152 @@
+"""The host cache behind the CPU kernels' large outputs: reuse, bounds, and tensors that behave as any other."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medens.ops import (
+    _host_memory,
+    apply_patch_mask,
+    available_backends,
+    empty_host_cache,
+    entropy_guided_mask,
+    gather_patches,
+    host_cache_info,
+    reference,
+)
+
+pytestmark = pytest.mark.skipif(not available_backends()["cpp"], reason="medens._C (the cpp backend) is not built")
+
+LARGE = (8, 3, 128, 128)  # 1.5 MiB of float32: above the cache threshold
+
+
+def _large_images(seed: int = 0) -> torch.Tensor:
+    return torch.rand(LARGE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_large_outputs_reuse_a_returned_block():
+    images = _large_images()
+    mask = entropy_guided_mask(torch.rand(8, 64), 0.75).mask
+    first = apply_patch_mask(images, mask, 16, backend="cpp")
+    address = first.data_ptr()
+    del first
+    before = host_cache_info()
+    assert before["idle_bytes"] >= images.numel() * 4
+    second = apply_patch_mask(images, mask, 16, backend="cpp")
+    after = host_cache_info()
+    assert second.data_ptr() == address
+    assert after["hits"] == before["hits"] + 1
+    torch.testing.assert_close(second, reference.apply_patch_mask(images, mask, 16), rtol=0, atol=0)
+
+
+def test_a_block_is_not_reused_while_a_tensor_holds_it():
+    images = _large_images()
+    mask = entropy_guided_mask(torch.rand(8, 64), 0.5).mask
+    first = apply_patch_mask(images, mask, 16, backend="cpp")
+    view = first[:, :1]  # a view keeps the block alive after the tensor itself is gone
+    expected = view.clone()
+    del first
+    second = apply_patch_mask(_large_images(seed=1), mask, 16, fill=-1.0, backend="cpp")
+    assert second.untyped_storage().data_ptr() != view.untyped_storage().data_ptr()
+    torch.testing.assert_close(view, expected, rtol=0, atol=0)
+
+
+def test_small_outputs_come_from_torch():
+    before = host_cache_info()
+    images = torch.rand(2, 3, 32, 32)
+    out = apply_patch_mask(images, torch.zeros(2, 4, dtype=torch.bool), 16, backend="cpp")
+    assert host_cache_info()["misses"] == before["misses"]
+    assert host_cache_info()["hits"] == before["hits"]
+    out.resize_(4, 3, 32, 32)  # an ordinary, resizable tensor
+
+
+def test_empty_host_cache_frees_idle_blocks():
+    out = _host_memory.empty(LARGE, torch.float32)
+    nbytes = out.numel() * out.element_size()
+    del out
+    assert host_cache_info()["idle_bytes"] >= nbytes
+    freed = empty_host_cache()
+    assert freed >= nbytes
+    info = host_cache_info()
+    assert info["idle_bytes"] == 0 and info["idle_blocks"] == 0
+
+
+def test_cached_tensors_are_ordinary_tensors():
+    shape = (8, 3, 256, 256)  # 3 MiB of bfloat16
+    out = _host_memory.empty(shape, torch.bfloat16)
+    assert host_cache_info()["in_use_bytes"] >= out.numel() * 2
+    assert out.shape == shape and out.dtype == torch.bfloat16 and out.is_contiguous()
+    assert out._base is None, "must not be a view (custom ops may not return views)"
+    out.fill_(2.0)
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.load(buffer), out)
+    out.share_memory_()  # what a DataLoader worker does to send a tensor
+    assert out.is_shared() and bool((out == 2.0).all())
+
+
+def test_cached_storage_cannot_grow():
+    out = _host_memory.empty((8, 3, 256, 256), torch.float32)
+    with pytest.raises(RuntimeError, match="not resizable"):
+        out.resize_(2 * out.numel())  # (a failed resize_ leaves the tensor unusable, as in torch itself)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gather_backward_writes_every_element_of_a_reused_block(normalize):
+    images = _large_images().requires_grad_()
+    ids = torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(b))[:20] for b in range(8)])
+    ids[:, 1] = ids[:, 0]  # a repeated id accumulates
+    grad = torch.randn(8, 20, 16 * 16 * 3)
+    dirty = _host_memory.empty(LARGE, torch.float32)
+    dirty.fill_(float("nan"))  # the block the backward is about to receive holds garbage
+    del dirty
+    (out,) = torch.autograd.grad(gather_patches(images, ids, 16, normalize=normalize, backend="cpp"), images, grad)
+    (expected,) = torch.autograd.grad(reference.gather_patches(images, ids, 16, normalize=normalize), images, grad)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def _run(code: str, **environment: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **environment}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_limit_zero_turns_the_cache_off():
+    code = (
+        "import torch\n"
+        "from medens.ops import _host_memory, host_cache_info\n"
+        "out = _host_memory.empty((8, 3, 128, 128), torch.float32)\n"
+        "out.resize_(2 * out.numel())\n"
+        "info = host_cache_info()\n"
+        "assert info['limit_bytes'] == 0 and info['misses'] == 0, info\n"
+    )
+    result = _run(code, MEDENS_HOST_CACHE_MB="0")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_limit_names_the_variable():
+    code = "import torch\nfrom medens.ops import _host_memory\n_host_memory.empty((8, 3, 128, 128), torch.float32)\n"
+    result = _run(code, MEDENS_HOST_CACHE_MB="lots")
+    assert result.returncode != 0
+    assert "MEDENS_HOST_CACHE_MB" in result.stderr and "'lots'" in result.stderr
+
+
+def test_blocks_beyond_the_limit_are_freed():
+    code = (
+        "import torch\n"
+        "from medens.ops import _host_memory, host_cache_info\n"
+        "blocks = [_host_memory.empty((3 << 20,), torch.uint8) for _ in range(3)]\n"
+        "del blocks\n"
+        "info = host_cache_info()\n"
+        "assert info['idle_bytes'] <= 8 << 20 and info['idle_blocks'] == 2, info\n"
+        "assert info['in_use_bytes'] == 0, info\n"
+    )
+    result = _run(code, MEDENS_HOST_CACHE_MB="8")
+    assert result.returncode == 0, result.stderr
