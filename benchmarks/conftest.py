@@ -56,12 +56,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device, bytes_moved: int,
-        rounds: int = 10, ops: int = 0) -> None:
+        rounds: int = 30, ops: int = 0, warmup_rounds: int = 3) -> None:
     """Time ``fn`` (synchronised on GPUs) and record it for the summary.
 
     ``bytes_moved`` and ``ops`` are what the op must read and write and the arithmetic it must do (counted per
     element in each benchmark's docstring): the roofline in benchmarks/report.py divides them by the bandwidth
     and arithmetic rate measured in the same run.
+
+    A few warm-up rounds come first: on a virtual machine the first writes to freshly allocated memory are slow
+    (the host maps the pages in), and a training loop sees the steady state, not the first calls.
     """
 
     def timed():
@@ -74,7 +77,7 @@ def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device
         op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved, ops=ops,
         torch=torch.__version__, medens=medens.__version__,
     )
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     record(op, f"{case} on {device.type}", backend, benchmark)
 
 

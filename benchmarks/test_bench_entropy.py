@@ -26,7 +26,7 @@ def images_for(device: torch.device) -> torch.Tensor:
 def test_patch_entropy(benchmark, device, backend, patch):
     images = images_for(device)
     case = f"{tuple(images.shape)} float32 p={patch}"
-    rounds = 3 if backend == "reference" else 20
+    rounds = 10 if backend == "reference" else 30
     run(benchmark, lambda: patch_entropy(images, patch, backend=backend), op="patch_entropy", case=case,
         backend=backend, device=device, bytes_moved=images.numel() * images.element_size(), rounds=rounds,
         ops=12 * images.shape[0] * images.shape[2] * images.shape[3])

@@ -5,6 +5,10 @@
 #include <map>
 #include <mutex>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 #include "parallel.h"
 
 namespace medens {
@@ -31,9 +35,23 @@ struct Cache {
   }
 };
 
+Cache* the_cache = nullptr;  // created once, never destroyed: tensors may give blocks back during interpreter exit
+
+void lock_for_fork() { the_cache->lock.lock(); }
+void unlock_after_fork() { the_cache->lock.unlock(); }
+
 Cache& cache() {
-  static Cache* instance = new Cache();  // never destroyed: tensors may give blocks back during interpreter exit
-  return *instance;
+  static const bool created = [] {
+    the_cache = new Cache();
+#if defined(__unix__) || defined(__APPLE__)
+    // A fork (DataLoader workers) while another thread holds the lock would leave the child's copy locked
+    // forever: the lock is taken before a fork and released on both sides after it.
+    pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
+#endif
+    return true;
+  }();
+  (void)created;
+  return *the_cache;
 }
 
 int64_t round_up(int64_t value, int64_t granule) { return (value + granule - 1) / granule * granule; }

@@ -150,3 +150,27 @@ def test_blocks_beyond_the_limit_are_freed():
     )
     result = _run(code, MEDENS_HOST_CACHE_MB="8")
     assert result.returncode == 0, result.stderr
+
+
+class _MaskedImages(torch.utils.data.Dataset):
+    """Masks images in the worker, as a data pipeline that hides patches before batching would."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(index))  # 3 MiB: cached
+        mask = torch.arange(1024).reshape(1, 1024) % 2 == index % 2
+        return apply_patch_mask(images, mask, 16, backend="cpp")[0], images[0]
+
+
+def test_outputs_made_in_dataloader_workers_reach_the_parent():
+    # The parent has used the cache before the workers fork; each worker masks its samples with the cache and
+    # sends them back through shared memory.
+    warm = _host_memory.empty((4, 3, 256, 256), torch.float32)
+    del warm
+    loader = torch.utils.data.DataLoader(_MaskedImages(), batch_size=None, num_workers=2)
+    for index, (masked, images) in enumerate(loader):
+        mask = torch.arange(1024).reshape(1, 1024) % 2 == index % 2
+        expected = reference.apply_patch_mask(images[None], mask, 16)[0]
+        torch.testing.assert_close(masked, expected, rtol=0, atol=0)
