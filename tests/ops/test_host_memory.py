@@ -113,12 +113,18 @@ def test_gather_backward_writes_every_element_of_a_reused_block(normalize):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def _run(code: str, **environment: str) -> subprocess.CompletedProcess:
+def _run(code: str, cwd, **environment: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter (the cache reads its limit once per process), outside the checkout so
+    that the installed medens is imported; a relative PYTHONPATH (a development checkout) is made absolute."""
     env = {**os.environ, **environment}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
+    prelude = "from medens.ops import available_backends\nassert available_backends()['cpp'], 'no medens._C'\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
 
 
-def test_limit_zero_turns_the_cache_off():
+def test_limit_zero_turns_the_cache_off(tmp_path):
     code = (
         "import torch\n"
         "from medens.ops import _host_memory, host_cache_info\n"
@@ -127,18 +133,18 @@ def test_limit_zero_turns_the_cache_off():
         "info = host_cache_info()\n"
         "assert info['limit_bytes'] == 0 and info['misses'] == 0, info\n"
     )
-    result = _run(code, MEDENS_HOST_CACHE_MB="0")
+    result = _run(code, tmp_path, MEDENS_HOST_CACHE_MB="0")
     assert result.returncode == 0, result.stderr
 
 
-def test_a_bad_limit_names_the_variable():
+def test_a_bad_limit_names_the_variable(tmp_path):
     code = "import torch\nfrom medens.ops import _host_memory\n_host_memory.empty((8, 3, 128, 128), torch.float32)\n"
-    result = _run(code, MEDENS_HOST_CACHE_MB="lots")
+    result = _run(code, tmp_path, MEDENS_HOST_CACHE_MB="lots")
     assert result.returncode != 0
     assert "MEDENS_HOST_CACHE_MB" in result.stderr and "'lots'" in result.stderr
 
 
-def test_blocks_beyond_the_limit_are_freed():
+def test_blocks_beyond_the_limit_are_freed(tmp_path):
     code = (
         "import torch\n"
         "from medens.ops import _host_memory, host_cache_info\n"
@@ -148,7 +154,7 @@ def test_blocks_beyond_the_limit_are_freed():
         "assert info['idle_bytes'] <= 8 << 20 and info['idle_blocks'] == 2, info\n"
         "assert info['in_use_bytes'] == 0, info\n"
     )
-    result = _run(code, MEDENS_HOST_CACHE_MB="8")
+    result = _run(code, tmp_path, MEDENS_HOST_CACHE_MB="8")
     assert result.returncode == 0, result.stderr
 
 
@@ -174,3 +180,44 @@ def test_outputs_made_in_dataloader_workers_reach_the_parent():
         mask = torch.arange(1024).reshape(1, 1024) % 2 == index % 2
         expected = reference.apply_patch_mask(images[None], mask, 16)[0]
         torch.testing.assert_close(masked, expected, rtol=0, atol=0)
+
+
+def _cached_size_samples():
+    """Op calls whose outputs are large enough (>= 1 MiB) to come from the host cache."""
+    images = torch.rand(2, 3, 256, 256)  # 1.5 MiB
+    leaf = images.detach().clone().requires_grad_()
+    ids = torch.stack([torch.randperm(256)[:200] for _ in range(2)])  # (2, 200, 768) float32 out: 1.2 MiB
+    mask = torch.rand(2, 256) < 0.5
+    ops = torch.ops.medens
+    return [
+        (ops.gather_patches.default, (leaf, ids, 16, False, 1e-6, "cpp")),
+        (ops.gather_patches.default, (leaf, ids, 16, True, 1e-6, "cpp")),
+        (ops.gather_patches_backward.default, (torch.rand(2, 200, 768), images, ids, 16, True, 1e-6, "cpp")),
+        (ops.apply_patch_mask.default, (leaf, mask, 16, 0.0, "cpp")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_opcheck_with_cached_outputs(case):
+    op, args = _cached_size_samples()[case]
+    hits = host_cache_info()["hits"] + host_cache_info()["misses"]
+    torch.library.opcheck(op, args)
+    assert host_cache_info()["hits"] + host_cache_info()["misses"] > hits, "the outputs did not use the cache"
+
+
+@pytest.mark.slow
+def test_torch_compile_with_cached_outputs():
+    def step(images, scores, noise):
+        m = entropy_guided_mask(scores, 0.25, noise=noise, backend="cpp")
+        target = gather_patches(images, m.ids_mask, 16, normalize=True, backend="cpp")
+        visible = apply_patch_mask(images, m.mask, 16, backend="cpp")
+        return target.square().mean() + visible.mean()
+
+    images = torch.rand(2, 3, 256, 256, requires_grad=True)
+    scores, noise = torch.rand(2, 256), torch.rand(2, 256)
+    loss = torch.compile(step, fullgraph=True, backend="aot_eager")(images, scores, noise)
+    expected = step(images, scores, noise)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, images)
+    (expected_grad,) = torch.autograd.grad(expected, images)
+    torch.testing.assert_close(grad, expected_grad)
