@@ -1,7 +1,9 @@
 // The cache of large host blocks: see medens/host_cache.h.
 #include "medens/host_cache.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 
