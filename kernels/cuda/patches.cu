@@ -349,6 +349,22 @@ int launch_apply_mask(const MaskParams& a, cudaStream_t stream) {
                 stream, a);
 }
 
+/// The fields the forward and backward gathers' parameters share: geometry, images, ids, the work items
+/// (batch * num_ids), eps and the index-error flag.
+template <typename Params>
+void set_gather_fields(Params& a, int64_t batch, const PatchGeometry& g, const void* images, const int64_t* ids,
+                       const int64_t* ids_strides, int64_t num_ids, double eps, int* index_error) {
+  a.g = g;
+  a.images = images;
+  a.ids = ids;
+  a.ids_stride0 = ids_strides[0];
+  a.ids_stride1 = ids_strides[1];
+  a.num_ids = num_ids;
+  a.total = batch * num_ids;
+  a.eps = eps;
+  a.index_error = index_error;
+}
+
 }  // namespace
 
 int gather_patches(const void* images, int dtype, int64_t batch, int64_t channels, int64_t height, int64_t width,
@@ -360,16 +376,9 @@ int gather_patches(const void* images, int dtype, int64_t batch, int64_t channel
   const DeviceGuard guard(device);
   if (guard.status() != kOk) return guard.status();
   GatherParams a{};
-  a.g = geometry(channels, height, width, patch, strides);
-  a.images = images;
-  a.ids = ids;
-  a.ids_stride0 = ids_strides[0];
-  a.ids_stride1 = ids_strides[1];
-  a.num_ids = num_ids;
-  a.total = batch * num_ids;
-  a.eps = eps;
+  set_gather_fields(a, batch, geometry(channels, height, width, patch, strides), images, ids, ids_strides, num_ids,
+                    eps, index_error);
   a.out = out;
-  a.index_error = index_error;
   if (a.total == 0 || a.g.dim == 0) return kOk;
   switch (dtype) {
     case kFloat16: return launch_gather<kFloat16>(a, normalize, stream);
@@ -388,17 +397,10 @@ int gather_patches_backward(const void* grad, int dtype, const void* images, con
   const DeviceGuard guard(device);
   if (guard.status() != kOk) return guard.status();
   BackwardParams a{};
-  a.g = geometry(channels, height, width, patch, image_strides);
+  set_gather_fields(a, batch, geometry(channels, height, width, patch, image_strides), images, ids, ids_strides,
+                    num_ids, eps, index_error);
   a.grad = grad;
-  a.images = images;
-  a.ids = ids;
-  a.ids_stride0 = ids_strides[0];
-  a.ids_stride1 = ids_strides[1];
-  a.num_ids = num_ids;
-  a.total = batch * num_ids;
-  a.eps = eps;
   a.grad_images = grad_images;
-  a.index_error = index_error;
   if (a.total == 0 || a.g.dim == 0) return kOk;
   const dim3 grid(grid_blocks(a.total, kGatherWarps)), block(kGatherWarps * kWarpSize);
   if (dtype == kFloat32) {

@@ -25,14 +25,17 @@ MASK_BLOCK = 1024
 
 
 @triton.jit
-def _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error):
-    """(batch index, patch index clamped into range, whether the id was out of range) of output patch `item`."""
+def _patch_of(ids, item, num_ids, num_patches, patches_per_row, is0, is1, index_error):
+    """(batch index, patch row, patch column, whether the id was out of range) of output patch `item`; an
+    out-of-range id reads patch 0 and sets the error flag."""
     b = item // num_ids
     k = item - b * num_ids
     n = tl.load(ids + b * is0 + k * is1)
     bad = (n < 0) | (n >= num_patches)
     tl.store(index_error, 1, mask=bad)
-    return b, tl.where(bad, 0, n), bad
+    n = tl.where(bad, 0, n)
+    pi = n // patches_per_row
+    return b, pi, n - pi * patches_per_row, bad
 
 
 @triton.jit
@@ -83,9 +86,7 @@ def _gather_kernel(
     NORMALIZE: tl.constexpr, IS_FLOAT64: tl.constexpr,
 ):
     item = tl.program_id(0).to(tl.int64)
-    b, n, bad = _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error)
-    pi = n // patches_per_row
-    pj = n - pi * patches_per_row
+    b, pi, pj, bad = _patch_of(ids, item, num_ids, num_patches, patches_per_row, is0, is1, index_error)
     origin = images + b * sb + pi * PATCH * sh + pj * PATCH * sw
     D: tl.constexpr = PATCH * PATCH * CHANNELS
     dst = out + item * D
@@ -128,9 +129,7 @@ def _gather_backward_kernel(
     NORMALIZE: tl.constexpr, IS_FLOAT64: tl.constexpr,
 ):
     item = tl.program_id(0).to(tl.int64)
-    b, n, bad = _patch_of(ids, item, num_ids, num_patches, is0, is1, index_error)
-    pi = n // patches_per_row
-    pj = n - pi * patches_per_row
+    b, pi, pj, bad = _patch_of(ids, item, num_ids, num_patches, patches_per_row, is0, is1, index_error)
     D: tl.constexpr = PATCH * PATCH * CHANNELS
     g_row = grad + item * D
     origin = images + b * sb + pi * PATCH * sh + pj * PATCH * sw

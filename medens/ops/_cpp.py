@@ -1,7 +1,7 @@
 """CPU kernels of ``medens._C``, registered as the ``cpp`` backend.
 
 Each launcher receives tensors already validated by the public op, passes data pointers, sizes and element
-strides to C++, and runs with ``torch.get_num_threads()`` OpenMP threads. Outputs come from
+strides to C++, and runs with ``torch.get_num_threads()`` OpenMP threads. Image-sized outputs come from
 :func:`._host_memory.empty`, which reuses large blocks instead of page-faulting fresh ones every call.
 """
 
@@ -11,10 +11,16 @@ import torch
 from torch import Tensor
 
 from ._backends import extension
-from ._dtypes import check_status, dtype_code, kernel_float
+from ._dtypes import (
+    backward_operands,
+    check_status,
+    dtype_code,
+    kernel_float,
+    masking_outputs,
+    noise_arguments,
+)
 from ._host_memory import empty
 from ._registry import register_kernel
-from .reference import statistics_dtype
 
 BACKEND = "cpp"
 
@@ -42,15 +48,9 @@ def entropy_guided_mask(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b, n = scores.shape
     scores = kernel_float(scores)
-    mask = torch.empty(b, n, dtype=torch.bool)
-    ids_keep = torch.empty(b, num_keep, dtype=torch.int64)
-    ids_mask = torch.empty(b, n - num_keep, dtype=torch.int64)
-    ids_restore = torch.empty(b, n, dtype=torch.int64)
-    if noise is None:
-        noise_ptr, noise_code, noise_strides = 0, dtype_code(torch.float32), [0, 0]
-    else:
-        noise = kernel_float(noise)
-        noise_ptr, noise_code, noise_strides = noise.data_ptr(), dtype_code(noise.dtype), list(noise.stride())
+    mask, ids_keep, ids_mask, ids_restore = masking_outputs(b, n, num_keep, scores.device)
+    noise = None if noise is None else kernel_float(noise)
+    noise_ptr, noise_code, noise_strides = noise_arguments(noise)
     status = extension().entropy_guided_mask_cpu(
         scores.data_ptr(), dtype_code(scores.dtype), list(scores.stride()), noise_ptr, noise_code, noise_strides,
         b, n, num_keep, temperature, prefer_high, mask.data_ptr(), ids_keep.data_ptr(), ids_mask.data_ptr(),
@@ -77,9 +77,7 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
 ) -> Tensor:
-    compute = statistics_dtype(images.dtype)
-    grad = grad.to(compute).contiguous()
-    source = images.to(compute) if normalize else images
+    compute, grad, source = backward_operands(grad, images, normalize)
     b, c, h, w = images.shape
     grad_images = empty((b, c, h, w), compute)  # every element is written by the kernel
     status = extension().gather_patches_backward_cpu(

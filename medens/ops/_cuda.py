@@ -14,9 +14,15 @@ import torch
 from torch import Tensor
 
 from ._backends import extension
-from ._dtypes import check_status, dtype_code, kernel_float
+from ._dtypes import (
+    backward_operands,
+    check_status,
+    dtype_code,
+    kernel_float,
+    masking_outputs,
+    noise_arguments,
+)
 from ._registry import register_kernel
-from .reference import statistics_dtype
 
 BACKEND = "cuda"
 INDEX_OUT_OF_RANGE = 2  # medens::kIndexOutOfRange (csrc/include/medens/patch_math.h, _dtypes.STATUS_MESSAGES)
@@ -75,16 +81,10 @@ def entropy_guided_mask(
     b, n = scores.shape
     device = scores.device
     scores = kernel_float(scores)
-    mask = torch.empty(b, n, dtype=torch.bool, device=device)
-    ids_keep = torch.empty(b, num_keep, dtype=torch.int64, device=device)
-    ids_mask = torch.empty(b, n - num_keep, dtype=torch.int64, device=device)
-    ids_restore = torch.empty(b, n, dtype=torch.int64, device=device)
+    mask, ids_keep, ids_mask, ids_restore = masking_outputs(b, n, num_keep, device)
     workspace = torch.empty(b, n, dtype=torch.int64, device=device) if n > extension().CUDA_MAX_SHARED_KEYS else None
-    if noise is None:
-        noise_ptr, noise_code, noise_strides = 0, dtype_code(torch.float32), [0, 0]
-    else:
-        noise = kernel_float(noise)
-        noise_ptr, noise_code, noise_strides = noise.data_ptr(), dtype_code(noise.dtype), list(noise.stride())
+    noise = None if noise is None else kernel_float(noise)
+    noise_ptr, noise_code, noise_strides = noise_arguments(noise)
     _launch("entropy_guided_mask", "entropy_guided_mask_cuda", device, scores.data_ptr(), dtype_code(scores.dtype),
             list(scores.stride()), noise_ptr, noise_code, noise_strides, b, n, num_keep, temperature, prefer_high,
             _pointer(workspace), mask.data_ptr(), _pointer(ids_keep), _pointer(ids_mask), ids_restore.data_ptr())
@@ -109,10 +109,8 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
 ) -> Tensor:
-    compute = statistics_dtype(images.dtype)
     device = images.device
-    grad = grad.to(compute).contiguous()
-    source = images.to(compute) if normalize else images
+    compute, grad, source = backward_operands(grad, images, normalize)
     b, c, h, w = images.shape
     grad_images = torch.zeros(b, c, h, w, dtype=compute, device=device)
     index_error = torch.zeros(1, dtype=torch.int32, device=device)

@@ -39,7 +39,7 @@ DLPACK_DTYPES = {
 
 @functools.cache
 def _configured_extension():
-    """The extension with the cache limit from the environment applied once; None when it cannot be used."""
+    """The extension, with the cache limit from the environment applied once; None without it."""
     ext = extension()
     if ext is None:
         return None
@@ -58,14 +58,20 @@ def _configured_extension():
     return ext
 
 
+@functools.cache
+def _cache() -> object | None:
+    """The extension when the host cache is on (built, and a limit above 0), else None."""
+    ext = _configured_extension()
+    return ext if ext is not None and ext.host_cache_info()["limit_bytes"] > 0 else None
+
+
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """An uninitialised contiguous CPU tensor; from the host cache when it holds 1 MiB or more."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    ext = _configured_extension() if nbytes >= CACHED_MIN_BYTES and dtype in DLPACK_DTYPES else None
-    if ext is None or ext.host_cache_info()["limit_bytes"] == 0:
+    cache = _cache() if math.prod(shape) * dtype.itemsize >= CACHED_MIN_BYTES and dtype in DLPACK_DTYPES else None
+    if cache is None:
         return torch.empty(shape, dtype=dtype)
     code, bits = DLPACK_DTYPES[dtype]
-    return torch.from_dlpack(ext.host_block(list(shape), code, bits))
+    return torch.from_dlpack(cache.host_block(list(shape), code, bits))
 
 
 def empty_host_cache() -> int:

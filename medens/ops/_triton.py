@@ -18,8 +18,8 @@ from medens.kernels.triton import masking as _masking
 from medens.kernels.triton import patches as _patches
 
 from ._cuda import raise_on_index_error
+from ._dtypes import backward_operands
 from ._registry import register_kernel
-from .reference import statistics_dtype
 
 BACKEND = "triton"
 
@@ -55,10 +55,8 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
 ) -> Tensor:
-    compute = statistics_dtype(images.dtype)
     with _on_device(images):
-        grad = grad.to(compute).contiguous()
-        source = images.to(compute) if normalize else images
+        _, grad, source = backward_operands(grad, images, normalize)
         index_error = torch.zeros(1, dtype=torch.int32, device=images.device)
         grad_images = _patches.gather_patches_backward(grad, source, ids, patch_size, normalize, eps, index_error)
     raise_on_index_error(index_error, "gather_patches_backward", BACKEND)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from medens.ops import available_backends
+from medens.ops import (
+    PatchMask,
+    apply_patch_mask,
+    available_backends,
+    entropy_guided_mask,
+    gather_patches,
+    patch_entropy,
+)
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -41,3 +48,62 @@ def smooth_images(shape: tuple[int, ...], dtype: torch.dtype, *, levels: int = 1
     coarse = torch.randint(0, levels, (b, 1, max(h // 4, 1), max(w // 4, 1)), generator=generator).float() / levels
     x = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest").expand(b, c, h, w).contiguous()
     return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+
+
+def assert_same_mask(got: PatchMask, expected: PatchMask, device_type: str | None = None) -> None:
+    """Every field of `got` equals the reference's, in the same dtype (and on `device_type` when given)."""
+    assert isinstance(got, PatchMask)
+    for name, a, b in zip(PatchMask._fields, got, expected, strict=True):
+        if device_type is not None:
+            assert a.device.type == device_type, name
+        assert a.dtype == b.dtype, name
+        assert torch.equal(a.cpu(), b.cpu()), name
+
+
+def opcheck_samples(backend: str, device: str) -> list[tuple]:
+    """One call of each registered op (and each mode) on small inputs, for torch.library.opcheck."""
+    images = torch.rand(2, 3, 16, 16, device=device)
+    leaf = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
+    ids = torch.tensor([[0, 2], [3, 1]], device=device)
+    scores = torch.rand(2, 16, device=device)
+    noise = torch.rand(2, 16, device=device)
+    mask = torch.rand(2, 4, device=device) < 0.5
+    ops = torch.ops.medens
+    return [
+        (ops.patch_entropy.default, (images, 8, 256, 0.0, 1.0, backend)),
+        (ops.patch_entropy.default, (leaf(images), 8, 256, 0.0, 1.0, backend)),
+        (ops.patch_entropy.default, ((images * 255).to(torch.uint8), 4, 256, 0.0, 255.0, backend)),
+        (ops.entropy_guided_mask.default, (scores, noise, 6, 1.0, True, backend)),
+        (ops.entropy_guided_mask.default, (scores, None, 6, 0.0, False, backend)),
+        (ops.gather_patches.default, (leaf(images.double()), ids, 8, False, 1e-6, backend)),
+        (ops.gather_patches.default, (leaf(images.double()), ids, 8, True, 1e-6, backend)),
+        (ops.gather_patches_backward.default,
+         (torch.rand(2, 2, 192, device=device), images, ids, 8, True, 1e-6, backend)),
+        (ops.apply_patch_mask.default, (leaf(images), mask, 8, 0.0, backend)),
+        (ops.apply_patch_mask.default, ((images * 255).to(torch.uint8), mask, 8, 3.0, backend)),
+    ]
+
+
+OPCHECK_CASES = 10  # len(opcheck_samples(...)), for parametrize
+
+
+def check_compiled_masking_step(backend: str, device: str, compile_backend: str = "inductor") -> None:
+    """A masked-autoencoder step using every op, compiled with fullgraph=True, equals the eager step in its loss,
+    its mask and the gradient of the loss with respect to the images."""
+
+    def step(images, noise):
+        scores = patch_entropy(images, 8, backend=backend)
+        m = entropy_guided_mask(scores, 0.5, noise=noise, backend=backend)
+        target = gather_patches(images, m.ids_mask, 8, normalize=True, backend=backend)
+        visible = apply_patch_mask(images, m.mask, 8, backend=backend)
+        return target.square().mean() + visible.mean(), m.mask
+
+    images = torch.rand(2, 3, 16, 32, device=device, requires_grad=True)
+    noise = torch.rand(2, 8, device=device)
+    loss, mask = torch.compile(step, fullgraph=True, backend=compile_backend)(images, noise)
+    expected_loss, expected_mask = step(images, noise)
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(loss, expected_loss)
+    (grad,) = torch.autograd.grad(loss, images)
+    (expected_grad,) = torch.autograd.grad(expected_loss, images)
+    torch.testing.assert_close(grad, expected_grad)

@@ -35,7 +35,15 @@ from medens.ops import (
 from medens.ops import reference as R
 from medens.ops._backends import _why_unavailable, extension
 
-from .helpers import FLOAT_DTYPES, IMAGE_DTYPES, random_images
+from .helpers import (
+    FLOAT_DTYPES,
+    IMAGE_DTYPES,
+    OPCHECK_CASES,
+    check_compiled_masking_step,
+    opcheck_samples,
+    random_images,
+)
+from .helpers import assert_same_mask as assert_mask_equal
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA_SOURCES = REPO / "kernels" / "cuda"
@@ -140,10 +148,7 @@ def cuda(*tensors: torch.Tensor):
 
 
 def assert_same_mask(got: PatchMask, expected: PatchMask) -> None:
-    for name, a, b in zip(PatchMask._fields, got, expected, strict=True):
-        assert a.device.type == "cuda", name
-        assert a.dtype == b.dtype, name
-        assert torch.equal(a.cpu(), b.cpu()), name
+    assert_mask_equal(got, expected, device_type="cuda")
 
 
 @pytest.mark.cuda
@@ -251,51 +256,16 @@ def test_apply_mask_gradcheck(gpu_backend):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(OPCHECK_CASES))
 def test_opcheck(gpu_backend, case):
-    images = torch.rand(2, 3, 16, 16, device="cuda")
-    ids = torch.tensor([[0, 2], [3, 1]], device="cuda")
-    scores = torch.rand(2, 16, device="cuda")
-    noise = torch.rand(2, 16, device="cuda")
-    mask = torch.rand(2, 4, device="cuda") < 0.5
-    leaf = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
-    ops = torch.ops.medens
-    samples = [
-        (ops.patch_entropy.default, (images, 8, 256, 0.0, 1.0, gpu_backend)),
-        (ops.patch_entropy.default, ((images * 255).to(torch.uint8), 4, 256, 0.0, 255.0, gpu_backend)),
-        (ops.entropy_guided_mask.default, (scores, noise, 6, 1.0, True, gpu_backend)),
-        (ops.entropy_guided_mask.default, (scores, None, 6, 0.0, False, gpu_backend)),
-        (ops.gather_patches.default, (leaf(images.double()), ids, 8, False, 1e-6, gpu_backend)),
-        (ops.gather_patches.default, (leaf(images.double()), ids, 8, True, 1e-6, gpu_backend)),
-        (ops.gather_patches_backward.default, (torch.rand(2, 2, 192, device="cuda"), images, ids, 8, True, 1e-6,
-                                               gpu_backend)),
-        (ops.apply_patch_mask.default, (leaf(images), mask, 8, 0.0, gpu_backend)),
-        (ops.apply_patch_mask.default, ((images * 255).to(torch.uint8), mask, 8, 3.0, gpu_backend)),
-    ]
-    op, args = samples[case]
+    op, args = opcheck_samples(gpu_backend, "cuda")[case]
     torch.library.opcheck(op, args)
 
 
 @pytest.mark.cuda
 @pytest.mark.slow
 def test_torch_compile_fullgraph(gpu_backend):
-    def step(images, noise):
-        scores = patch_entropy(images, 8, backend=gpu_backend)
-        m = entropy_guided_mask(scores, 0.5, noise=noise, backend=gpu_backend)
-        target = gather_patches(images, m.ids_mask, 8, normalize=True, backend=gpu_backend)
-        visible = apply_patch_mask(images, m.mask, 8, backend=gpu_backend)
-        return target.square().mean() + visible.mean(), m.mask
-
-    images = torch.rand(2, 3, 16, 32, device="cuda", requires_grad=True)
-    noise = torch.rand(2, 8, device="cuda")
-    compiled = torch.compile(step, fullgraph=True)
-    loss, mask = compiled(images, noise)
-    expected_loss, expected_mask = step(images, noise)
-    assert torch.equal(mask, expected_mask)
-    torch.testing.assert_close(loss, expected_loss)
-    (grad,) = torch.autograd.grad(loss, images)
-    (expected_grad,) = torch.autograd.grad(expected_loss, images)
-    torch.testing.assert_close(grad, expected_grad)
+    check_compiled_masking_step(gpu_backend, "cuda")
 
 
 @pytest.mark.cuda

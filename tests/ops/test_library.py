@@ -7,67 +7,26 @@ import torch
 
 import medens
 from medens.ops import (
-    apply_patch_mask,
     available_backends,
     build_info,
-    entropy_guided_mask,
-    gather_patches,
     patch_entropy,
 )
 from medens.ops import reference as R
 
-from .helpers import CPU_BACKENDS
-
-
-def _samples(backend: str):
-    images = torch.rand(2, 3, 16, 16)
-    leaf = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
-    ids = torch.tensor([[0, 2], [3, 1]])
-    scores = torch.rand(2, 16)
-    noise = torch.rand(2, 16)
-    mask = torch.rand(2, 4) < 0.5
-    ops = torch.ops.medens
-    return [
-        (ops.patch_entropy.default, (images, 8, 256, 0.0, 1.0, backend)),
-        (ops.patch_entropy.default, (leaf(images), 8, 256, 0.0, 1.0, backend)),
-        (ops.patch_entropy.default, ((images * 255).to(torch.uint8), 4, 256, 0.0, 255.0, backend)),
-        (ops.entropy_guided_mask.default, (scores, noise, 6, 1.0, True, backend)),
-        (ops.entropy_guided_mask.default, (scores, None, 6, 0.0, False, backend)),
-        (ops.gather_patches.default, (leaf(images.double()), ids, 8, False, 1e-6, backend)),
-        (ops.gather_patches.default, (leaf(images.double()), ids, 8, True, 1e-6, backend)),
-        (ops.gather_patches_backward.default, (torch.rand(2, 2, 192), images, ids, 8, True, 1e-6, backend)),
-        (ops.apply_patch_mask.default, (leaf(images), mask, 8, 0.0, backend)),
-        (ops.apply_patch_mask.default, ((images * 255).to(torch.uint8), mask, 8, 3.0, backend)),
-    ]
+from .helpers import CPU_BACKENDS, OPCHECK_CASES, check_compiled_masking_step, opcheck_samples
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(OPCHECK_CASES))
 def test_opcheck(backend, case):
-    op, args = _samples(backend)[case]
+    op, args = opcheck_samples(backend, "cpu")[case]
     torch.library.opcheck(op, args)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
 def test_torch_compile_fullgraph_traces_every_op(backend):
-    def step(images, noise):
-        scores = patch_entropy(images, 8, backend=backend)
-        m = entropy_guided_mask(scores, 0.5, noise=noise, backend=backend)
-        target = gather_patches(images, m.ids_mask, 8, normalize=True, backend=backend)
-        visible = apply_patch_mask(images, m.mask, 8, backend=backend)
-        return target.square().mean() + visible.mean(), m.mask
-
-    images = torch.rand(2, 3, 16, 32, requires_grad=True)
-    noise = torch.rand(2, 8)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    loss, mask = compiled(images, noise)
-    expected_loss, expected_mask = step(images, noise)
-    assert torch.equal(mask, expected_mask)
-    torch.testing.assert_close(loss, expected_loss)
-    (grad,) = torch.autograd.grad(loss, images)
-    (expected_grad,) = torch.autograd.grad(expected_loss, images)
-    torch.testing.assert_close(grad, expected_grad)
+    check_compiled_masking_step(backend, "cpu", compile_backend="aot_eager")
 
 
 def test_available_backends_tells_what_runs():

@@ -9,19 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medens.ops import PatchMask, entropy_guided_mask
+from medens.ops import entropy_guided_mask
 from medens.ops import reference as R
 
-from .helpers import CPU_BACKENDS, FLOAT_DTYPES
+from .helpers import CPU_BACKENDS, FLOAT_DTYPES, assert_same_mask
 
 TEMPERATURES = [0.0, 0.1, 1.0, 3.5, math.inf]
-
-
-def assert_same_mask(got: PatchMask, expected: PatchMask) -> None:
-    assert isinstance(got, PatchMask)
-    for name, a, b in zip(PatchMask._fields, got, expected, strict=True):
-        assert a.dtype == b.dtype, name
-        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from medens.ops import (
-    PatchMask,
     apply_patch_mask,
     available_backends,
     entropy_guided_mask,
@@ -32,7 +31,7 @@ from medens.kernels.triton import masking as triton_masking  # noqa: E402
 from medens.kernels.triton import patches as triton_patches  # noqa: E402
 from medens.ops import _triton  # noqa: E402
 
-from .helpers import FLOAT_DTYPES, IMAGE_DTYPES, random_images, smooth_images  # noqa: E402
+from .helpers import FLOAT_DTYPES, IMAGE_DTYPES, assert_same_mask, random_images, smooth_images  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKEND = "triton"
@@ -51,12 +50,6 @@ NORMALIZED_TOL = {
 def on_device(*tensors: torch.Tensor):
     moved = tuple(t.to(DEVICE) for t in tensors)
     return moved if len(moved) > 1 else moved[0]
-
-
-def assert_same_mask(got: PatchMask, expected: PatchMask) -> None:
-    for name, a, b in zip(PatchMask._fields, got, expected, strict=True):
-        assert a.dtype == b.dtype, name
-        assert torch.equal(a.cpu(), b.cpu()), name
 
 
 # ---- patch_entropy -------------------------------------------------------------------------------------------------
