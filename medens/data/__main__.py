@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import DatasetError
+from .filedataset import VERIFY_MODES
 from .registry import list_datasets, load_dataset
 from .summary import format_summary, summarize
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="folder the dataset was unpacked into (not for synthetic)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     parser.add_argument("--strict", action="store_true", help="fail on the first corrupt image instead of skipping it")
-    parser.add_argument("--verify", choices=["header", "full", "none"], default=None,
+    parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
                         help="how image files are checked (default header; full decodes every file)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the default split shown (default 0)")
     parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",

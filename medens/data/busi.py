@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 
 from .errors import DatasetError
-from .filedataset import ImageDataset, Sample
-from .files import describe_folder, find_child_dir, list_images, require_nonempty, require_root
+from .filedataset import ImageDataset, class_folder_samples
+from .files import describe_folder, find_child_dir, list_images, require_root
 
 NAME = "busi"
 CLASSES: list[str] = ["benign", "malignant", "normal"]
@@ -33,11 +33,19 @@ def is_mask(path: Path) -> bool:
     return bool(_MASK.search(path.stem))
 
 
-def find_busi_dir(root: Path) -> Path:
-    """The folder holding the three class folders: ``root`` itself or ``root/Dataset_BUSI_with_GT``."""
+def class_images(folder: Path) -> list[Path]:
+    """The images of one class folder, without the segmentation masks beside them."""
+    return [p for p in list_images(folder) if not is_mask(p)]
+
+
+def find_busi_dir(root: Path) -> tuple[Path, dict[str, Path]]:
+    """The folder holding the three class folders (``root`` or ``root/Dataset_BUSI_with_GT``), and those folders."""
     for candidate in (root, find_child_dir(root, [FOLDER])):
-        if candidate is not None and all(find_child_dir(candidate, [c]) for c in CLASSES):
-            return candidate
+        if candidate is None:
+            continue
+        found = {name: find_child_dir(candidate, [name]) for name in CLASSES}
+        if all(found.values()):
+            return candidate, found  # type: ignore[return-value]
     raise DatasetError(
         f"{NAME}: expected the folders {CLASSES} in {str(root)!r} or in {str(root / FOLDER)!r}; "
         f"found {describe_folder(root)}"
@@ -55,12 +63,6 @@ def load_busi(root: str | os.PathLike[str], **options) -> ImageDataset:
         DatasetNotFoundError: ``root`` does not exist.
         DatasetError: A class folder is missing or holds no images (masks do not count).
     """
-    base = find_busi_dir(require_root(root, NAME))
-    samples: list[Sample] = []
-    for label, name in enumerate(CLASSES):
-        folder = find_child_dir(base, [name])
-        assert folder is not None  # find_busi_dir checked it
-        images = [p for p in list_images(folder) if not is_mask(p)]
-        require_nonempty(images, folder, NAME, f"class {name!r}")
-        samples.extend(Sample(path, label) for path in images)
+    base, folders = find_busi_dir(require_root(root, NAME))
+    samples = class_folder_samples(NAME, CLASSES, folders, list_files=class_images)
     return ImageDataset(NAME, base, CLASSES, samples, **options)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from medens.engine.atomic import atomic_path
 
 from .base import LabeledDataset, Skipped
 from .errors import CorruptImageError, DatasetError
@@ -100,7 +101,8 @@ class CachedDataset(LabeledDataset):
         failures = self._open_or_build()
         failed = {index for index, _ in failures}
         self._rows = [i for i in range(len(dataset)) if i not in failed]
-        self.skipped = list(dataset.skipped) + [Skipped(dataset.paths[i], reason) for i, reason in failures]
+        base_paths = dataset.paths
+        self.skipped = list(dataset.skipped) + [Skipped(base_paths[i], reason) for i, reason in failures]
         base_splits, base_groups = dataset.official_splits, dataset.groups
         self._init_items(
             [dataset.targets[i] for i in self._rows],
@@ -133,18 +135,12 @@ class CachedDataset(LabeledDataset):
         return meta
 
     def _build(self) -> list[tuple[int, str]]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.data_path.name}.", suffix=".tmp", dir=self.directory)
-        os.close(fd)
-        try:
-            array = np.memmap(tmp_name, np.uint8, "w+", shape=self._shape())
+        # No fsync: flushing the memory map already writes the pixels to disk.
+        with atomic_path(self.data_path, fsync=False) as tmp:
+            array = np.memmap(tmp, np.uint8, "w+", shape=self._shape())
             failures = self._fill(array)
             array.flush()
             del array  # unmap before the rename
-            os.replace(tmp_name, self.data_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
         atomic_write_json(self.meta_path, {"format": CACHE_FORMAT, "dataset": self.name, "key": self.key,
                                            "shape": list(self._shape()), "failures": failures})
         logger.info("%s: wrote decode cache %s (%d images, %d failed)", self.name, self.data_path,
@@ -194,7 +190,7 @@ class CachedDataset(LabeledDataset):
 
     def load_image(self, index: int) -> Image.Image:
         """Item ``index`` as an RGB image of the cache size, read from the memory map (no decoding)."""
-        return Image.fromarray(self.pixels(index))
+        return Image.fromarray(self._pixels()[self._rows[index]])  # Pillow copies the pixels
 
     def image_size(self, index: int) -> tuple[int, int] | None:
         """(width, height) of the original image (the cached copy is :attr:`size`)."""

@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 
 from .errors import DatasetError
-from .filedataset import ImageDataset, Sample
-from .files import describe_folder, find_child_dir, list_images, require_nonempty, require_root, subfolders
+from .filedataset import ImageDataset, class_folder_samples
+from .files import describe_folder, find_child_dir, list_images, require_root, subfolders
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,5 @@ def load_covid(root: str | os.PathLike[str], **options) -> ImageDataset:
     if missing:
         logger.warning("%s: class folders %s not found in %s; these classes are left out", NAME, missing, base)
     classes = [name for name in ALL_CLASSES if name in found]
-    samples: list[Sample] = []
-    for label, name in enumerate(classes):
-        images = class_images(found[name])
-        require_nonempty(images, found[name], NAME, f"class {name!r}")
-        samples.extend(Sample(path, label) for path in images)
+    samples = class_folder_samples(NAME, classes, found, list_files=class_images)
     return ImageDataset(NAME, base, classes, samples, **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from .base import LabeledDataset, Skipped
 from .errors import CorruptImageError, DatasetError
+from .files import describe_folder, list_images
 from .imageio import HIGH_BIT_DEPTH_MODES, HighBitDepth, ImageInfo, probe_image, read_image
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,47 @@ class Sample:
     label: int
     split: str | None = None
     group: str | None = None
+
+
+def class_folder_samples(
+    dataset: str,
+    classes: Sequence[str],
+    folders: Mapping[str, Path],
+    *,
+    list_files: Callable[[Path], list[Path]] = list_images,
+    split: str | None = None,
+) -> list[Sample]:
+    """The images of one folder per class, as samples in label order (the layouts with class folders).
+
+    Args:
+        dataset: Registry name, for error messages.
+        classes: Class names in label order; a sample's label is its class's position here.
+        folders: Class name -> its folder. A class without an entry contributes no samples (e.g. a split
+            folder that lacks that class).
+        list_files: Lists the images of one class folder (default :func:`list_images`, not recursive).
+        split: Official split of every sample, or None.
+
+    Raises:
+        DatasetError: A class folder holds no images.
+    """
+    samples: list[Sample] = []
+    for label, name in enumerate(classes):
+        folder = folders.get(name)
+        if folder is None:
+            continue
+        images = list_files(folder)
+        if not images:
+            raise DatasetError(
+                f"{dataset}: class {name!r} folder {str(folder)!r} holds no images "
+                f"(expected image files such as .png/.jpg); found {describe_folder(folder)}"
+            )
+        samples.extend(Sample(path, label, split) for path in images)
+    return samples
+
+
+def item_id(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """The id of a file's item: its path relative to the dataset's root, with ``/`` separators."""
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 class ImageDataset(LabeledDataset):
@@ -87,7 +130,7 @@ class ImageDataset(LabeledDataset):
         kept, infos = self._check_files(samples)
         self._paths = [str(s.path) for s in kept]
         self._sizes: list[tuple[int, int] | None] = [(i.width, i.height) if i else None for i in infos]
-        ids = [Path(os.path.relpath(s.path, self.root)).as_posix() for s in kept]
+        ids = [item_id(s.path, self.root) for s in kept]
         self._init_items([s.label for s in kept], ids, [s.split for s in kept], [s.group for s in kept])
         self._require_every_class(samples)
 
@@ -112,6 +155,7 @@ class ImageDataset(LabeledDataset):
             for sample, result in zip(samples, progress, strict=True):
                 if isinstance(result, CorruptImageError):
                     if self.strict:
+                        pool.shutdown(wait=False, cancel_futures=True)  # do not probe the rest first
                         raise result
                     logger.warning("%s: skipping corrupt image %s (%s)", self.name, result.path, result.reason)
                     self.skipped.append(Skipped(result.path, result.reason))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .errors import DatasetError, DatasetNotFoundError
+from medens.engine.atomic import atomic_path
+
+from .errors import DatasetNotFoundError
 
 # Files that archive tools and operating systems leave beside real data.
 _JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", ".DS_Store"})
@@ -27,26 +28,24 @@ def is_junk(path: Path) -> bool:
     return path.name.startswith(".") or path.name in _JUNK_NAMES
 
 
-def list_images(folder: Path, *, recursive: bool = False, exclude_dirs: Iterable[str] = ()) -> list[Path]:
+def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """List image files in ``folder``, sorted by path, skipping junk files and folders.
 
     Args:
         folder: Folder to list.
-        recursive: Also list images in sub-folders (junk folders and ``exclude_dirs`` are not entered).
-        exclude_dirs: Sub-folder names never entered (compared case-insensitively), e.g. ``("masks",)``.
+        recursive: Also list images in sub-folders (junk folders are not entered).
 
     Returns:
         Paths of files whose extension Pillow registers, sorted so that every run sees the same order.
     """
     extensions = image_extensions()
-    excluded = {name.lower() for name in exclude_dirs}
     found: list[Path] = []
     for entry in sorted(folder.iterdir()):
         if is_junk(entry):
             continue
         if entry.is_dir():
-            if recursive and entry.name.lower() not in excluded:
-                found.extend(list_images(entry, recursive=True, exclude_dirs=exclude_dirs))
+            if recursive:
+                found.extend(list_images(entry, recursive=True))
         elif entry.suffix.lower() in extensions:
             found.append(entry)
     return sorted(found)
@@ -95,31 +94,7 @@ def describe_folder(folder: Path, limit: int = 8) -> str:
     return ", ".join(names) + more
 
 
-def require_nonempty(images: list[Path], folder: Path, dataset: str, what: str) -> None:
-    """Raise if a class folder holds no images, naming the folder and what it does hold."""
-    if not images:
-        raise DatasetError(
-            f"{dataset}: {what} folder {str(folder)!r} holds no images "
-            f"(expected image files such as .png/.jpg); found {describe_folder(folder)}"
-        )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file, then rename)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file, synced to disk, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")

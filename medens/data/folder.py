@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 from .errors import DatasetError
-from .filedataset import ImageDataset, Sample
-from .files import describe_folder, list_images, require_nonempty, require_root, subfolders
+from .filedataset import ImageDataset, Sample, class_folder_samples
+from .files import describe_folder, list_images, require_root, subfolders
 
 NAME = "folder"
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "val", "valid": "val", "validation": "val",
@@ -74,11 +74,8 @@ def load_folder(root: str | os.PathLike[str], **options) -> ImageDataset:
                 f"{NAME}: the train folder must hold every class; expected {classes}, "
                 f"found {sorted(per_split['train'])} in {str(splits['train'])!r}"
             )
-    labels = {name: i for i, name in enumerate(classes)}
     samples: list[Sample] = []
     for split, class_dirs in per_split.items():
-        for name, folder in sorted(class_dirs.items()):
-            images = list_images(folder, recursive=True)
-            require_nonempty(images, folder, NAME, f"class {name!r}")
-            samples.extend(Sample(path, labels[name], split) for path in images)
+        samples += class_folder_samples(NAME, classes, class_dirs, split=split,
+                                        list_files=lambda folder: list_images(folder, recursive=True))
     return ImageDataset(NAME, base, classes, samples, **options)

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from .errors import DatasetError
-from .filedataset import ImageDataset, Sample
-from .files import describe_folder, find_child_dir, list_images, require_nonempty, require_root, subfolders
+from .filedataset import ImageDataset, class_folder_samples
+from .files import describe_folder, find_child_dir, require_root, subfolders
 
 NAME = "kvasir"
 CLASSES: list[str] = [
@@ -64,10 +64,5 @@ def load_kvasir(root: str | os.PathLike[str], **options) -> ImageDataset:
         DatasetError: A class folder is missing or holds no images.
     """
     base = find_kvasir_dir(require_root(root, NAME))
-    samples: list[Sample] = []
-    for label, name in enumerate(CLASSES):
-        folder = base / name
-        images = list_images(folder)
-        require_nonempty(images, folder, NAME, f"class {name!r}")
-        samples.extend(Sample(path, label) for path in images)
+    samples = class_folder_samples(NAME, CLASSES, {name: base / name for name in CLASSES})
     return ImageDataset(NAME, base, CLASSES, samples, **options)

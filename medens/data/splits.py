@@ -21,6 +21,7 @@ import numpy as np
 
 from .base import SPLIT_NAMES, LabeledDataset
 from .errors import DatasetError, DatasetNotFoundError
+from .filedataset import item_id
 from .files import atomic_write_json
 from .partition import kfold_partition, stratified_partition
 
@@ -202,7 +203,7 @@ def save_splits(path: str | os.PathLike[str], dataset: LabeledDataset, splits: S
 def _skipped_ids(dataset: LabeledDataset) -> set[str]:
     if dataset.root is None:
         return set()
-    return {Path(os.path.relpath(s.path, dataset.root)).as_posix() for s in dataset.skipped}
+    return {item_id(s.path, dataset.root) for s in dataset.skipped}
 
 
 def load_splits(path: str | os.PathLike[str], dataset: LabeledDataset) -> Splits:

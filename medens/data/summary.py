@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from medens.evaluate.tables import text_table
+
 from .base import LabeledDataset
 from .splits import Splits, compute_splits, split_counts
 
@@ -50,14 +52,6 @@ def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: in
     }
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
-                                                                                                    strict=True)))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def format_summary(summary: dict[str, Any], max_skipped: int = 20) -> str:
     """Render :func:`summarize`'s dict as plain-text tables."""
     splits = list(summary["per_split"])
@@ -68,9 +62,9 @@ def format_summary(summary: dict[str, Any], max_skipped: int = 20) -> str:
         f"dataset {summary['dataset']}  root {summary['root']}",
         f"{summary['num_images']} images, {len(summary['classes'])} classes; split: {summary['split_method']}",
         "",
-        _table(["class", "images", *splits], [*rows, totals]),
+        text_table(["class", "images", *splits], [*rows, totals]),
         "",
-        _table(["image size (WxH)", "images"], [[k, str(v)] for k, v in summary["image_sizes"].items()]),
+        text_table(["image size (WxH)", "images"], [[k, str(v)] for k, v in summary["image_sizes"].items()]),
         "",
         f"skipped files: {summary['num_skipped']}",
     ]

@@ -14,8 +14,7 @@ fine-tuning run writes (``predictions.csv``, ``val_predictions.csv``, ``config.y
 - :mod:`~medens.evaluate.report`       comparison tables and ``report.md``
 - :mod:`~medens.evaluate.ensemble`     all of the above for a set of members, written to a folder
 
-``evaluate_ensemble`` and ``ENSEMBLE_NAME`` are imported on first use, so importing the metrics does not load
-matplotlib.
+``evaluate_ensemble`` is imported on first use, so importing the metrics does not load matplotlib.
 """
 
 from medens.evaluate.bootstrap import bootstrap_samples, confidence_intervals, difference_intervals
@@ -38,7 +37,7 @@ from medens.evaluate.predictions import (
     write_prediction_table,
     write_predictions,
 )
-from medens.evaluate.report import comparison_table, render_report
+from medens.evaluate.report import ENSEMBLE_NAME, comparison_table, render_report
 
 __all__ = [
     "ENSEMBLE_METHODS",
@@ -77,8 +76,8 @@ __all__ = [
 
 def __getattr__(name: str):
     """Import the ensemble evaluation (and with it matplotlib) only when it is asked for."""
-    if name in ("evaluate_ensemble", "ENSEMBLE_NAME"):
-        from medens.evaluate import ensemble
+    if name == "evaluate_ensemble":
+        from medens.evaluate.ensemble import evaluate_ensemble
 
-        return getattr(ensemble, name)
+        return evaluate_ensemble
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,12 +32,9 @@ from medens.evaluate.members import Member, align_members, init_kind, prediction
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
-from medens.evaluate.report import render_report
+from medens.evaluate.report import ENSEMBLE_NAME, render_report
 
 logger = logging.getLogger(__name__)
-
-#: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
-ENSEMBLE_NAME = "ensemble"
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -49,14 +46,18 @@ PLOT_FILES = {
 }
 
 
+def _treatments(calibrate: bool, tta: bool) -> list[str]:
+    """What was done to every model's probabilities, as shown in its table label."""
+    return (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])
+
+
 def ensemble_label(method: str, calibrate: bool, tta: bool) -> str:
     """The ensemble's name in tables, e.g. ``Ensemble (mean)`` or ``Ensemble (weighted, T-scaled, TTA)``."""
-    parts = [method] + (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])
-    return f"Ensemble ({', '.join(parts)})"
+    return f"Ensemble ({', '.join([method, *_treatments(calibrate, tta)])})"
 
 
 def _member_label(member: Member, calibrate: bool, tta: bool) -> str:
-    extras = (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])
+    extras = _treatments(calibrate, tta)
     return f"{member.label} ({', '.join(extras)})" if extras else member.label
 
 

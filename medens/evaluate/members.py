@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,9 +190,7 @@ def write_member(
 
 def _unique_names(members: Sequence[Member]) -> list[Member]:
     """Members whose names repeat get their folder name appended, so columns stay distinct."""
-    counts: dict[str, int] = {}
-    for m in members:
-        counts[m.name] = counts.get(m.name, 0) + 1
+    counts = Counter(m.name for m in members)
     out = []
     seen: set[str] = set()
     for m in members:

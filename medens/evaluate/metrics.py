@@ -131,19 +131,25 @@ def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(preds == labels)) if labels.size else float("nan")
+
+
+def _balanced_accuracy(rates: dict[str, np.ndarray]) -> float:
+    present = rates["support"] > 0
+    return float(rates["sensitivity"][present].mean()) if present.any() else float("nan")
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows whose arg-max equals the label."""
     probs, labels = check_probs_labels(probs, labels)
-    return float(np.mean(predict(probs) == labels)) if labels.size else float("nan")
+    return _accuracy(predict(probs), labels)
 
 
 def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean per-class recall over the classes present in ``labels``."""
     probs, labels = check_probs_labels(probs, labels)
-    cm = confusion_matrix(labels, predict(probs), probs.shape[1])
-    rates = per_class_rates(cm)
-    present = rates["support"] > 0
-    return float(rates["sensitivity"][present].mean()) if present.any() else float("nan")
+    return _balanced_accuracy(per_class_rates(confusion_matrix(labels, predict(probs), probs.shape[1])))
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:
@@ -193,10 +199,13 @@ def auroc_per_class(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array([binary_auroc(probs[:, k], labels == k) for k in range(probs.shape[1])])
 
 
+def _macro_auroc(per_class: np.ndarray) -> float:
+    return float(per_class.mean()) if not np.isnan(per_class).any() else float("nan")
+
+
 def auroc_macro(probs: np.ndarray, labels: np.ndarray) -> float:
     """Macro average of the one-vs-rest AUROCs; NaN if any class lacks positives or negatives."""
-    per_class = auroc_per_class(probs, labels)
-    return float(per_class.mean()) if not np.isnan(per_class).any() else float("nan")
+    return _macro_auroc(auroc_per_class(probs, labels))
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,17 +306,21 @@ def summary_metrics(
         Metric name to value (floats; NaN where undefined).
     """
     probs, labels = check_probs_labels(probs, labels)
-    k = probs.shape[1]
     preds = predict(probs)
-    rates = per_class_rates(confusion_matrix(labels, preds, k))
-    present = rates["support"] > 0
+    rates = per_class_rates(confusion_matrix(labels, preds, probs.shape[1]))
+    return _summary(probs, labels, preds, rates, auroc_per_class(probs, labels), n_bins)
+
+
+def _summary(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, rates: dict[str, np.ndarray],
+             aucs: np.ndarray, n_bins: int) -> dict[str, float]:
+    """:func:`summary_metrics` from what the caller has already computed (predictions, rates, AUROCs)."""
     return {
-        "accuracy": float(np.mean(preds == labels)) if labels.size else float("nan"),
-        "balanced_accuracy": float(rates["sensitivity"][present].mean()) if present.any() else float("nan"),
+        "accuracy": _accuracy(preds, labels),
+        "balanced_accuracy": _balanced_accuracy(rates),
         "macro_precision": float(rates["precision"].mean()),
         "macro_recall": float(rates["sensitivity"].mean()),
         "macro_f1": float(rates["f1"].mean()),
-        "auroc_macro": auroc_macro(probs, labels),
+        "auroc_macro": _macro_auroc(aucs),
         "ece": expected_calibration_error(probs, labels, n_bins),
         "nll": negative_log_likelihood(probs, labels),
     }
@@ -331,10 +344,11 @@ def classification_report(
     probs, labels = check_probs_labels(probs, labels)
     if len(classes) != probs.shape[1]:
         raise ValueError(f"classes: expected {probs.shape[1]} names to match probs, received {len(classes)}")
-    cm = confusion_matrix(labels, predict(probs), probs.shape[1])
+    preds = predict(probs)
+    cm = confusion_matrix(labels, preds, probs.shape[1])
     rates = per_class_rates(cm)
     aucs = auroc_per_class(probs, labels)
-    out: dict[str, Any] = summary_metrics(probs, labels, n_bins)
+    out: dict[str, Any] = _summary(probs, labels, preds, rates, aucs, n_bins)
     out["per_class"] = {
         name: {
             "precision": float(rates["precision"][i]),

@@ -150,20 +150,20 @@ def plot_reliability(
         bins = reliability_bins(probs, labels, n_bins)
         left = bins["edges"][:-1]
         filled = bins["count"] > 0
-        acc = np.where(filled, bins["accuracy"], 0.0)
-        conf = np.where(filled, bins["confidence"], 0.0)
+        acc = bins["accuracy"][filled]
+        conf = bins["confidence"][filled]
         centre = left[filled] + width / 2
         ax.bar(
             left[filled],
-            acc[filled],
+            acc,
             width=width,
             align="edge",
             color="tab:blue",
             alpha=0.8,
             edgecolor="white",
         )
-        ax.vlines(centre, acc[filled], conf[filled], color="tab:red", linewidth=1.5)
-        ax.plot(centre, conf[filled], "o", color="tab:red", markersize=3.5)
+        ax.vlines(centre, acc, conf, color="tab:red", linewidth=1.5)
+        ax.plot(centre, conf, "o", color="tab:red", markersize=3.5)
         ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1)
         ece = expected_calibration_error(probs, labels, n_bins)
         ax.set_xlim(0, 1)

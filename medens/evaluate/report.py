@@ -7,6 +7,9 @@ from typing import Any
 
 from medens.evaluate.tables import format_ci, format_p, format_value, markdown_table, text_table
 
+#: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
+ENSEMBLE_NAME = "ensemble"
+
 #: Metric key to column title.
 METRIC_TITLES: dict[str, str] = {
     "accuracy": "Acc",
@@ -94,8 +97,7 @@ def render_report(results: dict[str, Any]) -> str:
         Markdown text.
     """
     models = results["models"]
-    ens_key = "ensemble"
-    ens_label = models[ens_key]["label"]
+    ens_label = models[ENSEMBLE_NAME]["label"]
     level = round(100 * results["bootstrap"]["confidence"])
     out = [
         "# Ensemble evaluation",
@@ -139,7 +141,7 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     classes = results["classes"]
     headers = ["Model"] + [
-        f"{c} (n={models[ens_key]['metrics']['per_class'][c]['support']})" for c in classes
+        f"{c} (n={models[ENSEMBLE_NAME]['metrics']['per_class'][c]['support']})" for c in classes
     ]
     rows = []
     for model in models.values():

@@ -33,7 +33,7 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 
 
 def big_jpeg(path: Path, seed: int = 0) -> Path:
-    """A noisy 96 x 96 JPEG (~20 KB), large enough that its tail is entropy-coded data, not headers."""
+    """A noisy 96 x 96 JPEG (about 11 KB), large enough that its tail is entropy-coded data, not headers."""
     return write_image(path, (96, 96), seed=seed, quality=95)
 
 

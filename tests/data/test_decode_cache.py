@@ -2,6 +2,7 @@
 
 import logging
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -47,6 +48,12 @@ def test_second_open_reads_the_cache_without_decoding(tmp_path, layouts, monkeyp
     assert second.data_path == first.data_path
     np.testing.assert_array_equal(np.asarray(second[2][0]), before)
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".u8"]  # no temp files left
+
+
+def test_cache_files_are_readable_by_others_like_every_result(tmp_path):
+    cached = cache_dataset(load_dataset("synthetic", None, num_images=3, image_size=8), tmp_path, size=8)
+    for path in (cached.data_path, cached.meta_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_changed_file_gives_a_new_cache(tmp_path, layouts):

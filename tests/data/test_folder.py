@@ -28,6 +28,15 @@ def test_split_folders_become_official_splits(tmp_path, layouts):
     assert all(i.split("/")[0] in ("train", "valid", "test") for i in ds.ids)
 
 
+def test_val_or_test_folder_may_lack_a_class_but_labels_stay_global(tmp_path, layouts):
+    layouts.folder(tmp_path / "train", classes=("ant", "bee", "cat"), per_class=2)
+    layouts.folder(tmp_path / "val", classes=("bee", "cat"), per_class=1)
+    ds = load_dataset("folder", tmp_path)
+    assert ds.classes == ["ant", "bee", "cat"]
+    val = [(item, ds.targets[i]) for i, item in enumerate(ds.ids) if ds.official_splits[i] == "val"]
+    assert val == [("val/bee/img0.png", 1), ("val/cat/img0.png", 2)]
+
+
 def test_one_folder_is_not_a_classification_dataset(tmp_path, layouts):
     layouts.folder(tmp_path / "data")
     with pytest.raises(DatasetError, match="at least two.*found 1 sub-folder.*data/.*point root at that folder"):

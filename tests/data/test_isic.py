@@ -75,7 +75,8 @@ def test_row_that_is_not_one_hot_is_an_error(tmp_path, layouts):
     root = layouts.isic2018(tmp_path, {"Training": 4})
     path = _truth(root, "Training")
     lines = path.read_text().splitlines()
-    lines[2] = lines[2].replace("0.0", "1.0", 1) if ",1.0," not in lines[2][:15] else lines[2]
+    assert lines[2] == "ISIC_0024307,1.0,0.0,0.0,0.0,0.0,0.0,0.0"
+    lines[2] = "ISIC_0024307,1.0,1.0,0.0,0.0,0.0,0.0,0.0"  # MEL and NV
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match="line 3: expected exactly one 1"):
         load_dataset("isic2018", root)
