@@ -201,6 +201,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._acc = self._fresh_acc()
         self._stop_reason: str | None = None
+        self._signals: GracefulStop | None = None
         self._tb: TensorBoardLogger | None = None
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -357,9 +358,7 @@ class Trainer:
                 group_loss.zero_()
                 group_images = 0
                 group_finite.fill_(True)
-                now = time.perf_counter()
-                acc["seconds"] += now - tick
-                tick = now
+                acc["seconds"] += time.perf_counter() - tick
                 if acc["images"]:
                     bar.set_postfix(
                         loss=f"{acc['loss_sum'] / acc['images']:.4f}",
@@ -390,14 +389,19 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.clip_grad if self.cfg.clip_grad else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        # Without clipping, the norm only tells whether the gradients are finite (the fp16 scaler knows that
+        # already), so the gradients are not rescaled by 1 in a pass over all of them.
+        grad_norm = None
+        if params and self.cfg.clip_grad:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
+        elif params and self.scaler is None:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.scaler is not None:
             # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; that is routine.
             self.scaler.step(self.optimizer)
             self.scaler.update()
             stepped = True
-        elif torch.isfinite(grad_norm):
+        elif grad_norm is None or torch.isfinite(grad_norm):
             self.optimizer.step()
             stepped = True
         else:
@@ -422,13 +426,11 @@ class Trainer:
     # -- stopping ----------------------------------------------------------------------------------------------
 
     def _stop_requested(self) -> bool:
-        signals = getattr(self, "_signals", None)
-        return self._stop_reason is not None or bool(signals and signals.requested)
+        return self._stop_reason is not None or bool(self._signals and self._signals.requested)
 
     def _stop_name(self) -> str:
-        signals = getattr(self, "_signals", None)
-        if signals is not None and signals.requested:
-            return signals.signal_name or "signal"
+        if self._signals is not None and self._signals.requested:
+            return self._signals.signal_name or "signal"
         return self._stop_reason or "requested"
 
     def _agree_stop(self) -> bool:

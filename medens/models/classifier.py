@@ -91,7 +91,7 @@ def create_classifier(
         PretrainedWeightsUnavailable: ImageNet weights unavailable and no fallback allowed.
         medens.models.weights.WeightsMismatchError: an MAE encoder of another architecture.
     """
-    check_arch(arch)
+    base = check_arch(arch)  # without the pretrained tag
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
     kind, mae_path = parse_init(init)
@@ -100,14 +100,14 @@ def create_classifier(
         raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")
 
     if kind == "scratch":
-        return timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs), "scratch"
+        return timm.create_model(base, pretrained=False, **kwargs), "scratch"
     if kind == "mae":
         if not mae_path.is_file():
             raise FileNotFoundError(
                 f"init: expected mae:PATH to name an encoder.safetensors written by 'medens.train pretrain', "
                 f"but {mae_path} does not exist"
             )
-        model = timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs)
+        model = timm.create_model(base, pretrained=False, **kwargs)
         load_encoder_into(model, mae_path, arch)
         return model, f"mae:{mae_path}"
 
@@ -119,7 +119,7 @@ def create_classifier(
         _logger.warning(
             "%s\nContinuing with random weights, as allowed (init: %s).", err, INIT_RANDOM_FALLBACK
         )
-        return timm.create_model(split_arch(arch)[0], pretrained=False, **kwargs), INIT_RANDOM_FALLBACK
+        return timm.create_model(base, pretrained=False, **kwargs), INIT_RANDOM_FALLBACK
 
 
 def _create_imagenet(arch: str, pretrained_file: str | os.PathLike | None, kwargs: dict) -> nn.Module:

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,20 @@ import torch
 from medens.engine import (
     AMP_CHOICES,
     DistContext,
+    EngineConfig,
+    Trainer,
     TrainingInterrupted,
+    WarmupCosine,
+    build_loader,
     configure_determinism,
     init_distributed,
     load_yaml,
     logging_to,
     merge_config,
     parse_overrides,
+    scaled_lr,
     seed_everything,
+    write_config,
 )
 from medens.engine.checkpoint import CHECKPOINT_NAME
 from medens.engine.config import yaml_value
@@ -45,6 +51,8 @@ __all__ = [
     "OPTIONS",
     "DATA_DEFAULTS",
     "ENGINE_DEFAULTS",
+    "DATA_CLI_KEYS",
+    "OPTIM_CLI_KEYS",
     "ENGINE_CLI_KEYS",
     "user_errors",
     "interrupted_exit_code",
@@ -52,12 +60,19 @@ __all__ = [
     "CONFIG_NAME",
     "SPLITS_NAME",
     "add_options",
+    "add_stage_parser",
+    "cli_logging",
     "cli_overrides",
     "resolve_config",
     "check_types",
     "RunContext",
     "run_session",
+    "open_dataset",
     "open_data",
+    "train_loader",
+    "warmup_cosine",
+    "write_run_config",
+    "resume_and_fit",
     "split_hash",
     "effective_lr",
     "run_cli",
@@ -103,6 +118,10 @@ def _optional_str(text: str) -> str | None:
     return None if text.lower() in ("none", "null", "") else text
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
 #: Every option either stage knows, with its help text.
 OPTIONS: dict[str, Option] = {
     # data
@@ -135,6 +154,10 @@ OPTIONS: dict[str, Option] = {
         "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines)"
     ),
     "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),
+    "drop_path": Option("stochastic depth of the encoder", float),
+    # augmentation
+    "crop_scale_min": Option("smallest random-resized-crop area (share of the image)", float),
+    "hflip": Option("probability of a horizontal flip", float),
     # optimisation
     "epochs": Option("training epochs", int),
     "warmup_epochs": Option("epochs of linear lr warm-up", float),
@@ -144,7 +167,7 @@ OPTIONS: dict[str, Option] = {
     "lr": Option("absolute learning rate (overrides --blr)", _optional_float),
     "min_lr": Option("final learning rate of the cosine schedule", float),
     "weight_decay": Option("AdamW weight decay", float),
-    "betas": Option("AdamW betas as B1,B2", lambda s: [float(v) for v in s.split(",")], metavar="B1,B2"),
+    "betas": Option("AdamW betas as B1,B2", _floats, metavar="B1,B2"),
     "clip_grad": Option("clip the global gradient norm to this (none: no clipping)", _optional_float),
     "amp": Option(
         "mixed precision: auto (bf16 on capable GPUs, fp16 on older, fp32 on CPU), bf16, fp16, off",
@@ -202,6 +225,22 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "dist_timeout_s": 1800.0,
 }
 
+#: The data options every training command exposes on its command line, in help order.
+DATA_CLI_KEYS = tuple(DATA_DEFAULTS)
+
+#: The optimisation options every training command exposes on its command line, in help order.
+OPTIM_CLI_KEYS = (
+    "epochs",
+    "warmup_epochs",
+    "batch_size",
+    "accum_steps",
+    "blr",
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "betas",
+)
+
 #: The engine options every training command exposes on its command line, in help order.
 ENGINE_CLI_KEYS = (
     "clip_grad",
@@ -217,6 +256,7 @@ ENGINE_CLI_KEYS = (
     "tensorboard",
     "dist_timeout_s",
 )
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on from the message alone: the commands print it and exit 1, without a traceback.
@@ -341,6 +381,31 @@ def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict
     return overrides
 
 
+def add_stage_parser(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    defaults: Mapping[str, Any],
+    keys: Iterable[str],
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """Register a training subcommand: the common arguments, then the flags of ``keys``; ``func`` runs it."""
+    parser = subparsers.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_arguments(parser)
+    add_options(parser, defaults, keys)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def cli_logging() -> contextlib.AbstractContextManager:
+    """Log ``medens`` INFO messages to stderr for a command's duration, unless the caller set up logging already."""
+    return contextlib.nullcontext() if logging.getLogger("medens").handlers else logging_to(None)
+
+
 def run_cli(
     run: Callable[[dict[str, Any]], Path], args: argparse.Namespace, defaults: Mapping[str, Any]
 ) -> int:
@@ -350,9 +415,7 @@ def run_cli(
         0 on success; 1 for a bad option, missing data or a failed run (message logged, no traceback);
         130 after SIGINT, 143 after SIGTERM (the checkpoint is saved; ``--resume`` continues).
     """
-    with contextlib.ExitStack() as stack:
-        if not logging.getLogger("medens").handlers:
-            stack.enter_context(logging_to(None))
+    with cli_logging():
         return _run_cli(run, args, defaults)
 
 
@@ -444,7 +507,7 @@ def effective_lr(config: Mapping[str, Any], world_size: int) -> tuple[float, int
     effective = int(config["batch_size"]) * int(config["accum_steps"]) * world_size
     if config.get("lr") is not None:
         return float(config["lr"]), effective
-    return float(config["blr"]) * effective / 256, effective
+    return scaled_lr(float(config["blr"]), effective), effective
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -460,7 +523,6 @@ class RunContext:
     out_dir: Path
     dist: DistContext
     resuming: bool
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -512,6 +574,20 @@ def run_session(
         dist.close()
 
 
+def open_dataset(config: Mapping[str, Any]) -> Any:
+    """The dataset a run's config names (``dataset``, ``data_root``, ``dataset_options``, ``cache_dir``).
+
+    Raises:
+        medens.data.DatasetError: unknown dataset, bad options, missing files.
+    """
+    from medens.data import load_dataset
+
+    options = dict(config.get("dataset_options") or {})
+    if config.get("cache_dir"):
+        options["cache_dir"] = config["cache_dir"]
+    return load_dataset(config["dataset"], config.get("data_root"), **options)
+
+
 def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str, list[int]]]:
     """Open the dataset and split it; rank 0 writes ``splits.json`` into the run folder.
 
@@ -523,12 +599,9 @@ def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str
     Raises:
         medens.data.DatasetError: unknown dataset, bad options, missing files.
     """
-    from medens.data import load_dataset, make_splits
+    from medens.data import make_splits
 
-    options = dict(config.get("dataset_options") or {})
-    if config.get("cache_dir"):
-        options["cache_dir"] = config["cache_dir"]
-    dataset = load_dataset(config["dataset"], config.get("data_root"), **options)
+    dataset = open_dataset(config)
     own_splits = ctx.out_dir / SPLITS_NAME
     split_file = config.get("split_file")
     if ctx.resuming and own_splits.is_file():
@@ -574,3 +647,68 @@ def run_facts(ctx: RunContext, lr: float, effective_batch: int, precision: str) 
         },
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv else "",
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def train_loader(
+    config: Mapping[str, Any], dataset: Any, dist: DistContext, weights: Any = None
+) -> torch.utils.data.DataLoader:
+    """This rank's loader of the training images: full batches only, shuffled (or drawn by ``weights``) by seed."""
+    return build_loader(
+        dataset,
+        int(config["batch_size"]),
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=int(config["seed"]),
+        drop_last=True,
+        weights=weights,
+        num_workers=int(config["num_workers"]),
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=True,
+    )
+
+
+def warmup_cosine(
+    config: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    engine: EngineConfig,
+    per_epoch: int,
+) -> WarmupCosine:
+    """The run's schedule: ``warmup_epochs`` of linear warm-up to ``lr``, then cosine to ``min_lr``."""
+    return WarmupCosine(
+        optimizer,
+        lr,
+        total_steps=engine.epochs * per_epoch,
+        warmup_steps=round(float(config["warmup_epochs"]) * per_epoch),
+        min_lr=float(config["min_lr"]),
+    )
+
+
+def write_run_config(ctx: RunContext, facts: Mapping[str, Any]) -> None:
+    """Rank 0 writes ``config.yaml``: the resolved options (``resume`` off, so it repeats the run) and ``facts``."""
+    if ctx.dist.is_main:
+        write_config(ctx.out_dir / CONFIG_NAME, {**ctx.config, "resume": False, **facts})
+
+
+def resume_and_fit(
+    ctx: RunContext,
+    trainer: Trainer,
+    loader: torch.utils.data.DataLoader,
+    final_output: str,
+    epoch_end: Callable[[int, Trainer], Mapping[str, Any] | None] | None = None,
+) -> None:
+    """Restore the checkpoint when resuming, then train the remaining epochs.
+
+    ``final_output`` (the file whose presence marks a finished run) is deleted first when epochs remain: a run
+    that trains on makes it stale.
+    """
+    if ctx.resuming:
+        trainer.resume()
+    if not trainer.finished and ctx.dist.is_main:
+        (ctx.out_dir / final_output).unlink(missing_ok=True)
+    trainer.fit(loader, epoch_end=epoch_end)

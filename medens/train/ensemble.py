@@ -8,7 +8,6 @@ PNG plots to ``--out`` and prints the comparison table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensembl
 from medens.evaluate.members import IncompatibleMembersError, Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table
+from medens.train.common import cli_logging
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +140,6 @@ def run_ensemble(
         plots=plots,
         progress=True,
     )
-
-
-def cli_logging() -> contextlib.AbstractContextManager:
-    """Log ``medens`` INFO messages to stderr for a command's duration, unless the caller set up logging already."""
-    from medens.engine import logging_to
-
-    return contextlib.nullcontext() if logging.getLogger("medens").handlers else logging_to(None)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -32,17 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from medens.engine import (
-    EngineConfig,
-    Precision,
-    Trainer,
-    WarmupCosine,
-    build_loader,
-    create_optimizer,
-    seed_everything,
-    steps_per_epoch,
-    write_config,
-)
+from medens.engine import EngineConfig, Precision, Trainer, create_optimizer, seed_everything, steps_per_epoch
 from medens.engine.atomic import atomic_write_text
 from medens.models import (
     INIT_RANDOM_FALLBACK,
@@ -52,26 +42,34 @@ from medens.models import (
     load_weights,
     parse_init,
     save_weights,
+    split_arch,
 )
 from medens.train.common import (
     CONFIG_NAME,
+    DATA_CLI_KEYS,
     DATA_DEFAULTS,
     ENGINE_CLI_KEYS,
     ENGINE_DEFAULTS,
+    OPTIM_CLI_KEYS,
     OPTIONS,
     SPLITS_NAME,
     Option,
     RunContext,
+    _floats,
+    _optional_int,
     _optional_str,
-    add_common_arguments,
-    add_options,
+    add_stage_parser,
     effective_lr,
     open_data,
     resolve_config,
+    resume_and_fit,
     run_cli,
     run_facts,
     run_session,
     split_hash,
+    train_loader,
+    warmup_cosine,
+    write_run_config,
 )
 
 __all__ = [
@@ -99,11 +97,6 @@ LOG_NAME = "log.csv"
 SELECT_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc_macro")
 IMBALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
 _STAGE_OPTIONS: dict[str, Option] = {
     "init": Option(
         "initialisation: imagenet (timm's weights for --arch), mae:PATH (an encoder.safetensors from "
@@ -122,7 +115,6 @@ _STAGE_OPTIONS: dict[str, Option] = {
     ),
     "layer_decay": Option("layer-wise lr decay factor (1: none)", float),
     "label_smoothing": Option("label smoothing of the cross-entropy", float),
-    "drop_path": Option("stochastic depth", float),
     "drop_rate": Option("dropout before the classifier", float),
     "mixup": Option("Mixup alpha (0: off)", float),
     "cutmix": Option("CutMix alpha (0: off)", float),
@@ -134,18 +126,14 @@ _STAGE_OPTIONS: dict[str, Option] = {
     ),
     "select_metric": Option("validation metric that picks the best epoch", choices=SELECT_METRICS),
     "eval_batch_size": Option(
-        "batch size for evaluation (none: twice --batch-size)",
-        lambda s: None if s.lower() in ("none", "null") else int(s),
-        metavar="N",
+        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N"
     ),
-    "crop_scale_min": Option("smallest random-resized-crop area (share of the image)", float),
-    "hflip": Option("probability of a horizontal flip", float),
     "vflip": Option("probability of a vertical flip", float),
     "rotation": Option("maximum random rotation in degrees", float),
     "color_jitter": Option("brightness,contrast,saturation jitter", _floats, metavar="B,C,S"),
     "crop_pct": Option("evaluation: share of the resized image kept by the centre crop", float),
 }
-OPTIONS.update({k: v for k, v in _STAGE_OPTIONS.items() if k not in OPTIONS})
+OPTIONS.update(_STAGE_OPTIONS)
 
 _DEFAULTS: dict[str, Any] = {
     **DATA_DEFAULTS,
@@ -228,14 +216,14 @@ def load_model(
     from medens.engine import load_yaml
 
     out = Path(out_dir)
-    config = load_yaml(out / CONFIG_NAME) if (out / CONFIG_NAME).is_file() else None
-    if config is None:
+    if not (out / CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"out_dir: expected a fine-tuning run folder with {CONFIG_NAME}, received {out}"
         )
+    config = load_yaml(out / CONFIG_NAME)
     state, meta = load_weights(out / MODEL_NAME)
-    arch = str(meta.get("arch") or config["arch"])
-    model = timm.create_model(arch.partition(".")[0], pretrained=False, num_classes=len(config["classes"]))
+    arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
+    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]))
     model.load_state_dict(state)
     return model.to(device).eval(), config
 
@@ -391,8 +379,9 @@ def run_finetune(config: dict[str, Any]) -> Path:
     """
     config = resolve_config(_DEFAULTS, config)
     _check_options(config)
+    engine = EngineConfig.from_config(config)  # checks epochs, accum_steps, ... before any data is read
     with run_session(config, "finetune", is_complete) as ctx:
-        return _finetune(ctx)
+        return _finetune(ctx, engine)
 
 
 def _check_options(config: dict[str, Any]) -> None:
@@ -416,7 +405,7 @@ def _check_options(config: dict[str, Any]) -> None:
         raise ValueError(f"color_jitter: expected three numbers B,C,S, received {config['color_jitter']!r}")
 
 
-def _finetune(ctx: RunContext) -> Path:
+def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     from medens.data import SplitDataset, build_transforms
 
     config, dist, out = ctx.config, ctx.dist, ctx.out_dir
@@ -468,18 +457,7 @@ def _finetune(ctx: RunContext) -> Path:
     if config["imbalance"] == "balanced_sampler":
         per_class = class_weights(targets, len(classes))
         sample_weights = per_class[torch.as_tensor(targets)].double()
-    loader = build_loader(
-        train_set,
-        int(config["batch_size"]),
-        rank=dist.rank,
-        world_size=dist.world_size,
-        seed=int(config["seed"]),
-        drop_last=True,
-        weights=sample_weights,
-        num_workers=int(config["num_workers"]),
-        pin_memory=dist.device.type == "cuda",
-        persistent_workers=True,
-    )
+    loader = train_loader(config, train_set, dist, weights=sample_weights)
     seed_everything(int(config["seed"]) + dist.rank)
 
     lr, effective = effective_lr(config, dist.world_size)
@@ -491,15 +469,8 @@ def _finetune(ctx: RunContext) -> Path:
         betas=tuple(config["betas"]),
         layer_decay=layer_decay if layer_decay < 1.0 else None,
     )
-    engine = EngineConfig.from_config(config)
     per_epoch = steps_per_epoch(loader, engine.accum_steps)
-    scheduler = WarmupCosine(
-        optimizer,
-        lr,
-        total_steps=engine.epochs * per_epoch,
-        warmup_steps=round(float(config["warmup_epochs"]) * per_epoch),
-        min_lr=float(config["min_lr"]),
-    )
+    scheduler = warmup_cosine(config, optimizer, lr, engine, per_epoch)
     best = _Best()
     trainer = Trainer(
         model,
@@ -514,16 +485,17 @@ def _finetune(ctx: RunContext) -> Path:
     )
     eval_bs = int(config["eval_batch_size"] or 2 * int(config["batch_size"]))
 
-    record = dict(config)
-    record["resume"] = False
-    record["init"] = init_used
-    record["init_requested"] = init_requested
-    record["classes"] = classes
-    record["num_classes"] = len(classes)
-    record["split_hash"] = split_hash(dataset, splits)
-    record["run"] = {**run_facts(ctx, lr, effective, trainer.precision.name), "mean": mean, "std": std}
-    if dist.is_main:
-        write_config(out / CONFIG_NAME, record)
+    write_run_config(
+        ctx,
+        {
+            "init": init_used,
+            "init_requested": init_requested,
+            "classes": classes,
+            "num_classes": len(classes),
+            "split_hash": split_hash(dataset, splits),
+            "run": {**run_facts(ctx, lr, effective, trainer.precision.name), "mean": mean, "std": std},
+        },
+    )
 
     metadata = {
         "format": MODEL_FORMAT,
@@ -570,11 +542,7 @@ def _finetune(ctx: RunContext) -> Path:
         lr,
         effective,
     )
-    if ctx.resuming:
-        trainer.resume()
-    if not trainer.finished and dist.is_main:
-        (out / METRICS_NAME).unlink(missing_ok=True)  # a resumed run that trains on: its results are stale
-    trainer.fit(loader, epoch_end=evaluate)
+    resume_and_fit(ctx, trainer, loader, METRICS_NAME, epoch_end=evaluate)
 
     # The best epoch's weights predict both splits.
     if not (out / MODEL_NAME).is_file():  # every epoch scored NaN (e.g. a single-class validation split)
@@ -653,32 +621,13 @@ def _json_safe(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 
 _CLI_KEYS = (
-    "dataset",
-    "data_root",
-    "dataset_options",
-    "cache_dir",
-    "split_seed",
-    "val_fraction",
-    "test_fraction",
-    "folds",
-    "fold",
-    "use_official_split",
-    "split_file",
-    "num_workers",
+    *DATA_CLI_KEYS,
     "arch",
     "init",
     "pretrained_file",
     "allow_random_imagenet_fallback",
     "image_size",
-    "epochs",
-    "warmup_epochs",
-    "batch_size",
-    "accum_steps",
-    "blr",
-    "lr",
-    "min_lr",
-    "weight_decay",
-    "betas",
+    *OPTIM_CLI_KEYS,
     "layer_decay",
     "label_smoothing",
     "drop_path",
@@ -701,13 +650,15 @@ _CLI_KEYS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``finetune`` subcommand."""
-    parser = subparsers.add_parser(
-        "finetune", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    return add_stage_parser(
+        subparsers,
+        "finetune",
+        help=HELP,
+        description=DESCRIPTION,
+        defaults=_DEFAULTS,
+        keys=_CLI_KEYS,
+        func=main,
     )
-    add_common_arguments(parser)
-    add_options(parser, _DEFAULTS, _CLI_KEYS)
-    parser.set_defaults(func=main)
-    return parser
 
 
 def main(args: argparse.Namespace) -> int:

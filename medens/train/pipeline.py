@@ -430,7 +430,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the pipeline, print the stages and the comparison table. Returns 0, 1 on failure, 130/143 if stopped."""
-    from medens.train.ensemble import cli_logging
+    from medens.train.common import cli_logging
 
     with cli_logging():
         return _main(args)

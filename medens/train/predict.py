@@ -131,13 +131,11 @@ def predict_probs(
 
 def _split_dataset(mm: MemberModel, preds: Predictions) -> Dataset:
     """The member's dataset items named by ``preds.paths``, with its evaluation transform."""
-    from medens.data import SplitDataset, load_dataset
+    from medens.data import SplitDataset
+    from medens.train.common import open_dataset
 
     config = mm.member.config
-    options = dict(config.get("dataset_options") or {})
-    if config.get("cache_dir"):
-        options["cache_dir"] = config["cache_dir"]
-    dataset = load_dataset(config["dataset"], config.get("data_root"), **options)
+    dataset = open_dataset(config)
     position = {item: i for i, item in enumerate(dataset.ids)}
     missing = [p for p in preds.paths if p not in position]
     if missing:
@@ -286,7 +284,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand and print the first predictions as a table. Returns 0, or 2 on bad input."""
-    from medens.train.ensemble import cli_logging
+    from medens.train.common import cli_logging
 
     with cli_logging():
         return _main(args)

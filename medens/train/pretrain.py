@@ -24,39 +24,35 @@ from typing import Any
 
 import torch
 
-from medens.engine import (
-    EngineConfig,
-    Trainer,
-    WarmupCosine,
-    build_loader,
-    create_optimizer,
-    seed_everything,
-    steps_per_epoch,
-    write_config,
-)
+from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
 from medens.models import ENCODER_FORMAT, MaskedConvNeXt, save_weights
 from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
 from medens.train.common import (
     CONFIG_NAME,
+    DATA_CLI_KEYS,
     DATA_DEFAULTS,
     ENGINE_CLI_KEYS,
     ENGINE_DEFAULTS,
+    OPTIM_CLI_KEYS,
     OPTIONS,
     Option,
     RunContext,
     _optional_int,
-    add_common_arguments,
-    add_options,
+    add_stage_parser,
     effective_lr,
     open_data,
     resolve_config,
+    resume_and_fit,
     run_cli,
     run_facts,
     run_session,
     split_hash,
+    train_loader,
+    warmup_cosine,
+    write_run_config,
 )
 
-__all__ = ["run_pretrain", "default_config", "is_complete", "add_parser", "main", "ENCODER_NAME"]
+__all__ = ["run_pretrain", "default_config", "is_complete", "mae_step", "add_parser", "main", "ENCODER_NAME"]
 
 _logger = logging.getLogger(__name__)
 
@@ -99,16 +95,13 @@ _STAGE_OPTIONS: dict[str, Option] = {
     "decoder_dim": Option("decoder width", int),
     "decoder_depth": Option("decoder ConvNeXt blocks", int),
     "norm_pix_loss": Option("regress per-patch normalised pixels", bool),
-    "drop_path": Option("stochastic depth of the encoder", float),
-    "crop_scale_min": Option("smallest random-resized-crop area (share of the image)", float),
-    "hflip": Option("probability of a horizontal flip", float),
     "pretrain_split": Option(
         "images to pre-train on: train, trainval, or all (includes the test images)",
         choices=tuple(PRETRAIN_SPLITS),
     ),
     "num_reconstructions": Option("images shown in reconstructions.png", int),
 }
-OPTIONS.update({k: v for k, v in _STAGE_OPTIONS.items() if k not in OPTIONS})
+OPTIONS.update(_STAGE_OPTIONS)
 
 _DEFAULTS: dict[str, Any] = {
     **DATA_DEFAULTS,
@@ -168,7 +161,11 @@ def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
     )
 
 
-def _mae_step(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+def mae_step(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+    """The trainer's ``step_fn`` for pre-training: the masked autoencoder's loss on a batch of images.
+
+    ``batch`` is the images, or a ``(images, labels)`` pair whose labels are ignored.
+    """
     images = batch[0] if isinstance(batch, (list, tuple)) else batch
     return model(images).loss, images.shape[0]
 
@@ -221,17 +218,7 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         color_jitter=(0.0, 0.0, 0.0),
     )
     train_set = SplitDataset(dataset, indices, transform=transform)
-    loader = build_loader(
-        train_set,
-        int(config["batch_size"]),
-        rank=dist.rank,
-        world_size=dist.world_size,
-        seed=int(config["seed"]),
-        drop_last=True,
-        num_workers=int(config["num_workers"]),
-        pin_memory=dist.device.type == "cuda",
-        persistent_workers=True,
-    )
+    loader = train_loader(config, train_set, dist)
     seed_everything(int(config["seed"]) + dist.rank)  # masks and augmentation differ between ranks
 
     lr, effective = effective_lr(config, dist.world_size)
@@ -239,23 +226,18 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         model, lr, weight_decay=float(config["weight_decay"]), betas=tuple(config["betas"])
     )
     per_epoch = steps_per_epoch(loader, engine.accum_steps)
-    scheduler = WarmupCosine(
-        optimizer,
-        lr,
-        total_steps=engine.epochs * per_epoch,
-        warmup_steps=round(float(config["warmup_epochs"]) * per_epoch),
-        min_lr=float(config["min_lr"]),
-    )
+    scheduler = warmup_cosine(config, optimizer, lr, engine, per_epoch)
     trainer = Trainer(
-        model, optimizer, scheduler, _mae_step, config=engine, out_dir=out, dist=dist, run_config=config
+        model, optimizer, scheduler, mae_step, config=engine, out_dir=out, dist=dist, run_config=config
     )
-    record = dict(config)
-    record["resume"] = False
-    record["split_hash"] = split_hash(dataset, splits)
-    record["encoder"] = model.encoder_config()
-    record["run"] = run_facts(ctx, lr, effective, trainer.precision.name)
-    if dist.is_main:
-        write_config(out / CONFIG_NAME, record)
+    write_run_config(
+        ctx,
+        {
+            "split_hash": split_hash(dataset, splits),
+            "encoder": model.encoder_config(),
+            "run": run_facts(ctx, lr, effective, trainer.precision.name),
+        },
+    )
     _logger.info(
         "pre-training %s on %d %s images (%s masking, ratio %.2f), %d epochs x %d steps, lr %.3g (batch %d)",
         config["arch"],
@@ -268,11 +250,7 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         lr,
         effective,
     )
-    if ctx.resuming:
-        trainer.resume()
-    if not trainer.finished and dist.is_main:
-        (out / ENCODER_NAME).unlink(missing_ok=True)  # a resumed run that trains on: the old encoder is stale
-    trainer.fit(loader)
+    resume_and_fit(ctx, trainer, loader, ENCODER_NAME)
 
     if dist.is_main:
         _save_reconstructions(model, dataset, splits, config, out)
@@ -312,19 +290,8 @@ def _save_reconstructions(model: MaskedConvNeXt, dataset: Any, splits: dict, con
 # ---------------------------------------------------------------------------------------------------------------
 
 _CLI_KEYS = (
-    "dataset",
-    "data_root",
-    "dataset_options",
-    "cache_dir",
+    *DATA_CLI_KEYS,
     "pretrain_split",
-    "split_seed",
-    "val_fraction",
-    "test_fraction",
-    "folds",
-    "fold",
-    "use_official_split",
-    "split_file",
-    "num_workers",
     "arch",
     "image_size",
     "patch_size",
@@ -339,15 +306,7 @@ _CLI_KEYS = (
     "drop_path",
     "crop_scale_min",
     "hflip",
-    "epochs",
-    "warmup_epochs",
-    "batch_size",
-    "accum_steps",
-    "blr",
-    "lr",
-    "min_lr",
-    "weight_decay",
-    "betas",
+    *OPTIM_CLI_KEYS,
     "ops_backend",
     "num_reconstructions",
     *ENGINE_CLI_KEYS,
@@ -356,16 +315,15 @@ _CLI_KEYS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``pretrain`` subcommand."""
-    parser = subparsers.add_parser(
+    return add_stage_parser(
+        subparsers,
         "pretrain",
         help=HELP,
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        defaults=_DEFAULTS,
+        keys=_CLI_KEYS,
+        func=main,
     )
-    add_common_arguments(parser)
-    add_options(parser, _DEFAULTS, _CLI_KEYS)
-    parser.set_defaults(func=main)
-    return parser
 
 
 def main(args: argparse.Namespace) -> int:

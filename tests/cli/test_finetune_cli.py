@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -24,23 +23,6 @@ TINY = [
     "--num-workers", "0", "--no-progress", "--lr", "1e-3", "--warmup-epochs", "0",
 ]  # fmt: skip
 CLASSES = ["normal", "benign", "malignant"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture()
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No network and an empty Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
 
 
 def _encoder(path: Path, arch: str = "convnext_atto") -> Path:
@@ -130,7 +112,7 @@ def test_pretrained_file_round_trips(tmp_path: Path) -> None:
 
 
 def test_offline_imagenet_says_how_to_supply_weights(
-    tmp_path: Path, capsys: pytest.CaptureFixture, offline: None
+    tmp_path: Path, capsys: pytest.CaptureFixture, offline: Path
 ) -> None:
     assert main(["finetune", *TINY, "--init", "imagenet", "--out", str(tmp_path / "ft")]) == 1
     err = capsys.readouterr().err
@@ -139,7 +121,7 @@ def test_offline_imagenet_says_how_to_supply_weights(
     assert "Traceback" not in err and "huggingface_hub" not in err
 
 
-def test_offline_fallback_is_recorded(tmp_path: Path, offline: None) -> None:
+def test_offline_fallback_is_recorded(tmp_path: Path, offline: Path) -> None:
     out = tmp_path / "ft"
     argv = ["finetune", *TINY, "--epochs", "1", "--init", "imagenet", "--allow-random-imagenet-fallback"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -185,6 +167,15 @@ def test_help_and_defaults(capsys: pytest.CaptureFixture) -> None:
     assert defaults["init"] == "imagenet" and defaults["select_metric"] == "macro_f1"
     defaults["epochs"] = 1
     assert default_config()["epochs"] != 1  # callers get a copy
+
+
+def test_each_option_is_documented_once() -> None:
+    """An option both stages take lives in the shared table, so its help does not depend on import order."""
+    from medens.train import finetune, pretrain
+    from medens.train.common import OPTIONS
+
+    assert not set(pretrain._STAGE_OPTIONS) & set(finetune._STAGE_OPTIONS)
+    assert all(OPTIONS[k] is v for stage in (pretrain, finetune) for k, v in stage._STAGE_OPTIONS.items())
 
 
 @pytest.mark.slow

@@ -131,17 +131,6 @@ def test_run_stage_skips_resumes_or_starts(tmp_path: Path) -> None:
     assert skipped.status == "skipped" and len(calls) == 2
 
 
-TINY_PRETRAIN = {
-    "arch": "convnext_atto",
-    "image_size": 64,
-    "decoder_dim": 32,
-    "epochs": 1,
-    "warmup_epochs": 0,
-    "batch_size": 8,
-    "lr": 1e-3,
-    "num_workers": 0,
-    "progress": False,
-}
 TINY_FINETUNE = {
     "arch": "convnext_atto",
     "image_size": 64,
@@ -152,6 +141,7 @@ TINY_FINETUNE = {
     "num_workers": 0,
     "progress": False,
 }
+TINY_PRETRAIN = {**TINY_FINETUNE, "decoder_dim": 32}
 
 
 @pytest.mark.slow

@@ -30,14 +30,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.read_text().splitlines()))
 
@@ -189,6 +181,7 @@ def test_print_config_resolves_yaml_then_flags(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_packaged_presets_resolve() -> None:
+    from medens.engine import load_yaml
     from medens.engine.config import list_presets
     from medens.train import finetune, pretrain
     from medens.train.common import resolve_config
@@ -197,8 +190,6 @@ def test_packaged_presets_resolve() -> None:
     assert {"pretrain_paper", "finetune_paper", "pretrain_cpu_demo", "finetune_cpu_demo"} <= set(presets)
     for name in presets:
         stage = pretrain if name.startswith("pretrain") else finetune
-        from medens.engine import load_yaml
-
         resolve_config(stage.default_config(), {**load_yaml(name), "out": "x"})
 
 

@@ -20,6 +20,9 @@ from medens.engine import (
     steps_per_epoch,
 )
 from medens.models import MaskedConvNeXt
+from medens.train.pretrain import mae_step
+
+__all__ = ["IMAGE", "images", "mae_step", "make_trainer", "assert_same_weights"]
 
 IMAGE = 64
 
@@ -31,11 +34,6 @@ def images(n: int = 12, seed: int = 0, poison: tuple[int, ...] = ()) -> TensorDa
     for i in poison:
         x[i] = float("nan")
     return TensorDataset(x, torch.zeros(n, dtype=torch.long))
-
-
-def mae_step(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-    x, _ = batch
-    return model(x).loss, x.shape[0]
 
 
 def make_trainer(

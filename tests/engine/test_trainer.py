@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 from pathlib import Path
@@ -114,9 +115,7 @@ def test_poisoned_batch_is_skipped_not_trained_on(tmp_path: Path) -> None:
     assert not all(torch.equal(snapshots[0][k], before_bad[k]) for k in before_bad)  # step 1 did train
     assert all(torch.isfinite(v).all() for v in trainer.module.state_dict().values())
     assert trainer.history[0]["skipped_steps"] == 1
-    assert (
-        trainer.history[0]["train_loss"] == trainer.history[0]["train_loss"]
-    )  # finite: the NaN is not averaged
+    assert math.isfinite(trainer.history[0]["train_loss"])  # the skipped step's NaN is not averaged in
 
 
 def test_repeated_nonfinite_losses_stop_with_advice_after_saving(tmp_path: Path) -> None:

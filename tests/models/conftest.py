@@ -1,16 +1,3 @@
-"""Fixtures for the model tests: one CPU thread (the test machines are small and shared), tiny inputs."""
+"""Fixtures for the model tests: one CPU thread, and ``offline`` (no hub, empty cache)."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.models.fixtures import offline, one_cpu_thread  # noqa: F401 - fixtures, found by name

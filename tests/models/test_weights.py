@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -97,16 +96,6 @@ def test_pretrained_file_round_trips(tmp_path: Path) -> None:
     for key, value in state.items():
         if not key.startswith("head.fc."):
             assert torch.equal(loaded[key], value), key
-
-
-@pytest.fixture()
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No network and an empty Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def test_offline_without_weights_says_how_to_supply_them(offline: Path) -> None:
