@@ -89,6 +89,28 @@ __device__ __forceinline__ typename Element<DT>::storage not_a_number() {
   return Element<DT>::from_float(static_cast<decltype(Element<DT>::to_float(typename Element<DT>::storage()))>(NAN));
 }
 
+/// Runs body(out, b, n, lane) for each gathered patch of this warp (one warp per patch, grid-stride over all
+/// batch * num_ids of them): `out` is the patch's output row, b its image and n its patch index. A patch whose id
+/// is out of range sets the error flag and gets NaN in every output value instead.
+template <int DT, typename Body>
+__device__ __forceinline__ void for_each_warp_patch(const GatherParams& a, Body body) {
+  using T = typename Element<DT>::storage;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * warps;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + static_cast<int>(threadIdx.x) / kWarpSize;
+  for (int64_t item = first; item < a.total; item += step) {
+    T* out = static_cast<T*>(a.out) + item * a.g.dim;
+    const int64_t n = patch_of(a.ids, a.ids_stride0, a.ids_stride1, a.num_ids, a.g.num_patches, item,
+                               a.index_error, lane);
+    if (n < 0) {
+      for (int64_t q = lane; q < a.g.dim; q += kWarpSize) out[q] = not_a_number<DT>();
+      continue;
+    }
+    body(out, item / a.num_ids, n, lane);
+  }
+}
+
 /// VEC = 16 bytes of elements; requires stride_w == 1, p % VEC == 0 and 16-byte aligned rows (checked by the
 /// launcher), and stage_pitch >= dim.
 template <int DT, bool NORMALIZE, int VEC>
@@ -96,23 +118,11 @@ __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_staged_kernel
   using E = Element<DT>;
   using T = typename E::storage;
   MEDENS_DYNAMIC_SHARED(smem);
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
-  T* stage = reinterpret_cast<T*>(smem) + warp * a.stage_pitch;
+  T* stage = reinterpret_cast<T*>(smem) + (static_cast<int>(threadIdx.x) / kWarpSize) * a.stage_pitch;
   const PatchGeometry& g = a.g;
   const int64_t p = g.patch, C = g.channels, per_row = p / VEC, loads = C * p * per_row;
   const T* images = static_cast<const T*>(a.images);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * warps;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + warp; item < a.total; item += step) {
-    T* out = static_cast<T*>(a.out) + item * g.dim;
-    const int64_t n = patch_of(a.ids, a.ids_stride0, a.ids_stride1, a.num_ids, g.num_patches, item,
-                               a.index_error, lane);
-    if (n < 0) {
-      for (int64_t q = lane; q < g.dim; q += kWarpSize) out[q] = not_a_number<DT>();
-      continue;
-    }
-    const int64_t b = item / a.num_ids;
+  for_each_warp_patch<DT>(a, [&](T* out, int64_t b, int64_t n, int lane) {
     const int64_t pi = n / g.patches_per_row, pj = n - pi * g.patches_per_row;
     const T* origin = images + b * g.stride_b + pi * p * g.stride_h + pj * p;
     for (int64_t t = lane; t < loads; t += kWarpSize) {
@@ -141,28 +151,16 @@ __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_staged_kernel
       store_vector<T, VEC>(out + t * VEC, values);
     }
     __syncwarp();  // the stage is rewritten by the next item
-  }
+  });
 }
 
 template <int DT, bool NORMALIZE>
 __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_direct_kernel(GatherParams a) {
   using E = Element<DT>;
   using T = typename E::storage;
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
   const PatchGeometry& g = a.g;
   const T* images = static_cast<const T*>(a.images);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * warps;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + warp; item < a.total; item += step) {
-    T* out = static_cast<T*>(a.out) + item * g.dim;
-    const int64_t n = patch_of(a.ids, a.ids_stride0, a.ids_stride1, a.num_ids, g.num_patches, item,
-                               a.index_error, lane);
-    if (n < 0) {
-      for (int64_t q = lane; q < g.dim; q += kWarpSize) out[q] = not_a_number<DT>();
-      continue;
-    }
-    const int64_t b = item / a.num_ids;
+  for_each_warp_patch<DT>(a, [&](T* out, int64_t b, int64_t n, int lane) {
     if constexpr (NORMALIZE) {
       double mean, inv_std;
       warp_moments([&](int64_t q) { return static_cast<double>(E::to_float(images[g.offset(b, n, q)])); }, g.dim,
@@ -172,7 +170,7 @@ __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_direct_kernel
     } else {
       for (int64_t q = lane; q < g.dim; q += kWarpSize) out[q] = images[g.offset(b, n, q)];
     }
-  }
+  });
 }
 
 struct BackwardParams {
