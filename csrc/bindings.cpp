@@ -58,6 +58,7 @@ py::dict build_info() {
   info["cuda_compiled"] = false;
 #endif
   info["cuda_architectures"] = archs;
+  info["cpu_avx512"] = medens::cpu::avx512_kernels();
 #if defined(__VERSION__)
   info["compiler"] = std::string(__VERSION__);
 #endif

@@ -1,75 +1,68 @@
 // patch_entropy on the CPU.
 //
 // Work is split into bands: one image and one row of patches (p image rows). A band is read once, row by row,
-// in memory order; each row is turned into histogram bins, then the histogram and entropy of every patch in the
-// band are computed from the band's bins, which stay in the L1/L2 cache.
+// in memory order; each row is turned into histogram bins, which are counted into the histograms of the patches
+// the row crosses (histogram.h). The entropy of each patch then comes from a sweep of its histogram.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "medens/cpu_kernels.h"
 #include "medens/patch_math.h"
+#include "entropy_band.h"
+#include "histogram.h"
 #include "parallel.h"
 
 namespace medens {
 namespace cpu {
 namespace {
 
-/// Largest patch (p * p values) for which the entropy terms are tabulated per call.
-constexpr int64_t kMaxTabulatedPatch = 1 << 16;
-
-struct EntropyParams {
-  int64_t channels, width, stride_c, stride_w, patch;
-  float lo, range_width, bins_f;
-  bool pow2;        // range_width is a power of two: multiply by inv_width instead of dividing (exactly equal)
-  float inv_width;
-};
-
-MEDENS_SIMD_CLONES
-void bins_f32_rgb(const float* red, const float* green, const float* blue, int64_t count, const EntropyParams& P,
-                  uint16_t* bins) {
+template <typename Bin>
+MEDENS_SIMD_CLONES void bins_f32_rgb(const float* red, const float* green, const float* blue, int64_t count,
+                                     const EntropyParams& P, Bin* bins) {
   const float lo = P.lo, nb = P.bins_f;
   if (P.pow2) {
     const float inv = P.inv_width;
     for (int64_t x = 0; x < count; ++x)
-      bins[x] = static_cast<uint16_t>(grey_bin_pow2(luma(red[x], green[x], blue[x]), lo, inv, nb));
+      bins[x] = static_cast<Bin>(grey_bin_pow2(luma(red[x], green[x], blue[x]), lo, inv, nb));
   } else {
     const float w = P.range_width;
     for (int64_t x = 0; x < count; ++x)
-      bins[x] = static_cast<uint16_t>(grey_bin(luma(red[x], green[x], blue[x]), lo, w, nb));
+      bins[x] = static_cast<Bin>(grey_bin(luma(red[x], green[x], blue[x]), lo, w, nb));
   }
 }
 
-MEDENS_SIMD_CLONES
-void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, uint16_t* bins) {
+template <typename Bin>
+MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, Bin* bins) {
   const float lo = P.lo, nb = P.bins_f;
   if (P.pow2) {
     const float inv = P.inv_width;
-    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<uint16_t>(grey_bin_pow2(grey[x], lo, inv, nb));
+    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<Bin>(grey_bin_pow2(grey[x], lo, inv, nb));
   } else {
     const float w = P.range_width;
-    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<uint16_t>(grey_bin(grey[x], lo, w, nb));
+    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<Bin>(grey_bin(grey[x], lo, w, nb));
   }
 }
 
-MEDENS_SIMD_CLONES
-void bins_u8_rgb(const uint8_t* red, const uint8_t* green, const uint8_t* blue, int64_t count,
-                 const EntropyParams& P, uint16_t* bins) {
+template <typename Bin>
+MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* red, const uint8_t* green, const uint8_t* blue, int64_t count,
+                                    const EntropyParams& P, Bin* bins) {
   const float lo = P.lo, w = P.range_width, nb = P.bins_f;
   for (int64_t x = 0; x < count; ++x) {
     const float v = luma(static_cast<float>(red[x]), static_cast<float>(green[x]), static_cast<float>(blue[x]));
-    bins[x] = static_cast<uint16_t>(grey_bin(v, lo, w, nb));
+    bins[x] = static_cast<Bin>(grey_bin(v, lo, w, nb));
   }
 }
 
 /// Bins of the first `count` pixels of one image row. `row` points at (b, 0, y, 0).
-template <int D>
-void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, int64_t count, uint16_t* bins,
+template <int D, typename Bin>
+void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, int64_t count, Bin* bins,
               const uint16_t* u8_lut) {
   using E = Element<D>;
   if constexpr (D == kUInt8) {
     if (P.channels == 1) {  // one channel: a 256-entry table holds every possible bin
-      for (int64_t x = 0; x < count; ++x) bins[x] = u8_lut[row[x * P.stride_w]];
+      for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<Bin>(u8_lut[row[x * P.stride_w]]);
       return;
     }
     if (P.stride_w == 1) {
@@ -89,7 +82,7 @@ void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, i
   const float lo = P.lo, w = P.range_width, nb = P.bins_f;
   const int64_t s = P.stride_w;
   if (P.channels == 1) {
-    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<uint16_t>(grey_bin(E::to_float(row[x * s]), lo, w, nb));
+    for (int64_t x = 0; x < count; ++x) bins[x] = static_cast<Bin>(grey_bin(E::to_float(row[x * s]), lo, w, nb));
     return;
   }
   const auto* red = row;
@@ -97,21 +90,8 @@ void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, i
   const auto* blue = row + 2 * P.stride_c;
   for (int64_t x = 0; x < count; ++x) {
     const float v = luma(E::to_float(red[x * s]), E::to_float(green[x * s]), E::to_float(blue[x * s]));
-    bins[x] = static_cast<uint16_t>(grey_bin(v, lo, w, nb));
+    bins[x] = static_cast<Bin>(grey_bin(v, lo, w, nb));
   }
-}
-
-/// Sum of terms[hist[k]] over all bins, zeroing the histogram. Eight independent partial sums keep the
-/// floating-point adds from forming one long dependency chain (and let the compiler use gathers).
-MEDENS_SIMD_CLONES
-double sweep_histogram(int32_t* hist, int num_bins, const double* terms) {
-  double partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int k = 0;
-  for (; k + 8 <= num_bins; k += 8)
-    for (int i = 0; i < 8; ++i) partial[i] += terms[hist[k + i]];
-  for (; k < num_bins; ++k) partial[0] += terms[hist[k]];
-  std::fill(hist, hist + num_bins, 0);
-  return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
 }
 
 /// Entropy of one patch whose bins are the p x p block starting at `bins` (row pitch `pitch`).
@@ -144,6 +124,60 @@ float patch_entropy_from_bins(const uint16_t* bins, int64_t pitch, int64_t p, in
   return entropy_from_terms(sum, static_cast<double>(n));
 }
 
+/// One band (p image rows of one image), counted row by row into one histogram per patch: bin a row, then add
+/// each of its patch segments to that patch's histogram. The histograms stay in L1/L2, and reading the next row
+/// overlaps the counting of this one. Bins are bytes when there are at most 256 of them. With `deltas`, each
+/// patch's sum of entropy terms is kept up to date while counting and the histograms are only cleared; without,
+/// each histogram is swept with `terms` at the end.
+template <int D, typename Bin>
+void band_entropy_by_rows(const typename Element<D>::storage* band_origin, const int64_t* strides,
+                          const EntropyParams& P, int64_t patches_per_row, int num_bins, const float* terms,
+                          const double* deltas, const uint16_t* u8_lut, float* dst) {
+  const int64_t p = P.patch, used_width = patches_per_row * p, n = p * p;
+  thread_local std::vector<Bin> row_buffer;
+  thread_local std::vector<int32_t> hists;
+  thread_local std::vector<double> sums;
+  row_buffer.resize(static_cast<size_t>(used_width));
+  const size_t hist_values = static_cast<size_t>(patches_per_row * num_bins);
+  if (hists.size() < hist_values) hists.assign(hist_values, 0);
+  sums.assign(static_cast<size_t>(patches_per_row), 0.0);
+  // Segments of 16 and 32 pixels (the usual patch sizes) are counted by fully unrolled code.
+  auto count_row = [&](auto segment) {
+    constexpr int64_t kFixed = decltype(segment)::value;
+    const int64_t length = kFixed ? kFixed : p;
+    const Bin* row = row_buffer.data();
+    for (int64_t j = 0; j < patches_per_row; ++j) {
+      int32_t* hist = hists.data() + j * num_bins;
+      if (deltas)
+        sums[j] += count_bins_tracking_terms(row + j * length, length, hist, deltas);
+      else
+        count_bins(row + j * length, length, hist);
+    }
+  };
+  for (int64_t r = 0; r < p; ++r) {
+    row_bins<D>(band_origin + r * strides[2], P, used_width, row_buffer.data(), u8_lut);
+    if (p == 16)
+      count_row(std::integral_constant<int64_t, 16>{});
+    else if (p == 32)
+      count_row(std::integral_constant<int64_t, 32>{});
+    else
+      count_row(std::integral_constant<int64_t, 0>{});
+  }
+  for (int64_t j = 0; j < patches_per_row; ++j) {
+    int32_t* hist = hists.data() + j * num_bins;
+    double sum;
+    if (deltas) {
+      std::fill(hist, hist + num_bins, 0);
+      // A constant patch telescopes to term(n) = 0 up to rounding: no other patch comes within 1e-9 bits of 0
+      // (the least non-zero entropy of n <= 65536 values is above 2e-4 bits).
+      sum = std::abs(sums[j]) < 1e-9 * static_cast<double>(n) ? 0.0 : sums[j];
+    } else {
+      sum = sweep_histogram(hist, num_bins, terms);
+    }
+    dst[j] = entropy_from_terms(sum, static_cast<double>(n));
+  }
+}
+
 template <int D>
 void patch_entropy_impl(const void* images, int64_t batch, int64_t channels, int64_t height, int64_t width,
                         const int64_t* strides, int64_t p, int bins, float lo, float range_width, float* out,
@@ -153,80 +187,55 @@ void patch_entropy_impl(const void* images, int64_t batch, int64_t channels, int
   const int64_t bands = height / p, patches_per_row = width / p, used_width = patches_per_row * p;
   const int64_t n = p * p;
   const double log2_n = log2(static_cast<double>(n));
-  std::vector<double> table;
-  if (n <= kMaxTabulatedPatch) {
-    table.resize(n + 1);
-    for (int64_t c = 0; c <= n; ++c) table[c] = entropy_term(static_cast<double>(c), log2_n);
-  }
-  const double* terms = table.empty() ? nullptr : table.data();
   const bool pow2 = is_power_of_two(range_width);
   const EntropyParams P{channels, width,       strides[1], strides[3], p, lo, range_width, static_cast<float>(bins),
                         pow2,     pow2 ? 1.0f / range_width : 0.0f};
   uint16_t u8_lut[256];
-  for (int v = 0; v < 256; ++v) u8_lut[v] = static_cast<uint16_t>(grey_bin(static_cast<float>(v), lo, range_width, P.bins_f));
+  for (int v = 0; v < 256; ++v)
+    u8_lut[v] = static_cast<uint16_t>(grey_bin(static_cast<float>(v), lo, range_width, P.bins_f));
 
-  const int64_t hist_size = static_cast<int64_t>(bins);
-  const bool sweep = terms != nullptr && bins <= n;
-  // With about as many bins as pixels, sweeping every bin per patch costs as much as counting: keep each
-  // patch's sum of terms up to date while counting instead (sum += term(c + 1) - term(c)), then clear.
-  const bool incremental = sweep && 2 * bins > n;
-  std::vector<double> deltas;
-  if (incremental) {
-    deltas.resize(n);
-    for (int64_t c = 0; c < n; ++c) deltas[c] = table[c + 1] - table[c];
+  // With no more bins than pixels, each patch's histogram is counted and then swept bin by bin, the entropy term
+  // of each count read from a float table. With more bins than pixels, the band's bins are kept and each patch
+  // visits only the bins it uses (terms from a float64 table, or computed for huge patches).
+  const bool tabulated = n <= kMaxTabulatedPatch;
+  const bool sweep = tabulated && bins <= n;
+  // Without AVX-512, sweeping a histogram of about as many bins as pixels costs as much as counting: keep each
+  // patch's sum of terms up to date while counting instead.
+  const bool track_terms = sweep && 2 * static_cast<int64_t>(bins) > n && !avx512_kernels();
+  std::vector<float> float_terms;
+  std::vector<double> double_terms, deltas;
+  if (sweep && !track_terms) {
+    float_terms.assign(static_cast<size_t>(std::max<int64_t>(n + 1, kRegisterTerms)), 0.0f);
+    for (int64_t c = 0; c <= n; ++c) float_terms[c] = static_cast<float>(entropy_term(static_cast<double>(c), log2_n));
   }
+  if (tabulated && (!sweep || track_terms)) {
+    double_terms.resize(n + 1);
+    for (int64_t c = 0; c <= n; ++c) double_terms[c] = entropy_term(static_cast<double>(c), log2_n);
+  }
+  if (track_terms) {
+    deltas.resize(n);
+    for (int64_t c = 0; c < n; ++c) deltas[c] = double_terms[c + 1] - double_terms[c];
+  }
+  const double* terms = double_terms.empty() ? nullptr : double_terms.data();
+  const double* term_deltas = deltas.empty() ? nullptr : deltas.data();
+  const bool bytes_rgb = channels == 3 && P.stride_w == 1 && bins <= 256;
 
   parallel_for(batch * bands, p * width * channels, num_threads, [&](int64_t item) {
     const int64_t b = item / bands, band = item % bands;
     const T* band_origin = base + b * strides[0] + band * p * strides[2];
     float* dst = out + (b * bands + band) * patches_per_row;
     if (sweep) {
-      // Row by row: bin a row, then add it to the histograms of the patches it crosses. Reading the next row
-      // overlaps the counting of this one; the histograms (one per patch of the band) stay in L1/L2.
-      thread_local std::vector<uint16_t> row_buffer;
-      thread_local std::vector<int32_t> hists;
-      thread_local std::vector<double> sums;
-      sums.assign(static_cast<size_t>(patches_per_row), 0.0);
-      row_buffer.resize(static_cast<size_t>(used_width));
-      if (hists.size() < static_cast<size_t>(patches_per_row * hist_size))
-        hists.assign(static_cast<size_t>(patches_per_row * hist_size), 0);
-      for (int64_t r = 0; r < p; ++r) {
-        row_bins<D>(band_origin + r * strides[2], P, used_width, row_buffer.data(), u8_lut);
-        const uint16_t* rb = row_buffer.data();
-        if (incremental) {
-          const double* delta = deltas.data();
-          for (int64_t j = 0; j < patches_per_row; ++j) {
-            int32_t* h = hists.data() + j * hist_size;
-            const uint16_t* seg = rb + j * p;
-            double partial[4] = {0, 0, 0, 0};
-            int64_t x = 0;
-            for (; x + 4 <= p; x += 4)
-              for (int i = 0; i < 4; ++i) partial[i] += delta[h[seg[x + i]]++];
-            for (; x < p; ++x) partial[0] += delta[h[seg[x]]++];
-            sums[j] += (partial[0] + partial[1]) + (partial[2] + partial[3]);
-          }
-        } else {
-          for (int64_t j = 0; j < patches_per_row; ++j) {
-            int32_t* h = hists.data() + j * hist_size;
-            const uint16_t* seg = rb + j * p;
-            for (int64_t x = 0; x < p; ++x) ++h[seg[x]];
-          }
-        }
+      if constexpr (D == kFloat32) {
+        if (bytes_rgb && band_entropy_f32_rgb_avx512(band_origin, strides[2], P, patches_per_row, bins,
+                                                     float_terms.data(), dst))
+          return;
       }
-      for (int64_t j = 0; j < patches_per_row; ++j) {
-        int32_t* h = hists.data() + j * hist_size;
-        double sum;
-        if (incremental) {
-          std::fill(h, h + hist_size, 0);
-          // A constant patch telescopes to term(n) = 0 up to rounding: no other patch comes within 1e-9 bits of 0
-          // (the least non-zero entropy of n <= 65536 values is above 2e-4 bits).
-          sum = std::abs(sums[j]) < 1e-9 * static_cast<double>(n) ? 0.0 : sums[j];
-          sums[j] = 0.0;
-        } else {
-          sum = sweep_histogram(h, bins, terms);
-        }
-        dst[j] = entropy_from_terms(sum, static_cast<double>(n));
-      }
+      if (bins <= 256)
+        band_entropy_by_rows<D, uint8_t>(band_origin, strides, P, patches_per_row, bins, float_terms.data(),
+                                         term_deltas, u8_lut, dst);
+      else
+        band_entropy_by_rows<D, uint16_t>(band_origin, strides, P, patches_per_row, bins, float_terms.data(),
+                                          term_deltas, u8_lut, dst);
       return;
     }
     // Many bins, few pixels: keep the band's bins and visit only the bins each patch uses.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from medens.ops import (
@@ -107,3 +111,15 @@ def check_compiled_masking_step(backend: str, device: str, compile_backend: str 
     (grad,) = torch.autograd.grad(loss, images)
     (expected_grad,) = torch.autograd.grad(expected_loss, images)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def run_python(code: str, cwd, **environment: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter with medens._C loaded, for settings read once per process (environment
+    variables). It runs outside the checkout (`cwd`) so that the installed medens is imported; a relative
+    PYTHONPATH (a development checkout) is made absolute."""
+    env = {**os.environ, **environment}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
+    prelude = "from medens.ops import available_backends\nassert available_backends()['cpp'], 'no medens._C'\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 import medens
 from medens.ops import build_info
+
+from .helpers import run_python
 
 CUDA_ENTRY_POINTS = (
     "patch_entropy_cuda",
@@ -88,3 +91,27 @@ def test_triton_kernels_ship_inside_the_package():
         spec = importlib.util.find_spec(f"medens.kernels.triton.{module}")
         assert spec is not None and spec.origin, f"medens.kernels.triton.{module} is not installed"
         assert Path(spec.origin).is_relative_to(Path(medens.__file__).parent)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    pytest.skip("/proc/cpuinfo does not list the CPU's flags here")
+
+
+def test_avx512_kernels_run_where_the_cpu_has_avx512(tmp_path):
+    if not build_info()["extension"]:
+        pytest.skip("medens._C is not built")
+    switched_off = os.environ.get("MEDENS_DISABLE_AVX512", "") not in ("", "0")
+    on_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    expected = on_x86 and {"avx512f", "avx512bw", "avx512vl"} <= _cpu_flags() and not switched_off
+    assert build_info()["cpu_avx512"] is expected
+    # MEDENS_DISABLE_AVX512=1 keeps the portable loops, whatever the CPU.
+    result = run_python("from medens.ops import build_info\nassert build_info()['cpu_avx512'] is False\n", tmp_path,
+                        MEDENS_DISABLE_AVX512="1")
+    assert result.returncode == 0, result.stderr

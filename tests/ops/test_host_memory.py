@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,6 +17,8 @@ from medens.ops import (
     host_cache_info,
     reference,
 )
+
+from .helpers import run_python
 
 pytestmark = pytest.mark.skipif(not available_backends()["cpp"], reason="medens._C (the cpp backend) is not built")
 
@@ -113,17 +112,6 @@ def test_gather_backward_writes_every_element_of_a_reused_block(normalize):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def _run(code: str, cwd, **environment: str) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh interpreter (the cache reads its limit once per process), outside the checkout so
-    that the installed medens is imported; a relative PYTHONPATH (a development checkout) is made absolute."""
-    env = {**os.environ, **environment}
-    if env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
-    prelude = "from medens.ops import available_backends\nassert available_backends()['cpp'], 'no medens._C'\n"
-    return subprocess.run([sys.executable, "-c", prelude + code], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-
-
 LIMIT_CASES = {
     # MEDENS_HOST_CACHE_MB=0: outputs are ordinary (resizable) tensors and the cache is never asked.
     "0": "out = _host_memory.empty((8, 3, 128, 128), torch.float32)\n"
@@ -140,13 +128,13 @@ LIMIT_CASES = {
 @pytest.mark.parametrize("megabytes", sorted(LIMIT_CASES))
 def test_the_limit_comes_from_the_environment(tmp_path, megabytes):
     code = "import torch\nfrom medens.ops import _host_memory, host_cache_info as info\n" + LIMIT_CASES[megabytes]
-    result = _run(code, tmp_path, MEDENS_HOST_CACHE_MB=megabytes)
+    result = run_python(code, tmp_path, MEDENS_HOST_CACHE_MB=megabytes)
     assert result.returncode == 0, result.stderr
 
 
 def test_a_bad_limit_names_the_variable(tmp_path):
     code = "import torch\nfrom medens.ops import _host_memory\n_host_memory.empty((8, 3, 128, 128), torch.float32)\n"
-    result = _run(code, tmp_path, MEDENS_HOST_CACHE_MB="lots")
+    result = run_python(code, tmp_path, MEDENS_HOST_CACHE_MB="lots")
     assert result.returncode != 0
     assert "MEDENS_HOST_CACHE_MB" in result.stderr and "'lots'" in result.stderr
 

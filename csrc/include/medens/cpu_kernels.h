@@ -40,5 +40,9 @@ int apply_patch_mask(const void* images, int64_t element_size, int64_t batch, in
                      int64_t width, const int64_t* strides, const bool* mask, const int64_t* mask_strides,
                      int64_t patch, const void* fill, void* out, const int64_t* out_strides, int num_threads);
 
+/// True when the hand-written AVX-512 kernels run in this process: the machine has AVX-512 (F, BW and VL) and
+/// MEDENS_DISABLE_AVX512 is not set. Otherwise the portable loops run.
+bool avx512_kernels();
+
 }  // namespace cpu
 }  // namespace medens
