@@ -7,6 +7,7 @@ terminal summary prints, per case, each backend's median and its speed-up over t
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import defaultdict
 
@@ -76,6 +77,7 @@ def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device
     benchmark.extra_info.update(
         op=op, case=case, backend=backend, device=device_name(device), bytes=bytes_moved, ops=ops,
         torch=torch.__version__, medens=medens.__version__,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
     )
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     record(op, f"{case} on {device.type}", backend, benchmark)
