@@ -11,6 +11,7 @@
 #include "medens/cpu_kernels.h"
 #include "medens/host_cache.h"
 #include "medens/patch_math.h"
+#include "cpu/vector_log.h"
 
 #if defined(MEDENS_WITH_CUDA)
 #include "medens/cuda_bindings.h"
@@ -160,6 +161,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("host_cache_clear", &medens::cpu::host_cache_clear, "Frees every idle block; returns the bytes freed.");
   m.def("host_cache_set_limit", &medens::cpu::host_cache_set_limit, py::arg("bytes"),
         "Sets the most idle bytes the host cache keeps.");
+
+  // The masking keys' logarithms, exposed so the tests can check their accuracy directly (in place, float64).
+  m.def(
+      "_log_f64_cpu", [](std::uintptr_t values, int64_t count) { medens::cpu::log_in_place(as_ptr<double>(values), count); },
+      py::arg("values"), py::arg("count"), "values[i] = log(values[i]) in place, as the CPU masking kernel takes it.");
+  m.def(
+      "_gumbel_f64_cpu",
+      [](std::uintptr_t values, int64_t count) { medens::cpu::gumbel_in_place(as_ptr<double>(values), count); },
+      py::arg("values"), py::arg("count"), "values[i] = -log(-log(values[i])) in place, as the CPU masking kernel.");
 
   m.def(
       "patch_entropy_cpu",

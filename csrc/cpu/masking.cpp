@@ -1,6 +1,6 @@
 // entropy_guided_mask on the CPU: one row of patches per task; keys in float64, the N - K largest hidden
 // (ties to the lower index, as key_before orders them), found by selecting the (N - K)-th largest key rather than
-// sorting.
+// sorting. The three logarithms per key are taken for a whole row at once (vector_log.h).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,6 +9,7 @@
 #include "medens/cpu_kernels.h"
 #include "medens/patch_math.h"
 #include "parallel.h"
+#include "vector_log.h"
 
 namespace medens {
 namespace cpu {
@@ -67,14 +68,26 @@ int entropy_guided_mask(const void* scores, int scores_dtype, const int64_t* sco
 
   parallel_for(batch, num_patches * 16, num_threads, [&](int64_t b) {
     thread_local std::vector<uint64_t> keys;
+    thread_local std::vector<double> log_scores, gumbels;
     keys.resize(num_patches);
-    for (int64_t i = 0; i < num_patches; ++i) {
-      const double score = load_as_double(scores, scores_dtype, b * scores_strides[0] + i * scores_strides[1]);
-      const double key = plain ? plain_key(score, prefer_high)
-                               : gumbel_key(score, load_as_double(noise, noise_dtype,
-                                                                  b * noise_strides[0] + i * noise_strides[1]),
-                                            scale);
-      keys[i] = order_bits(key + 0.0);  // + 0.0 turns -0.0 into +0.0, which compares equal to it
+    auto score_at = [&](int64_t i) { return load_as_double(scores, scores_dtype, b * scores_strides[0] + i * scores_strides[1]); };
+    if (plain) {
+      for (int64_t i = 0; i < num_patches; ++i) keys[i] = order_bits(plain_key(score_at(i), prefer_high) + 0.0);
+    } else {
+      // gumbel_key for the whole row, its logarithms taken many at a time.
+      gumbels.resize(num_patches);
+      for (int64_t i = 0; i < num_patches; ++i)
+        gumbels[i] = load_as_double(noise, noise_dtype, b * noise_strides[0] + i * noise_strides[1]);
+      gumbel_in_place(gumbels.data(), num_patches);
+      if (scale != 0.0) {
+        log_scores.resize(num_patches);
+        for (int64_t i = 0; i < num_patches; ++i) log_scores[i] = score_at(i) + kScoreEps;
+        log_in_place(log_scores.data(), num_patches);
+      }
+      for (int64_t i = 0; i < num_patches; ++i) {
+        const double key = scale == 0.0 ? gumbels[i] : scale * log_scores[i] + gumbels[i];
+        keys[i] = order_bits(key + 0.0);  // + 0.0 turns -0.0 into +0.0, which compares equal to it
+      }
     }
     // The hidden patches are the num_hidden first in key_before order: every key above the num_hidden-th largest
     // key, then, among keys equal to it, the lowest indices.

@@ -62,7 +62,9 @@ def entropy_guided_mask(
     K = ``int(N * (1 - mask_ratio))`` patches stay visible (MAE's rule). Selection is Gumbel top-k: the hidden
     patches are the N - K largest keys ``±log(score + 1e-6) / T + g``, ``g = -log(-log(noise))``. T = 0 hides
     the top-scored patches (``prefer="low"``: the lowest), ties to the lower index; T = inf is MAE's uniform
-    random masking. Given the same ``noise``, every backend returns identical results.
+    random masking. Given the same ``noise``, every backend returns identical results. (Keys are float64 and each
+    backend's logarithm is within about one unit in the last place of the exact value, so two keys less than a few
+    such units apart at the cut could be ordered differently; random scores and noise never come that close.)
 
     Args:
         scores: (B, N) non-negative floats (entropy, or any saliency).

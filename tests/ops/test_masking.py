@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from medens.ops import entropy_guided_mask
 from medens.ops import reference as R
 
-from .helpers import CPU_BACKENDS, FLOAT_DTYPES, assert_same_mask
+from .helpers import CPU_BACKENDS, FLOAT_DTYPES, assert_same_mask, run_python
 
 TEMPERATURES = [0.0, 0.1, 1.0, 3.5, math.inf]
 
@@ -92,6 +92,95 @@ def test_outputs_are_consistent(backend):
     assert not torch.gather(m.mask, 1, m.ids_keep).any()
     shuffled = torch.cat([m.ids_keep, m.ids_mask], 1)
     assert torch.equal(torch.gather(shuffled, 1, m.ids_restore), torch.arange(196).expand(7, 196))
+
+
+# ---- the CPU kernel's logarithms (AVX-512 where the machine has it) ------------------------------------------------
+
+needs_cpp = pytest.mark.skipif(not CPU_BACKENDS, reason="medens._C (the cpp backend) is not built")
+
+
+def _ulps_apart(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    spacing = torch.nextafter(expected.abs(), torch.tensor(math.inf, dtype=torch.float64)) - expected.abs()
+    return (got - expected).abs() / spacing
+
+
+@needs_cpp
+def test_key_logarithms_are_within_one_ulp_of_glibc():
+    from medens import _C
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([
+        torch.rand(20000, generator=g, dtype=torch.float64) * 4,  # around 1, both sides of sqrt(2)
+        torch.exp(torch.randn(20000, generator=g, dtype=torch.float64) * 50),  # exponents far from 0
+        1 + torch.randn(5000, generator=g, dtype=torch.float64) * 1e-9,  # log close to 0
+        torch.tensor([1.0, 2.0, 0.5, math.sqrt(2), math.sqrt(0.5), 1e-6, 1 + 2**-52, 1 - 2**-53, 1.7e308],
+                     dtype=torch.float64),
+    ])
+    got = values.clone()
+    _C._log_f64_cpu(got.data_ptr(), got.numel())
+    expected = torch.tensor([math.log(v) for v in values.tolist()], dtype=torch.float64)
+    assert _ulps_apart(got, expected).max().item() <= 1.0
+    ones = torch.ones(9, dtype=torch.float64)
+    _C._log_f64_cpu(ones.data_ptr(), ones.numel())
+    assert torch.equal(ones, torch.zeros(9, dtype=torch.float64))  # log 1 is exactly 0
+
+
+@needs_cpp
+def test_key_logarithms_of_special_values_follow_the_c_library():
+    from medens import _C
+
+    values = torch.tensor([0.0, -0.0, -1.0, math.inf, -math.inf, math.nan, 5e-324, 1e-310, 2.2250738585072014e-308,
+                           3.0, 7.0], dtype=torch.float64)  # a vector of 11: one full step of 8 and a masked one
+    got = values.clone()
+    _C._log_f64_cpu(got.data_ptr(), got.numel())
+    for v, out in zip(values.tolist(), got.tolist(), strict=True):
+        if v < 0 or math.isnan(v):
+            assert math.isnan(out), (v, out)
+        elif v == 0:
+            assert out == -math.inf
+        else:
+            assert out == pytest.approx(math.log(v), rel=1e-15), (v, out)
+
+
+@needs_cpp
+def test_gumbel_noise_matches_its_definition():
+    from medens import _C
+
+    u = torch.cat([torch.rand(5001, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+                   torch.tensor([0.0, 1.0, 1e-300, 1 - 2**-53], dtype=torch.float64)])
+    got = u.clone()
+    _C._gumbel_f64_cpu(got.data_ptr(), got.numel())
+    expected = torch.tensor([-math.log(-math.log(v)) if 0 < v < 1 else (-math.inf if v == 0 else math.inf)
+                             for v in u.tolist()], dtype=torch.float64)
+    finite = expected.isfinite()
+    assert torch.equal(got[~finite], expected[~finite])
+    # Near u = 1/e the result is near 0 and ill-conditioned: an error of one ulp in -log(u), about 1e-16, is then
+    # many ulps of the result, in any implementation. Hence a bound of a few ulps plus a few 2^-52 absolute.
+    error = (got[finite] - expected[finite]).abs()
+    ulps = _ulps_apart(got[finite], expected[finite]).nan_to_num(0.0)
+    assert ((ulps <= 4.0) | (error <= 4 * 2.0**-52)).all()
+
+
+PORTABLE_MASKING_CHECK = """
+import torch
+from medens.ops import build_info, entropy_guided_mask
+from medens.ops import reference as R
+assert build_info()["cpu_avx512"] is False
+g = torch.Generator().manual_seed(0)
+for temperature in (0.0, 0.5, 1.0, float("inf")):
+    scores, noise = torch.rand(9, 196, generator=g) * 8, torch.rand(9, 196, generator=g)
+    got = entropy_guided_mask(scores, 0.75, temperature=temperature, noise=noise, backend="cpp")
+    expected = R.entropy_guided_mask(scores, 0.75, temperature=temperature, noise=noise)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected)), temperature
+print("checked")
+"""
+
+
+@needs_cpp
+def test_portable_logarithms_give_the_reference_masks(tmp_path):
+    result = run_python(PORTABLE_MASKING_CHECK, tmp_path, MEDENS_DISABLE_AVX512="1")
+    assert result.returncode == 0, result.stderr
+    assert "checked" in result.stdout
 
 
 @settings(max_examples=60, deadline=None)
