@@ -115,3 +115,18 @@ def test_avx512_kernels_run_where_the_cpu_has_avx512(tmp_path):
     result = run_python("from medens.ops import build_info\nassert build_info()['cpu_avx512'] is False\n", tmp_path,
                         MEDENS_DISABLE_AVX512="1")
     assert result.returncode == 0, result.stderr
+
+
+def test_cpu_kernels_compile_without_the_avx512_code(tmp_path):
+    # Other architectures (aarch64) build without csrc/cpu/x86.h's dispatch; MEDENS_NO_X86_DISPATCH compiles that
+    # configuration here, so a change that only builds with the AVX-512 code in place is caught on x86 too.
+    compiler = os.environ.get("CXX") or shutil.which("g++")
+    repo = Path(__file__).resolve().parents[2]
+    sources = sorted((repo / "csrc" / "cpu").glob("*.cpp"))
+    if compiler is None or not sources:
+        pytest.skip("needs g++ and the repository's csrc sources")
+    flags = ["-std=c++17", "-fsyntax-only", "-DMEDENS_NO_X86_DISPATCH", "-DMEDENS_OPENMP=1", "-fopenmp",
+             f"-I{repo / 'csrc' / 'include'}", f"-I{repo / 'csrc' / 'cpu'}"]
+    for source in sources:
+        result = subprocess.run([compiler, *flags, str(source)], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, f"{source.name}:\n{result.stderr[-3000:]}"
