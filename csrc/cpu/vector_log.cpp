@@ -42,24 +42,27 @@ MEDENS_AVX512_F inline __m512d log8(__m512d x) {
   return _mm512_fmadd_pd(e, _mm512_set1_pd(kLn2Head), log_m);
 }
 
-/// log8 over values[0, count), in place; lanes that are not positive normal finite numbers get std::log.
+/// -v, exactly as the scalar minus (signed zeros too).
+MEDENS_AVX512_F inline __m512d negate(__m512d v) {
+  return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(v), _mm512_set1_epi64(INT64_MIN)));
+}
+
+/// out[lane] = log(x[lane]) for the lanes in `lanes`: log8 for positive normal finite values, std::log for the rest.
+MEDENS_AVX512_F inline void log_lanes(__m512d x, double* out, __mmask8 lanes) {
+  const __mmask8 normal = _mm512_cmp_pd_mask(x, _mm512_set1_pd(DBL_MIN), _CMP_GE_OQ) &
+                          _mm512_cmp_pd_mask(x, _mm512_set1_pd(DBL_MAX), _CMP_LE_OQ);
+  _mm512_mask_storeu_pd(out, lanes & normal, log8(x));
+  for (__mmask8 rest = lanes & static_cast<__mmask8>(~normal); rest; rest &= static_cast<__mmask8>(rest - 1)) {
+    const int lane = __builtin_ctz(rest);
+    double v[8];
+    _mm512_storeu_pd(v, x);
+    out[lane] = std::log(v[lane]);
+  }
+}
+
+/// log (or, with Gumbel, -log(-log)) of values[0, count) in place, eight at a time; the last step masked.
 template <bool Gumbel>
 MEDENS_AVX512_F void transform_avx512(double* values, int64_t count) {
-  const __m512d smallest = _mm512_set1_pd(DBL_MIN), largest = _mm512_set1_pd(DBL_MAX);
-  auto log_lanes = [&](__m512d x, double* out, __mmask8 lanes) MEDENS_AVX512_F {
-    const __mmask8 normal = _mm512_cmp_pd_mask(x, smallest, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, largest, _CMP_LE_OQ);
-    _mm512_mask_storeu_pd(out, lanes & normal, log8(x));
-    for (__mmask8 rest = lanes & static_cast<__mmask8>(~normal); rest; rest &= static_cast<__mmask8>(rest - 1)) {
-      const int lane = __builtin_ctz(rest);
-      double v[8];
-      _mm512_storeu_pd(v, x);
-      out[lane] = std::log(v[lane]);
-    }
-  };
-  const __m512i sign = _mm512_set1_epi64(INT64_MIN);
-  auto negate = [&](__m512d v) MEDENS_AVX512_F {  // -v, exactly as the scalar minus (signed zeros too)
-    return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(v), sign));
-  };
   for (int64_t i = 0; i < count; i += 8) {
     const __mmask8 lanes = count - i >= 8 ? __mmask8(0xff) : static_cast<__mmask8>((1u << (count - i)) - 1);
     log_lanes(_mm512_mask_loadu_pd(_mm512_set1_pd(1.0), lanes, values + i), values + i, lanes);
