@@ -18,9 +18,11 @@ namespace medens {
 namespace cpu {
 namespace {
 
+// The binning loops, each written once for both bin types. target_clones cannot apply to a template (clang), so
+// the plain overloads below carry the clones and inline these bodies.
 template <typename Bin>
-MEDENS_SIMD_CLONES void bins_f32_rgb(const float* red, const float* green, const float* blue, int64_t count,
-                                     const EntropyParams& P, Bin* bins) {
+__attribute__((always_inline)) inline void f32_rgb_loop(const float* red, const float* green, const float* blue,
+                                                        int64_t count, const EntropyParams& P, Bin* bins) {
   const float lo = P.lo, nb = P.bins_f;
   if (P.pow2) {
     const float inv = P.inv_width;
@@ -34,7 +36,8 @@ MEDENS_SIMD_CLONES void bins_f32_rgb(const float* red, const float* green, const
 }
 
 template <typename Bin>
-MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, Bin* bins) {
+__attribute__((always_inline)) inline void f32_grey_loop(const float* grey, int64_t count, const EntropyParams& P,
+                                                         Bin* bins) {
   const float lo = P.lo, nb = P.bins_f;
   if (P.pow2) {
     const float inv = P.inv_width;
@@ -46,13 +49,36 @@ MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const En
 }
 
 template <typename Bin>
-MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* red, const uint8_t* green, const uint8_t* blue, int64_t count,
-                                    const EntropyParams& P, Bin* bins) {
+__attribute__((always_inline)) inline void u8_rgb_loop(const uint8_t* red, const uint8_t* green, const uint8_t* blue,
+                                                       int64_t count, const EntropyParams& P, Bin* bins) {
   const float lo = P.lo, w = P.range_width, nb = P.bins_f;
   for (int64_t x = 0; x < count; ++x) {
     const float v = luma(static_cast<float>(red[x]), static_cast<float>(green[x]), static_cast<float>(blue[x]));
     bins[x] = static_cast<Bin>(grey_bin(v, lo, w, nb));
   }
+}
+
+MEDENS_SIMD_CLONES void bins_f32_rgb(const float* r, const float* g, const float* b, int64_t count,
+                                     const EntropyParams& P, uint8_t* bins) {
+  f32_rgb_loop(r, g, b, count, P, bins);
+}
+MEDENS_SIMD_CLONES void bins_f32_rgb(const float* r, const float* g, const float* b, int64_t count,
+                                     const EntropyParams& P, uint16_t* bins) {
+  f32_rgb_loop(r, g, b, count, P, bins);
+}
+MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, uint8_t* bins) {
+  f32_grey_loop(grey, count, P, bins);
+}
+MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, uint16_t* bins) {
+  f32_grey_loop(grey, count, P, bins);
+}
+MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* r, const uint8_t* g, const uint8_t* b, int64_t count,
+                                    const EntropyParams& P, uint8_t* bins) {
+  u8_rgb_loop(r, g, b, count, P, bins);
+}
+MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* r, const uint8_t* g, const uint8_t* b, int64_t count,
+                                    const EntropyParams& P, uint16_t* bins) {
+  u8_rgb_loop(r, g, b, count, P, bins);
 }
 
 /// Bins of the first `count` pixels of one image row. `row` points at (b, 0, y, 0).

@@ -121,10 +121,12 @@ void moments_f32_rows(const float* origin, int64_t channels, int64_t p, int64_t 
 // Three channel rows of 16 (or 8) float32 values, interleaved into patchify order: dst[3 x + c] = channel c at x.
 // __builtin_shufflevector picks lanes from the concatenation of its two operands; with AVX-512 each output
 // vector is two permutes, and on older targets the compiler lowers the same code to narrower instructions.
+// Vectors travel by pointer: clang refuses vector-typed arguments in the clones built without AVX.
 typedef float Floats16 __attribute__((vector_size(64)));
 typedef float Floats8 __attribute__((vector_size(32)));
 
-__attribute__((always_inline)) inline void interleave3_block(Floats16 r, Floats16 g, Floats16 b, float* dst) {
+__attribute__((always_inline)) inline void interleave3_block(const Floats16* rgb, float* dst) {
+  const Floats16 r = rgb[0], g = rgb[1], b = rgb[2];
   const Floats16 rg0 = __builtin_shufflevector(r, g, 0, 16, 0, 1, 17, 0, 2, 18, 0, 3, 19, 0, 4, 20, 0, 5);
   const Floats16 rg1 = __builtin_shufflevector(r, g, 21, 0, 6, 22, 0, 7, 23, 0, 8, 24, 0, 9, 25, 0, 10, 26);
   const Floats16 rg2 = __builtin_shufflevector(r, g, 0, 11, 27, 0, 12, 28, 0, 13, 29, 0, 14, 30, 0, 15, 31, 0);
@@ -135,7 +137,8 @@ __attribute__((always_inline)) inline void interleave3_block(Floats16 r, Floats1
   std::memcpy(dst, out, sizeof out);
 }
 
-__attribute__((always_inline)) inline void interleave3_block(Floats8 r, Floats8 g, Floats8 b, float* dst) {
+__attribute__((always_inline)) inline void interleave3_block(const Floats8* rgb, float* dst) {
+  const Floats8 r = rgb[0], g = rgb[1], b = rgb[2];
   const Floats8 rg0 = __builtin_shufflevector(r, g, 0, 8, 0, 1, 9, 0, 2, 10);
   const Floats8 rg1 = __builtin_shufflevector(r, g, 0, 3, 11, 0, 4, 12, 0, 5);
   const Floats8 rg2 = __builtin_shufflevector(r, g, 13, 0, 6, 14, 0, 7, 15, 0);
@@ -147,13 +150,17 @@ __attribute__((always_inline)) inline void interleave3_block(Floats8 r, Floats8 
 
 /// Normalises `Lanes`-wide blocks of the three channel rows from column x on; returns the first column not done.
 template <typename Lanes>
-__attribute__((always_inline)) inline int64_t write_normalized_blocks(const float* row, int64_t stride_c, int64_t p, int64_t x, Lanes mean,
-                                       Lanes scale, float* dst) {
+__attribute__((always_inline)) inline int64_t write_normalized_blocks(const float* row, int64_t stride_c, int64_t p,
+                                                                      int64_t x, float mean, float scale, float* dst) {
   constexpr int64_t kWidth = sizeof(Lanes) / sizeof(float);
+  const Lanes mean_lanes = Lanes{} + mean, scale_lanes = Lanes{} + scale;
   for (; x + kWidth <= p; x += kWidth) {
     Lanes v[3];
-    for (int c = 0; c < 3; ++c) std::memcpy(&v[c], row + c * stride_c + x, sizeof(Lanes));
-    interleave3_block((v[0] - mean) * scale, (v[1] - mean) * scale, (v[2] - mean) * scale, dst + 3 * x);
+    for (int c = 0; c < 3; ++c) {
+      std::memcpy(&v[c], row + c * stride_c + x, sizeof(Lanes));
+      v[c] = (v[c] - mean_lanes) * scale_lanes;
+    }
+    interleave3_block(v, dst + 3 * x);
   }
   return x;
 }
@@ -167,8 +174,8 @@ void write_normalized_f32_rows(const float* origin, int64_t channels, int64_t p,
     float* o = dst + py * p * channels;
     int64_t x = 0;
     if (channels == 3) {
-      x = write_normalized_blocks(row, stride_c, p, x, Floats16{} + mean, Floats16{} + inv_std, o);
-      x = write_normalized_blocks(row, stride_c, p, x, Floats8{} + mean, Floats8{} + inv_std, o);
+      x = write_normalized_blocks<Floats16>(row, stride_c, p, x, mean, inv_std, o);
+      x = write_normalized_blocks<Floats8>(row, stride_c, p, x, mean, inv_std, o);
     }
     for (; x < p; ++x)
       for (int64_t c = 0; c < channels; ++c) o[x * channels + c] = (row[c * stride_c + x] - mean) * inv_std;
