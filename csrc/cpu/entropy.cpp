@@ -19,7 +19,7 @@ namespace cpu {
 namespace {
 
 // The binning loops, each written once for both bin types. target_clones cannot apply to a template (clang), so
-// the plain overloads below carry the clones and inline these bodies.
+// the plain functions below carry the clones and inline these bodies.
 template <typename Bin>
 __attribute__((always_inline)) inline void f32_rgb_loop(const float* red, const float* green, const float* blue,
                                                         int64_t count, const EntropyParams& P, Bin* bins) {
@@ -58,27 +58,29 @@ __attribute__((always_inline)) inline void u8_rgb_loop(const uint8_t* red, const
   }
 }
 
+// One clone-carrying function per loop; `bins` holds bytes when `bytes`, else 16-bit bins.
 MEDENS_SIMD_CLONES void bins_f32_rgb(const float* r, const float* g, const float* b, int64_t count,
-                                     const EntropyParams& P, uint8_t* bins) {
-  f32_rgb_loop(r, g, b, count, P, bins);
+                                     const EntropyParams& P, void* bins, bool bytes) {
+  if (bytes)
+    f32_rgb_loop(r, g, b, count, P, static_cast<uint8_t*>(bins));
+  else
+    f32_rgb_loop(r, g, b, count, P, static_cast<uint16_t*>(bins));
 }
-MEDENS_SIMD_CLONES void bins_f32_rgb(const float* r, const float* g, const float* b, int64_t count,
-                                     const EntropyParams& P, uint16_t* bins) {
-  f32_rgb_loop(r, g, b, count, P, bins);
+
+MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, void* bins,
+                                      bool bytes) {
+  if (bytes)
+    f32_grey_loop(grey, count, P, static_cast<uint8_t*>(bins));
+  else
+    f32_grey_loop(grey, count, P, static_cast<uint16_t*>(bins));
 }
-MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, uint8_t* bins) {
-  f32_grey_loop(grey, count, P, bins);
-}
-MEDENS_SIMD_CLONES void bins_f32_grey(const float* grey, int64_t count, const EntropyParams& P, uint16_t* bins) {
-  f32_grey_loop(grey, count, P, bins);
-}
+
 MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* r, const uint8_t* g, const uint8_t* b, int64_t count,
-                                    const EntropyParams& P, uint8_t* bins) {
-  u8_rgb_loop(r, g, b, count, P, bins);
-}
-MEDENS_SIMD_CLONES void bins_u8_rgb(const uint8_t* r, const uint8_t* g, const uint8_t* b, int64_t count,
-                                    const EntropyParams& P, uint16_t* bins) {
-  u8_rgb_loop(r, g, b, count, P, bins);
+                                    const EntropyParams& P, void* bins, bool bytes) {
+  if (bytes)
+    u8_rgb_loop(r, g, b, count, P, static_cast<uint8_t*>(bins));
+  else
+    u8_rgb_loop(r, g, b, count, P, static_cast<uint16_t*>(bins));
 }
 
 /// Bins of the first `count` pixels of one image row. `row` points at (b, 0, y, 0).
@@ -92,16 +94,16 @@ void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, i
       return;
     }
     if (P.stride_w == 1) {
-      bins_u8_rgb(row, row + P.stride_c, row + 2 * P.stride_c, count, P, bins);
+      bins_u8_rgb(row, row + P.stride_c, row + 2 * P.stride_c, count, P, bins, sizeof(Bin) == 1);
       return;
     }
   }
   if constexpr (D == kFloat32) {
     if (P.stride_w == 1) {
       if (P.channels == 1)
-        bins_f32_grey(row, count, P, bins);
+        bins_f32_grey(row, count, P, bins, sizeof(Bin) == 1);
       else
-        bins_f32_rgb(row, row + P.stride_c, row + 2 * P.stride_c, count, P, bins);
+        bins_f32_rgb(row, row + P.stride_c, row + 2 * P.stride_c, count, P, bins, sizeof(Bin) == 1);
       return;
     }
   }
