@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -68,6 +70,37 @@ def test_bins_and_value_ranges(backend, bins, value_range):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+def _grey_levels_at_bin_edges(lo: float, hi: float, bins: int, steps: int = 4) -> torch.Tensor:
+    """Every bin edge of [lo, hi) in float32 and the `steps` floats on either side of it."""
+    edges = torch.tensor([lo + (hi - lo) * k / bins for k in range(bins)], dtype=torch.float32)
+    values = [edges]
+    up, down = edges.clone(), edges.clone()
+    for _ in range(steps):
+        up = torch.nextafter(up, torch.tensor(math.inf))
+        down = torch.nextafter(down, torch.tensor(-math.inf))
+        values += [up, down]
+    return torch.cat(values)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.5, 0.75), (0.45, 0.55)], ids=["unit", "pow2", "divide"])
+@pytest.mark.parametrize("p", [16, 32])
+def test_grey_levels_at_bin_edges_bin_like_the_reference(backend, value_range, p):
+    # Grey levels on and a few floats either side of every one of 256 bin edges, in grey RGB images (R = G = B):
+    # any difference in rounding (the grey level, the scaling to bins) moves pixels to the neighbouring bin and
+    # changes the entropies by far more than the tolerance. One case per way the float32 RGB path scales a level.
+    lo, hi = value_range
+    levels = _grey_levels_at_bin_edges(lo, hi, 256)
+    side = 2 * p
+    count = 3 * side * side
+    levels = levels[torch.randperm(levels.numel(), generator=torch.Generator().manual_seed(0))]
+    grey = levels.repeat(count // levels.numel() + 1)[:count].reshape(3, 1, side, side)
+    images = grey.expand(3, 3, side, side).contiguous()
+    expected = R.patch_entropy(images, p, value_range=value_range)
+    torch.testing.assert_close(patch_entropy(images, p, value_range=value_range, backend=backend), expected,
+                               atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_nan_and_inf_pixels_are_binned_like_the_reference(backend):
     images = torch.rand(2, 1, 8, 8)
@@ -120,6 +153,12 @@ for (b, c, h, w), p, bins, value_range in cases:
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 for p in (16, 32):
     assert torch.equal(patch_entropy(torch.full((1, 3, 2 * p, 2 * p), 0.3), p, backend="cpp"), torch.zeros(1, 4))
+for lo, hi in ((0.0, 1.0), (0.5, 0.75), (0.45, 0.55)):  # grey levels on and beside every bin edge
+    edges = torch.tensor([lo + (hi - lo) * k / 256 for k in range(256)], dtype=torch.float32)
+    levels = torch.cat([edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-1.0))])
+    images = levels.repeat(4)[: 3 * 32 * 32].reshape(3, 1, 32, 32).expand(3, 3, 32, 32).contiguous()
+    torch.testing.assert_close(patch_entropy(images, 16, value_range=(lo, hi), backend="cpp"),
+                               R.patch_entropy(images, 16, value_range=(lo, hi)), atol=1e-4, rtol=0)
 print("checked", len(cases))
 """
 
