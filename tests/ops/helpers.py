@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -52,6 +53,27 @@ def smooth_images(shape: tuple[int, ...], dtype: torch.dtype, *, levels: int = 1
     coarse = torch.randint(0, levels, (b, 1, max(h // 4, 1), max(w // 4, 1)), generator=generator).float() / levels
     x = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest").expand(b, c, h, w).contiguous()
     return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+
+
+def bin_edge_images(shape: tuple[int, int, int, int], value_range: tuple[float, float], bins: int = 256, *,
+                    steps: int = 4) -> torch.Tensor:
+    """Grey float32 images (every channel equal) whose levels sit on each bin edge of `value_range` and on the
+    `steps` floats either side of it, in a fixed random order, repeated to fill `shape`. Where a kernel rounds the
+    grey level or its scaling to bins differently from the reference, pixels change bins here; random pixels
+    almost never come within an ulp of an edge."""
+    lo, hi = value_range
+    edges = torch.tensor([lo + (hi - lo) * k / bins for k in range(bins)], dtype=torch.float32)
+    levels, up, down = [edges], edges, edges
+    for _ in range(steps):
+        up = torch.nextafter(up, torch.tensor(math.inf))
+        down = torch.nextafter(down, torch.tensor(-math.inf))
+        levels += [up, down]
+    flat = torch.cat(levels)
+    flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))]
+    b, c, h, w = shape
+    count = b * h * w
+    grey = flat.repeat(count // flat.numel() + 1)[:count].reshape(b, 1, h, w)
+    return grey.expand(b, c, h, w).contiguous()
 
 
 def assert_same_mask(got: PatchMask, expected: PatchMask, device_type: str | None = None) -> None:

@@ -39,6 +39,7 @@ from .helpers import (
     FLOAT_DTYPES,
     IMAGE_DTYPES,
     OPCHECK_CASES,
+    bin_edge_images,
     check_compiled_masking_step,
     opcheck_samples,
     random_images,
@@ -170,6 +171,16 @@ def test_entropy_strides_bins_and_ranges(gpu_backend, layout, bins, value_range)
     images = random_images((3, 3, 32, 48), torch.float32, layout=layout) * 1.4 - 0.2
     got = patch_entropy(cuda(images), 8, bins=bins, value_range=value_range, backend=gpu_backend)
     torch.testing.assert_close(got.cpu(), R.patch_entropy(images, 8, bins=bins, value_range=value_range),
+                               atol=ENTROPY_ATOL, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.5, 0.75), (0.45, 0.55)], ids=["unit", "pow2", "divide"])
+@pytest.mark.parametrize("p", [16, 32])
+def test_entropy_grey_levels_at_bin_edges(gpu_backend, value_range, p):
+    images = bin_edge_images((3, 3, 2 * p, 2 * p), value_range)
+    got = patch_entropy(cuda(images), p, value_range=value_range, backend=gpu_backend)
+    torch.testing.assert_close(got.cpu(), R.patch_entropy(images, p, value_range=value_range),
                                atol=ENTROPY_ATOL, rtol=0)
 
 

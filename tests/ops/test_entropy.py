@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +10,7 @@ from hypothesis import strategies as st
 from medens.ops import patch_entropy
 from medens.ops import reference as R
 
-from .helpers import CPU_BACKENDS, IMAGE_DTYPES, random_images, run_python, smooth_images
+from .helpers import CPU_BACKENDS, IMAGE_DTYPES, bin_edge_images, random_images, run_python, smooth_images
 
 # Entropies are sums of a few hundred terms: the kernels add float32 terms (at most eight in float32, the rest in
 # float64), the reference sums in float32.
@@ -70,18 +68,6 @@ def test_bins_and_value_ranges(backend, bins, value_range):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
-def _grey_levels_at_bin_edges(lo: float, hi: float, bins: int, steps: int = 4) -> torch.Tensor:
-    """Every bin edge of [lo, hi) in float32 and the `steps` floats on either side of it."""
-    edges = torch.tensor([lo + (hi - lo) * k / bins for k in range(bins)], dtype=torch.float32)
-    values = [edges]
-    up, down = edges.clone(), edges.clone()
-    for _ in range(steps):
-        up = torch.nextafter(up, torch.tensor(math.inf))
-        down = torch.nextafter(down, torch.tensor(-math.inf))
-        values += [up, down]
-    return torch.cat(values)
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.5, 0.75), (0.45, 0.55)], ids=["unit", "pow2", "divide"])
 @pytest.mark.parametrize("p", [16, 32])
@@ -89,13 +75,7 @@ def test_grey_levels_at_bin_edges_bin_like_the_reference(backend, value_range, p
     # Grey levels on and a few floats either side of every one of 256 bin edges, in grey RGB images (R = G = B):
     # any difference in rounding (the grey level, the scaling to bins) moves pixels to the neighbouring bin and
     # changes the entropies by far more than the tolerance. One case per way the float32 RGB path scales a level.
-    lo, hi = value_range
-    levels = _grey_levels_at_bin_edges(lo, hi, 256)
-    side = 2 * p
-    count = 3 * side * side
-    levels = levels[torch.randperm(levels.numel(), generator=torch.Generator().manual_seed(0))]
-    grey = levels.repeat(count // levels.numel() + 1)[:count].reshape(3, 1, side, side)
-    images = grey.expand(3, 3, side, side).contiguous()
+    images = bin_edge_images((3, 3, 2 * p, 2 * p), value_range)
     expected = R.patch_entropy(images, p, value_range=value_range)
     torch.testing.assert_close(patch_entropy(images, p, value_range=value_range, backend=backend), expected,
                                atol=ATOL, rtol=0)

@@ -31,7 +31,14 @@ from medens.kernels.triton import masking as triton_masking  # noqa: E402
 from medens.kernels.triton import patches as triton_patches  # noqa: E402
 from medens.ops import _triton  # noqa: E402
 
-from .helpers import FLOAT_DTYPES, IMAGE_DTYPES, assert_same_mask, random_images, smooth_images  # noqa: E402
+from .helpers import (  # noqa: E402
+    FLOAT_DTYPES,
+    IMAGE_DTYPES,
+    assert_same_mask,
+    bin_edge_images,
+    random_images,
+    smooth_images,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKEND = "triton"
@@ -85,6 +92,14 @@ def test_entropy_bins_and_value_ranges(bins, value_range):
     images = torch.rand(2, 3, 16, 16) * 1.4 - 0.2  # values outside the range land in the end bins
     got = patch_entropy(on_device(images), 8, bins=bins, value_range=value_range, backend=BACKEND)
     torch.testing.assert_close(got.cpu(), R.patch_entropy(images, 8, bins=bins, value_range=value_range),
+                               atol=ENTROPY_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.5, 0.75), (0.45, 0.55)], ids=["unit", "pow2", "divide"])
+def test_entropy_grey_levels_at_bin_edges(value_range):
+    images = bin_edge_images((3, 3, 16, 16), value_range, steps=1)  # 768 levels: each edge and its neighbours
+    got = patch_entropy(on_device(images), 8, value_range=value_range, backend=BACKEND)
+    torch.testing.assert_close(got.cpu(), R.patch_entropy(images, 8, value_range=value_range),
                                atol=ENTROPY_ATOL, rtol=0)
 
 
