@@ -130,3 +130,20 @@ def test_cpu_kernels_compile_without_the_avx512_code(tmp_path):
     for source in sources:
         result = subprocess.run([compiler, *flags, str(source)], capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 0, f"{source.name}:\n{result.stderr[-3000:]}"
+
+
+def test_compare_builds_times_a_build_against_itself(capsys):
+    # benchmarks/compare_builds.py calls the bindings directly: this keeps it in step with their signatures.
+    if not build_info()["extension"]:
+        pytest.skip("medens._C is not built")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_builds.py"
+    if not script.exists():
+        pytest.skip("needs the repository's benchmarks/compare_builds.py")
+    spec = importlib.util.spec_from_file_location("compare_builds", script)
+    compare_builds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_builds)
+    path = str(_extension_path())
+    for op in ("entropy", "gather", "masking"):
+        compare_builds.main([path, path, "--op", op, "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and all("B/A" in line and line.endswith("differ by at most 0") for line in lines)
