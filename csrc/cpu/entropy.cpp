@@ -100,10 +100,12 @@ void row_bins(const typename Element<D>::storage* row, const EntropyParams& P, i
   }
   if constexpr (D == kFloat32) {
     if (P.stride_w == 1) {
+      const float *green = row + P.stride_c, *blue = row + 2 * P.stride_c;
       if (P.channels == 1)
         bins_f32_grey(row, count, P, bins, sizeof(Bin) == 1);
-      else
-        bins_f32_rgb(row, row + P.stride_c, row + 2 * P.stride_c, count, P, bins, sizeof(Bin) == 1);
+      else if (!(std::is_same_v<Bin, uint8_t> &&
+                 row_bins_f32_rgb_avx512(row, green, blue, count, P, reinterpret_cast<uint8_t*>(bins))))
+        bins_f32_rgb(row, green, blue, count, P, bins, sizeof(Bin) == 1);
       return;
     }
   }
@@ -174,12 +176,11 @@ void band_entropy_by_rows(const typename Element<D>::storage* band_origin, const
     constexpr int64_t kFixed = decltype(segment)::value;
     const int64_t length = kFixed ? kFixed : p;
     const Bin* row = row_buffer.data();
-    for (int64_t j = 0; j < patches_per_row; ++j) {
-      int32_t* hist = hists.data() + j * num_bins;
-      if (deltas)
-        sums[j] += count_bins_tracking_terms(row + j * length, length, hist, deltas);
-      else
-        count_bins(row + j * length, length, hist);
+    if (deltas) {
+      for (int64_t j = 0; j < patches_per_row; ++j)
+        sums[j] += count_bins_tracking_terms(row + j * length, length, hists.data() + j * num_bins, deltas);
+    } else {
+      for (int64_t j = 0; j < patches_per_row; ++j) count_bins(row + j * length, length, hists.data() + j * num_bins);
     }
   };
   for (int64_t r = 0; r < p; ++r) {
@@ -191,17 +192,15 @@ void band_entropy_by_rows(const typename Element<D>::storage* band_origin, const
     else
       count_row(std::integral_constant<int64_t, 0>{});
   }
+  if (!deltas) {
+    sweep_histograms(hists.data(), patches_per_row, num_bins, num_bins, terms, static_cast<double>(n), dst);
+    return;
+  }
+  std::fill(hists.begin(), hists.begin() + static_cast<int64_t>(hist_values), 0);
   for (int64_t j = 0; j < patches_per_row; ++j) {
-    int32_t* hist = hists.data() + j * num_bins;
-    double sum;
-    if (deltas) {
-      std::fill(hist, hist + num_bins, 0);
-      // A constant patch telescopes to term(n) = 0 up to rounding: no other patch comes within 1e-9 bits of 0
-      // (the least non-zero entropy of n <= 65536 values is above 2e-4 bits).
-      sum = std::abs(sums[j]) < 1e-9 * static_cast<double>(n) ? 0.0 : sums[j];
-    } else {
-      sum = sweep_histogram(hist, num_bins, terms);
-    }
+    // A constant patch telescopes to term(n) = 0 up to rounding: no other patch comes within 1e-9 bits of 0
+    // (the least non-zero entropy of n <= 65536 values is above 2e-4 bits).
+    const double sum = std::abs(sums[j]) < 1e-9 * static_cast<double>(n) ? 0.0 : sums[j];
     dst[j] = entropy_from_terms(sum, static_cast<double>(n));
   }
 }
@@ -246,18 +245,12 @@ void patch_entropy_impl(const void* images, int64_t batch, int64_t channels, int
   }
   const double* terms = double_terms.empty() ? nullptr : double_terms.data();
   const double* term_deltas = deltas.empty() ? nullptr : deltas.data();
-  const bool bytes_rgb = channels == 3 && P.stride_w == 1 && bins <= 256;
 
   parallel_for(batch * bands, p * width * channels, num_threads, [&](int64_t item) {
     const int64_t b = item / bands, band = item % bands;
     const T* band_origin = base + b * strides[0] + band * p * strides[2];
     float* dst = out + (b * bands + band) * patches_per_row;
     if (sweep) {
-      if constexpr (D == kFloat32) {
-        if (bytes_rgb && band_entropy_f32_rgb_avx512(band_origin, strides[2], P, patches_per_row, bins,
-                                                     float_terms.data(), dst))
-          return;
-      }
       if (bins <= 256)
         band_entropy_by_rows<D, uint8_t>(band_origin, strides, P, patches_per_row, bins, float_terms.data(),
                                          term_deltas, u8_lut, dst);

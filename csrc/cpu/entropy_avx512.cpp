@@ -1,16 +1,8 @@
-// patch_entropy's most common case on AVX-512 machines: float32 RGB images with contiguous rows, at most 256 bins.
-//
-// The same band-by-rows scheme as entropy.cpp, with the binning, the counting and the sweep inlined into one
-// function per (power-of-two range, patch size) so nothing is called per row or per patch:
-// - a row is binned sixteen pixels at a time into a byte buffer (plain stores, so the counting that follows reads
-//   them straight from the store buffer; a masked store, used only for a short last step, does not allow that);
-// - each patch segment of the row is counted into its patch's histogram (count_bins, unrolled for p = 16 and 32);
-// - once the band's rows are counted, each histogram is swept (sweep_histogram_avx512).
-// Interleaving the binning and the counting more finely was measured slower on the development machine.
-#include <vector>
-
+// patch_entropy's binning of float32 RGB rows into byte bins with AVX-512 (the common case: contiguous rows, at
+// most 256 bins), sixteen pixels per step. The steps use plain stores, because the counting that follows
+// (entropy.cpp) reads the bytes at once, and a load can take its data from a plain store still in the store
+// buffer but not from a masked one; only a short last step is masked.
 #include "entropy_band.h"
-#include "histogram.h"
 #include "medens/cpu_kernels.h"
 #include "medens/patch_math.h"
 #include "x86.h"
@@ -69,51 +61,17 @@ MEDENS_AVX512 inline void row_bins_avx512(const float* red, const float* green, 
   }
 }
 
-/// One band. FixedPatch is the patch size when it is 16 or 32 (fully unrolled counting), else 0.
-template <Scaling S, int FixedPatch>
-MEDENS_AVX512 void band_entropy(const float* band_origin, int64_t row_stride, const EntropyParams& P,
-                                int64_t patches_per_row, int num_bins, const float* terms, float* dst) {
-  const int64_t p = FixedPatch ? FixedPatch : P.patch, used_width = patches_per_row * p;
-  thread_local std::vector<uint8_t> row_buffer;
-  thread_local std::vector<int32_t> hist_buffer;
-  if (row_buffer.size() < static_cast<size_t>(used_width)) row_buffer.resize(static_cast<size_t>(used_width));
-  constexpr int64_t kStride = 256;  // byte bins: every histogram fits 256 counts, whatever num_bins is
-  const size_t hist_values = static_cast<size_t>(patches_per_row * kStride);
-  if (hist_buffer.size() < hist_values) hist_buffer.assign(hist_values, 0);
-  uint8_t* bins = row_buffer.data();
-  int32_t* hists = hist_buffer.data();
-  for (int64_t r = 0; r < p; ++r) {
-    const float* red = band_origin + r * row_stride;
-    row_bins_avx512<S>(red, red + P.stride_c, red + 2 * P.stride_c, used_width, P, bins);
-    for (int64_t j = 0; j < patches_per_row; ++j) count_bins(bins + j * p, p, hists + j * kStride);
-  }
-  const double n = static_cast<double>(p * p);
-  for (int64_t j = 0; j < patches_per_row; ++j)
-    dst[j] = entropy_from_terms(sweep_histogram_avx512(hists + j * kStride, num_bins, terms), n);
-}
-
-template <Scaling S>
-void band_entropy_for_patch(const float* band_origin, int64_t row_stride, const EntropyParams& P,
-                            int64_t patches_per_row, int num_bins, const float* terms, float* dst) {
-  if (P.patch == 16)
-    band_entropy<S, 16>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
-  else if (P.patch == 32)
-    band_entropy<S, 32>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
-  else
-    band_entropy<S, 0>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
-}
-
 }  // namespace
 
-bool band_entropy_f32_rgb_avx512(const float* band_origin, int64_t row_stride, const EntropyParams& P,
-                                 int64_t patches_per_row, int num_bins, const float* terms, float* dst) {
+bool row_bins_f32_rgb_avx512(const float* red, const float* green, const float* blue, int64_t count,
+                             const EntropyParams& P, uint8_t* bins) {
   if (!cpu_has_avx512()) return false;
   if (P.lo == 0.0f && P.range_width == 1.0f)
-    band_entropy_for_patch<Scaling::kUnitRange>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
+    row_bins_avx512<Scaling::kUnitRange>(red, green, blue, count, P, bins);
   else if (P.pow2)
-    band_entropy_for_patch<Scaling::kPow2>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
+    row_bins_avx512<Scaling::kPow2>(red, green, blue, count, P, bins);
   else
-    band_entropy_for_patch<Scaling::kDivide>(band_origin, row_stride, P, patches_per_row, num_bins, terms, dst);
+    row_bins_avx512<Scaling::kDivide>(red, green, blue, count, P, bins);
   return true;
 }
 
@@ -123,7 +81,7 @@ bool avx512_kernels() { return cpu_has_avx512(); }
 
 bool avx512_kernels() { return false; }
 
-bool band_entropy_f32_rgb_avx512(const float*, int64_t, const EntropyParams&, int64_t, int, const float*, float*) {
+bool row_bins_f32_rgb_avx512(const float*, const float*, const float*, int64_t, const EntropyParams&, uint8_t*) {
   return false;
 }
 

@@ -1,4 +1,4 @@
-// What the CPU patch_entropy kernels share: the binning parameters of a call, and the AVX-512 band kernel.
+// What the CPU patch_entropy kernels share: the binning parameters of a call, and the AVX-512 row binning.
 #pragma once
 
 #include <cstdint>
@@ -16,11 +16,10 @@ struct EntropyParams {
   float inv_width;
 };
 
-/// The entropies of one band (p rows of patches' pixels, `patches_per_row` patches) of a float32 RGB image with
-/// contiguous rows, for at most 256 bins and no more bins than pixels per patch. `terms` is the float table of
-/// sweep_histogram. Returns false, doing nothing, where the machine lacks AVX-512; entropy_avx512.cpp.
-bool band_entropy_f32_rgb_avx512(const float* band_origin, int64_t row_stride, const EntropyParams& P,
-                                 int64_t patches_per_row, int num_bins, const float* terms, float* dst);
+/// The byte bins of `count` float32 RGB pixels whose channel rows are contiguous (at most 256 bins), exactly as
+/// grey_bin gives them. Returns false, doing nothing, where the machine lacks AVX-512; entropy_avx512.cpp.
+bool row_bins_f32_rgb_avx512(const float* red, const float* green, const float* blue, int64_t count,
+                             const EntropyParams& P, uint8_t* bins);
 
 }  // namespace cpu
 }  // namespace medens
