@@ -7,7 +7,9 @@
 // The sweep sums terms[count] over the bins of a histogram and clears it. On AVX-512 machines the terms of counts
 // below 64 come from four vector registers (two two-table permutes and a blend) instead of a gather; a vector that
 // holds a larger count (a flat patch) gathers those lanes. Terms are float32; each lane adds at most eight of them
-// in float32 before the lanes are added in float64, which keeps the entropy within about 1e-5 bits of an exact sum.
+// in float32 before the lanes are added in float64. Measured against entropies computed in float64 (random
+// images of 224 and 256 px; p = 16, 32, 64, 128 with 256 to 4096 bins): within 5.1e-7 bits, where rounding the
+// result to float32 alone moves it by up to 2.4e-7, and the float32 reference is within 1.5e-6.
 #pragma once
 
 #include <cstdint>
