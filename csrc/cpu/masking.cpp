@@ -70,7 +70,9 @@ int entropy_guided_mask(const void* scores, int scores_dtype, const int64_t* sco
     thread_local std::vector<uint64_t> keys;
     thread_local std::vector<double> log_scores, gumbels;
     keys.resize(num_patches);
-    auto score_at = [&](int64_t i) { return load_as_double(scores, scores_dtype, b * scores_strides[0] + i * scores_strides[1]); };
+    auto score_at = [&](int64_t i) {
+      return load_as_double(scores, scores_dtype, b * scores_strides[0] + i * scores_strides[1]);
+    };
     if (plain) {
       for (int64_t i = 0; i < num_patches; ++i) keys[i] = order_bits(plain_key(score_at(i), prefer_high) + 0.0);
     } else {
@@ -85,7 +87,7 @@ int entropy_guided_mask(const void* scores, int scores_dtype, const int64_t* sco
         log_in_place(log_scores.data(), num_patches);
       }
       for (int64_t i = 0; i < num_patches; ++i) {
-        const double key = scale == 0.0 ? gumbels[i] : scale * log_scores[i] + gumbels[i];
+        const double key = scale == 0.0 ? gumbels[i] : gumbel_key_from_logs(log_scores[i], gumbels[i], scale);
         keys[i] = order_bits(key + 0.0);  // + 0.0 turns -0.0 into +0.0, which compares equal to it
       }
     }

@@ -52,10 +52,12 @@ MEDENS_AVX512_F inline void log_lanes(__m512d x, double* out, __mmask8 lanes) {
   const __mmask8 normal = _mm512_cmp_pd_mask(x, _mm512_set1_pd(DBL_MIN), _CMP_GE_OQ) &
                           _mm512_cmp_pd_mask(x, _mm512_set1_pd(DBL_MAX), _CMP_LE_OQ);
   _mm512_mask_storeu_pd(out, lanes & normal, log8(x));
-  for (__mmask8 rest = lanes & static_cast<__mmask8>(~normal); rest; rest &= static_cast<__mmask8>(rest - 1)) {
+  const __mmask8 special = lanes & static_cast<__mmask8>(~normal);
+  if (special == 0) return;
+  double v[8];
+  _mm512_storeu_pd(v, x);
+  for (__mmask8 rest = special; rest; rest &= static_cast<__mmask8>(rest - 1)) {
     const int lane = __builtin_ctz(rest);
-    double v[8];
-    _mm512_storeu_pd(v, x);
     out[lane] = std::log(v[lane]);
   }
 }

@@ -180,11 +180,16 @@ MEDENS_HD float entropy_from_terms(double sum_terms, double n) {
 constexpr double kScoreEps = 1e-6;
 
 /// Gumbel top-k key of one patch. `log_weight_scale` is +1/T (prefer high), -1/T (prefer low) or 0 (T = inf).
-/// T = 0 is handled by the caller with plain_key.
+/// T = 0 is handled by the caller with plain_key. gumbel_key_from_logs combines the two parts when the caller has
+/// taken log(score + kScoreEps) and -log(-log(noise)) itself (the CPU kernel, many at a time).
+MEDENS_HD double gumbel_key_from_logs(double log_score, double gumbel, double log_weight_scale) {
+  return log_weight_scale * log_score + gumbel;
+}
+
 MEDENS_HD double gumbel_key(double score, double noise, double log_weight_scale) {
   const double gumbel = -log(-log(noise));
   if (log_weight_scale == 0.0) return gumbel;
-  return log_weight_scale * log(score + kScoreEps) + gumbel;
+  return gumbel_key_from_logs(log(score + kScoreEps), gumbel, log_weight_scale);
 }
 
 /// Key for T = 0: the score itself (prefer high) or its negation (prefer low).
