@@ -18,6 +18,9 @@ namespace medens {
 namespace cpu {
 namespace {
 
+/// Largest patch (p * p values) for which the entropy terms are tabulated per call.
+constexpr int64_t kMaxTabulatedPatch = 1 << 16;
+
 // The binning loops, each written once for both bin types. target_clones cannot apply to a template (clang), so
 // the plain functions below carry the clones and inline these bodies.
 template <typename Bin>

@@ -6,9 +6,6 @@
 namespace medens {
 namespace cpu {
 
-/// Largest patch (p * p values) for which the entropy terms are tabulated per call.
-constexpr int64_t kMaxTabulatedPatch = 1 << 16;
-
 struct EntropyParams {
   int64_t channels, width, stride_c, stride_w, patch;
   float lo, range_width, bins_f;
