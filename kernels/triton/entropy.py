@@ -38,7 +38,7 @@ def _patch_entropy_kernel(
     top = tl.cast(bins_f, tl.float32)
     cols = tl.arange(0, BLOCK_W)
     counts = tl.zeros([NUM_BINS], dtype=tl.int32)
-    for r0 in range(0, PATCH, ROWS):  # masked-off lanes are left out of the histogram, whatever they hold
+    for r0 in range(0, PATCH, ROWS):
         rows = r0 + tl.arange(0, ROWS)
         valid = (rows[:, None] < PATCH) & (cols[None, :] < PATCH)
         offsets = rows[:, None] * stride_h + cols[None, :] * stride_w
@@ -55,8 +55,12 @@ def _patch_entropy_kernel(
             x = tl.div_rn(grey - lo, width) * top
         x = tl.where(x >= 1.0, x, 0.0)  # negatives, NaN and [0, 1) all land in bin 0
         x = tl.where(x < top, x, top - 1.0)  # at or past the top: last bin
-        bins = tl.reshape(x.to(tl.int32), [ROWS * BLOCK_W])
-        counts += tl.histogram(bins, NUM_BINS, mask=tl.reshape(valid, [ROWS * BLOCK_W]))
+        # Lanes outside the patch count in bin 0 and are taken back out below: compiled tl.histogram with a mask
+        # miscounted on an H200 (Triton 3.6, p = 24: 1024 lanes, 4 warps), the interpreter did not.
+        bins = tl.reshape(tl.where(valid, x.to(tl.int32), 0), [ROWS * BLOCK_W])
+        counts += tl.histogram(bins, NUM_BINS)
+        outside = ROWS * BLOCK_W - tl.sum(valid.to(tl.int32))
+        counts -= tl.where(tl.arange(0, NUM_BINS) == 0, outside, 0)
     log2_n = log2_n_bits.to(tl.int64).to(tl.float64, bitcast=True)
     c = counts.to(tl.float64)
     terms = tl.where(c > 0.0, c * (log2_n - tl.log2(tl.maximum(c, 1.0))), 0.0)

@@ -1,11 +1,12 @@
 """``entropy_guided_mask`` in Triton: one program per row of patches.
 
 Keys are float64 (``±log(score + 1e-6) / T - log(-log(noise))``, or ``±score`` for T = 0) mapped to int64 with
-the same order (so every backend breaks ties, and orders even NaN keys, identically). A program ranks each patch
-by counting the patches before it (larger key, or equal key and lower index), in tiles of the row; the N - K
-patches of lowest rank are hidden. Prefix sums over the hidden flags then place every patch in ``ids_keep`` /
-``ids_mask`` (ascending by construction) and ``ids_restore``. Rows longer than ``MAX_FUSED_ROW`` patches get their
-keys from the same Triton code and are then ranked with a stable ``torch.sort``.
+the same order (so every backend breaks ties, and orders even NaN keys, identically). A program sorts the keys of
+its row (``tl.sort``) to find the (N - K)-th largest, t; it hides the patches with keys above t and, of those equal
+to t, as many as are still needed in index order (ties to the lower index). Prefix sums over the hidden flags then
+place every patch in ``ids_keep`` / ``ids_mask`` (ascending by construction) and ``ids_restore``. Rows longer than
+``MAX_FUSED_ROW`` patches get their keys from the same Triton code and are then ranked with a stable
+``torch.sort``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from medens.ops._dtypes import kernel_float
 from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
 
 MAX_FUSED_ROW = 4096
-"""Longest row ranked inside one program (the pairwise ranking is O(N^2) per row)."""
+"""Longest row selected inside one program (its keys are sorted in registers)."""
 
-PAIR_TILE = 16384
-"""Pairs (i, j) compared at once."""
+LOWEST_KEY = tl.constexpr(-(2**63))
+"""Key of the lanes past the end of a row: sorts after every key (a tie with a real key leaves t unchanged)."""
 
 
 @triton.jit
@@ -52,30 +53,29 @@ def _ordered_keys(scores, noise, row, idx, valid, ss0, ss1, ns0, ns1, scale,
 def _select_kernel(
     scores, noise, mask, ids_keep, ids_mask, ids_restore, n, keep, ss0, ss1, ns0, ns1, scale_bits,
     PLAIN: tl.constexpr, PREFER_HIGH: tl.constexpr, UNIFORM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_J: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
     i = tl.arange(0, BLOCK_N)
     valid_i = i < n
-    key_i = _ordered_keys(scores, noise, row, i, valid_i, ss0, ss1, ns0, ns1, scale, PLAIN, PREFER_HIGH, UNIFORM)
-    rank = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for j0 in range(0, BLOCK_N, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J)
-        valid_j = j < n
-        key_j = _ordered_keys(scores, noise, row, j, valid_j, ss0, ss1, ns0, ns1, scale, PLAIN, PREFER_HIGH, UNIFORM)
-        before = (key_j[None, :] > key_i[:, None]) | ((key_j[None, :] == key_i[:, None]) & (j[None, :] < i[:, None]))
-        rank += tl.sum((before & valid_j[None, :]).to(tl.int32), axis=1)
+    key = _ordered_keys(scores, noise, row, i, valid_i, ss0, ss1, ns0, ns1, scale, PLAIN, PREFER_HIGH, UNIFORM)
+    key = tl.where(valid_i, key, LOWEST_KEY)
     hidden = n - keep
-    hide = valid_i & (rank < hidden)
+    # t: the hidden-th largest key (lanes past n sort last, so it is a key of the row); nothing when hidden = 0
+    descending = tl.sort(key, descending=True)
+    t = tl.sum(tl.where(i == hidden - 1, descending, 0), axis=0)
+    above = valid_i & (key > t)
+    tied = (valid_i & (key == t)).to(tl.int32)
+    tie_rank = tl.cumsum(tied, axis=0) - tied
+    still_needed = hidden - tl.sum(above.to(tl.int32), axis=0)
+    hide = (above | ((tied > 0) & (tie_rank < still_needed))) & (hidden > 0)
     flags = hide.to(tl.int32)
     hide_rank = tl.cumsum(flags, axis=0) - flags
     keep_rank = i - hide_rank
     tl.store(mask + row * n + i, flags.to(tl.uint8), mask=valid_i)
-    # ranks are a permutation of 0..n-1 (the key order is total), so these stay in their rows; the bounds are
-    # belt and braces
+    # exactly `hidden` patches are hidden, so these stay in their rows; the bounds are belt and braces
     tl.store(ids_mask + row * hidden + hide_rank, i.to(tl.int64), mask=hide & (hide_rank < hidden))
-    visible = valid_i & (rank >= hidden)
+    visible = valid_i & ~hide
     tl.store(ids_keep + row * keep + keep_rank, i.to(tl.int64), mask=visible & (keep_rank < keep))
     tl.store(ids_restore + row * n + i, tl.where(hide, keep + hide_rank, keep_rank).to(tl.int64), mask=valid_i)
 
@@ -119,7 +119,7 @@ def entropy_guided_mask(
             _select_kernel[(b,)](
                 scores, source, mask.view(torch.uint8), ids_keep, ids_mask, ids_restore, n, num_keep,
                 *scores.stride(), *source.stride(), float64_bits(scale), **constants, BLOCK_N=block_n,
-                BLOCK_J=max(1, min(block_n, PAIR_TILE // block_n)), num_warps=8 if block_n >= 1024 else 4,
+                num_warps=8 if block_n >= 1024 else 4,
                 **FP_OPTIONS,
             )
         return mask, ids_keep, ids_mask, ids_restore

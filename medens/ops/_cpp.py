@@ -61,7 +61,9 @@ def entropy_guided_mask(
 
 
 @register_kernel("gather_patches", BACKEND)
-def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float) -> Tensor:
+def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+                   ids_checked: bool = False) -> Tensor:
+    # ids_checked is not needed: the CPU kernels report out-of-range ids in their status, at no extra cost
     b, c, h, w = images.shape
     k = ids.shape[1]
     out = empty((b, k, patch_size * patch_size * c), images.dtype)
@@ -75,7 +77,8 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
 
 @register_kernel("gather_patches_backward", BACKEND)
 def gather_patches_backward(
-    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
+    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+    ids_checked: bool = False,
 ) -> Tensor:
     compute, grad, source = backward_operands(grad, images, normalize)
     b, c, h, w = images.shape

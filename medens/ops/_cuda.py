@@ -4,7 +4,7 @@ Each launcher receives tensors already validated by the public op, all on one CU
 (and small workspaces) there, and passes data pointers, sizes, element strides, the device index and PyTorch's
 current stream of that device to C++. The C++ launcher selects the device, enqueues its kernels on that stream
 and checks every launch; nothing synchronises, except reading gather's index-error flag (see
-:func:`raise_on_index_error`). A failed launch raises RuntimeError naming the op and the
+:func:`raise_on_index_error`) where the public op could not check the ids first (under torch.compile). A failed launch raises RuntimeError naming the op and the
 CUDA error.
 """
 
@@ -92,7 +92,8 @@ def entropy_guided_mask(
 
 
 @register_kernel("gather_patches", BACKEND)
-def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float) -> Tensor:
+def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+                   ids_checked: bool = False) -> Tensor:
     b, c, h, w = images.shape
     device = images.device
     k = ids.shape[1]
@@ -101,13 +102,15 @@ def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool
     _launch("gather_patches", "gather_patches_cuda", device, images.data_ptr(), dtype_code(images.dtype), b, c, h, w,
             list(images.stride()), ids.data_ptr(), list(ids.stride()), k, patch_size, normalize, eps,
             _pointer(out), index_error.data_ptr())
-    raise_on_index_error(index_error, "gather_patches", BACKEND)
+    if not ids_checked:
+        raise_on_index_error(index_error, "gather_patches", BACKEND)
     return out
 
 
 @register_kernel("gather_patches_backward", BACKEND)
 def gather_patches_backward(
-    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
+    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+    ids_checked: bool = False,
 ) -> Tensor:
     device = images.device
     compute, grad, source = backward_operands(grad, images, normalize)
@@ -117,7 +120,8 @@ def gather_patches_backward(
     _launch("gather_patches_backward", "gather_patches_backward_cuda", device, _pointer(grad), dtype_code(compute),
             source.data_ptr(), list(source.stride()), b, c, h, w, ids.data_ptr(), list(ids.stride()), ids.shape[1],
             patch_size, normalize, eps, grad_images.data_ptr(), index_error.data_ptr())
-    raise_on_index_error(index_error, "gather_patches_backward", BACKEND)
+    if not ids_checked:
+        raise_on_index_error(index_error, "gather_patches_backward", BACKEND)
     return grad_images.to(images.dtype)
 
 

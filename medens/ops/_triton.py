@@ -43,23 +43,27 @@ def entropy_guided_mask(
 
 
 @register_kernel("gather_patches", BACKEND)
-def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float) -> Tensor:
+def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+                   ids_checked: bool = False) -> Tensor:
     with _on_device(images):
         index_error = torch.zeros(1, dtype=torch.int32, device=images.device)
         out = _patches.gather_patches(images, ids, patch_size, normalize, eps, index_error)
-    raise_on_index_error(index_error, "gather_patches", BACKEND)
+    if not ids_checked:
+        raise_on_index_error(index_error, "gather_patches", BACKEND)
     return out
 
 
 @register_kernel("gather_patches_backward", BACKEND)
 def gather_patches_backward(
-    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float
+    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
+    ids_checked: bool = False,
 ) -> Tensor:
     with _on_device(images):
         _, grad, source = backward_operands(grad, images, normalize)
         index_error = torch.zeros(1, dtype=torch.int32, device=images.device)
         grad_images = _patches.gather_patches_backward(grad, source, ids, patch_size, normalize, eps, index_error)
-    raise_on_index_error(index_error, "gather_patches_backward", BACKEND)
+    if not ids_checked:
+        raise_on_index_error(index_error, "gather_patches_backward", BACKEND)
     return grad_images.to(images.dtype)
 
 

@@ -28,43 +28,49 @@ MASKABLE_DTYPES = (*IMAGE_DTYPES, torch.float64)
 
 @torch.library.custom_op("medens::gather_patches", mutates_args=())
 def _gather_patches_op(
-    images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float, backend: str
+    images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float, backend: str,
+    ids_checked: bool = False,
 ) -> Tensor:
-    return kernel("gather_patches", backend)(images, ids, patch_size, normalize, eps)
+    # ids_checked: the caller has verified the ids (eager mode), so GPU kernels need not read back their
+    # out-of-range flag, which would wait for the kernel (a device synchronisation on every call).
+    return kernel("gather_patches", backend)(images, ids, patch_size, normalize, eps, ids_checked=ids_checked)
 
 
 @_gather_patches_op.register_fake
-def _(images, ids, patch_size, normalize, eps, backend):
+def _(images, ids, patch_size, normalize, eps, backend, ids_checked=False):
     return images.new_empty((images.shape[0], ids.shape[1], patch_size * patch_size * images.shape[1]))
 
 
 @torch.library.custom_op("medens::gather_patches_backward", mutates_args=())
 def _gather_patches_backward_op(
-    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float, backend: str
+    grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float, backend: str,
+    ids_checked: bool = False,
 ) -> Tensor:
-    return kernel("gather_patches_backward", backend)(grad, images, ids, patch_size, normalize, eps)
+    return kernel("gather_patches_backward", backend)(grad, images, ids, patch_size, normalize, eps,
+                                                      ids_checked=ids_checked)
 
 
 @_gather_patches_backward_op.register_fake
-def _(grad, images, ids, patch_size, normalize, eps, backend):
+def _(grad, images, ids, patch_size, normalize, eps, backend, ids_checked=False):
     return torch.empty_like(images, memory_format=torch.contiguous_format)
 
 
 def _gather_setup_context(ctx, inputs, output) -> None:
-    images, ids, patch_size, normalize, eps, backend = inputs
+    images, ids, patch_size, normalize, eps, backend, ids_checked = inputs
     ctx.save_for_backward(images if normalize else None, ids)
     ctx.image_meta = (images.shape, images.dtype, images.device)
-    ctx.options = (patch_size, normalize, eps, backend)
+    ctx.options = (patch_size, normalize, eps, backend, ids_checked)
 
 
 def _gather_backward(ctx, grad: Tensor):
     images, ids = ctx.saved_tensors
-    patch_size, normalize, eps, backend = ctx.options
+    patch_size, normalize, eps, backend, ids_checked = ctx.options
     if images is None:  # not normalised: the values are not needed, only the geometry
         shape, dtype, device = ctx.image_meta
         images = torch.empty(shape, dtype=dtype, device=device)
-    grad_images = _gather_patches_backward_op(grad.contiguous(), images, ids, patch_size, normalize, eps, backend)
-    return grad_images, None, None, None, None, None
+    grad_images = _gather_patches_backward_op(grad.contiguous(), images, ids, patch_size, normalize, eps, backend,
+                                              ids_checked)
+    return grad_images, None, None, None, None, None, None
 
 
 _gather_patches_op.register_autograd(_gather_backward, setup_context=_gather_setup_context)
@@ -111,11 +117,11 @@ def gather_patches(
     if normalize and d < 2:
         raise ValueError(f"normalize=True needs at least 2 values per patch (p*p*C), got {d}")
     _, _, h, w = images.shape
-    check_indices("ids", ids, (h // p) * (w // p))
+    ids_checked = check_indices("ids", ids, (h // p) * (w // p))
     name = resolve_backend(backend, images.device, "gather_patches")
     if name == "reference":
         return reference.gather_patches(images, ids, p, normalize=normalize, eps=eps)
-    return _gather_patches_op(images, ids, p, normalize, eps, name)
+    return _gather_patches_op(images, ids, p, normalize, eps, name, ids_checked)
 
 
 # ---- apply_patch_mask --------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def test_available_backends_tells_what_runs():
     for name, ok in backends.items():
         if name == "triton" and ok and not torch.cuda.is_available():
             continue  # interpreted Triton is tested in test_triton.py
-        images = torch.rand(1, 1, 8, 8, device="cuda" if name == "cuda" and ok else "cpu")
+        on_gpu = ok and name in ("cuda", "triton") and torch.cuda.is_available()
+        images = torch.rand(1, 1, 8, 8, device="cuda" if on_gpu else "cpu")
         if ok:
             assert patch_entropy(images, 4, backend=name).shape == (1, 4)
         else:

@@ -64,7 +64,7 @@ def on_device(*tensors: torch.Tensor):
 
 @pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
 @pytest.mark.parametrize(("shape", "p"), [((2, 3, 32, 48), 16), ((3, 1, 7, 5), 1), ((2, 3, 15, 10), 5),
-                                          ((1, 1, 24, 24), 24)], ids=str)
+                                          ((1, 1, 24, 24), 24), ((2, 1, 24, 48), 24)], ids=str)
 def test_entropy_matches_reference(dtype, shape, p):
     images = random_images(shape, dtype)
     got = patch_entropy(on_device(images), p, backend=BACKEND)
