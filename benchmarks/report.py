@@ -5,6 +5,7 @@ Usage::
     pytest --benchmark --benchmark-json=bench.json
     python benchmarks/report.py bench.json                    # print the tables
     python benchmarks/report.py bench.json --readme README.md # replace the block between the bench markers
+    python benchmarks/report.py cpu.json gpu.json --kernel-times gpu_kernel_times.json --readme README.md
 
 Every row is one benchmark: median time, the interquartile range, the speed-up over the reference in the same
 group, the bytes it moves per second, its share of the roofline (the time its bytes and operations imply at the
@@ -23,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+KERNEL_START, KERNEL_END = "<!-- gpu-kernels:start -->", "<!-- gpu-kernels:end -->"
 
 
 def load_rows(path: Path) -> tuple[list[dict], dict]:
@@ -39,7 +41,8 @@ def load_rows(path: Path) -> tuple[list[dict], dict]:
             rounds=stats["rounds"], torch=info.get("torch", ""), images_per_s=info.get("images_per_s"),
             share_of_step=info.get("share_of_step"),
         ))
-    meta = dict(date=data.get("datetime", "")[:10], version=_medens_version(data))
+    meta = dict(date=data.get("datetime", "")[:10], version=_medens_version(data),
+                torch=rows[0]["torch"] if rows else "", devices=sorted({r["device"] for r in rows}))
     return rows, meta
 
 
@@ -77,7 +80,7 @@ def roofline_share(row: dict, roofs: dict) -> str:
     return f"{bound / row['median']:.0%}"
 
 
-def tables(rows: list[dict], meta: dict) -> str:
+def tables(rows: list[dict], metas: list[dict]) -> str:
     roofs = machine_roofs(rows)
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
@@ -117,17 +120,49 @@ def tables(rows: list[dict], meta: dict) -> str:
             lines.append(f"Roofs on {device}: " + ", ".join(parts) + ". Share of roofline = the time the op's bytes "
                          "and operations imply at these roofs, divided by its measured time.")
             lines.append("")
-    lines.append(f"_Measured {meta['date']}, medens {meta['version'] or 'dev'}, torch {rows[0]['torch'] if rows else ''}._")
-    return "\n".join(lines) + "\n"
+    for meta in metas:
+        lines.append(f"_Measured {meta['date']} on {' and '.join(meta['devices'])}: medens {meta['version'] or 'dev'}, "
+                     f"torch {meta['torch']}._")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def replace_block(readme: Path, block: str) -> None:
+def _is_own_kernel(name: str) -> bool:
+    """A medens kernel: CUDA ones live in the medens namespace, Triton ones are named _<op>_kernel."""
+    return "medens" in name or name.startswith("_")
+
+
+def _copy_share(nbytes: float, seconds: float, copy_bytes_per_s: float) -> str:
+    return f"{nbytes / seconds / copy_bytes_per_s:.0%}" if nbytes and seconds else "—"
+
+
+def kernel_time_table(rows: list[dict]) -> str:
+    """Markdown table of benchmarks/gpu_kernel_times.py output: each op's kernel time beside its call time."""
+    lines = ["| op | case | backend | call µs | pipelined µs | GPU µs, all kernels | share of copy bandwidth | "
+             "medens kernels µs | their share | device |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        nbytes = (r.get("kernel_bytes_per_s") or 0.0) * r["kernel_s"]  # the bytes the op must move
+        own = sum(seconds for name, seconds in r["kernels"].items() if _is_own_kernel(name))
+        own_cells = (f"{own * 1e6:.1f} | {_copy_share(nbytes, own, r['copy_bytes_per_s'])}"
+                     if r["backend"] != "reference" else "— | —")
+        lines.append(f"| {r['op']} | {r['case']} | {r['backend']} | {r['call_s'] * 1e6:.1f} | "
+                     f"{r['pipelined_s'] * 1e6:.1f} | {r['kernel_s'] * 1e6:.1f} | "
+                     f"{_copy_share(nbytes, r['kernel_s'], r['copy_bytes_per_s'])} | "
+                     f"{own_cells} | {r['device']} |")
+    copy = rows[0]["copy_bytes_per_s"] if rows else 0.0
+    lines += ["", f"A plain device copy of the same images moved {copy / 1e12:.2f} TB/s (bytes read plus written) in "
+              f"the same run; torch {rows[0]['torch'] if rows else ''}.", ""]
+    return "\n".join(lines)
+
+
+def replace_block(readme: Path, block: str, start: str = START, end: str = END) -> None:
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{block}{END}{tail}"
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block to replace")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{block}{end}{tail}"
     fd, tmp = tempfile.mkstemp(dir=readme.parent, prefix=".readme-")
     with os.fdopen(fd, "w") as f:
         f.write(new)
@@ -136,17 +171,28 @@ def replace_block(readme: Path, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", type=Path, help="pytest-benchmark JSON (pytest --benchmark --benchmark-json=FILE)")
-    parser.add_argument("--readme", type=Path, help="README whose bench block is replaced by the tables")
+    parser.add_argument("json", type=Path, nargs="+",
+                        help="pytest-benchmark JSON files (pytest --benchmark --benchmark-json=FILE), one per machine")
+    parser.add_argument("--kernel-times", type=Path, help="output of benchmarks/gpu_kernel_times.py --out FILE")
+    parser.add_argument("--readme", type=Path, help="README whose bench (and gpu-kernels) blocks are replaced")
     args = parser.parse_args(argv)
-    rows, meta = load_rows(args.json)
-    if not rows:
-        raise SystemExit(f"{args.json} holds no medens op benchmarks")
-    block = tables(rows, meta)
+    rows, metas = [], []
+    for path in args.json:
+        file_rows, meta = load_rows(path)
+        if not file_rows:
+            raise SystemExit(f"{path} holds no medens op benchmarks")
+        rows += file_rows
+        metas.append(meta)
+    block = tables(rows, metas)
+    kernel_block = kernel_time_table(json.loads(args.kernel_times.read_text())) if args.kernel_times else None
     if args.readme:
         replace_block(args.readme, block)
+        if kernel_block:
+            replace_block(args.readme, kernel_block, KERNEL_START, KERNEL_END)
     else:
         print(block)
+        if kernel_block:
+            print(kernel_block)
     return 0
 
 
