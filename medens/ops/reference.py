@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,10 +75,14 @@ def default_value_range(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def binning_constants(value_range: tuple[float, float]) -> tuple[float, float]:
-    """``lo`` and ``hi - lo`` exactly as the binning uses them: each rounded to float32."""
-    lo = torch.tensor(value_range[0], dtype=torch.float32)
-    hi = torch.tensor(value_range[1], dtype=torch.float32)
-    return float(lo), float(hi - lo)
+    """``lo`` and ``hi - lo`` exactly as the binning uses them: each rounded to float32.
+
+    numpy's float32 scalars round as torch's float32 tensors do, at a tenth of the cost of building two tensors
+    (which was a third of a small patch_entropy call); out-of-range values become inf, silently, as in torch.
+    """
+    with np.errstate(over="ignore"):
+        lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
+        return float(lo), float(hi - lo)
 
 
 def grey_levels(images: Tensor) -> Tensor:
