@@ -77,9 +77,13 @@ def default_value_range(dtype: torch.dtype) -> tuple[float, float]:
 def binning_constants(value_range: tuple[float, float]) -> tuple[float, float]:
     """``lo`` and ``hi - lo`` exactly as the binning uses them: each rounded to float32.
 
-    numpy's float32 scalars round as torch's float32 tensors do, at a tenth of the cost of building two tensors
-    (which was a third of a small patch_entropy call); out-of-range values become inf, silently, as in torch.
+    Eagerly with numpy's float32 scalars, which round as torch's float32 tensors do at a tenth of the cost of
+    building two tensors (that was a third of a small patch_entropy call); while torch.compile traces, which cannot
+    trace numpy's error state, with tensors. Out-of-range values become inf, silently, either way.
     """
+    if torch.compiler.is_compiling():
+        lo, hi = (torch.tensor(v, dtype=torch.float32) for v in value_range)
+        return float(lo), float(hi - lo)
     with np.errstate(over="ignore"):
         lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
         return float(lo), float(hi - lo)

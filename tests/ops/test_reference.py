@@ -37,6 +37,17 @@ def test_binning_clamps_and_sends_nan_to_bin_zero():
     assert R.grey_bins(grey, 4, (0.0, 1.0)).tolist() == [0, 0, 2, 3, 3, 3, 0, 3, 0]
 
 
+def test_binning_constants_are_float32_rounded_as_torch_rounds_them():
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(2000, 2, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(
+        -38, 39, (2000, 2), generator=generator)
+    ranges = [tuple(v) for v in values.tolist()] + [(0.0, 1.0), (0.1, 0.7), (-1e39, 1e39), (1e-30, 3.4e38)]
+    for lo, hi in ranges:
+        lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+        expected = (float(lo32), float(hi32 - lo32))
+        assert R.binning_constants((lo, hi)) == pytest.approx(expected, rel=0, abs=0, nan_ok=True), (lo, hi)
+
+
 def test_rgb_grey_level_uses_bt601_weights():
     pixel = torch.tensor([0.2, 0.4, 0.6]).reshape(1, 3, 1, 1)
     expected = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6
