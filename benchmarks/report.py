@@ -5,7 +5,8 @@ Usage::
     pytest --benchmark --benchmark-json=bench.json
     python benchmarks/report.py bench.json                    # print the tables
     python benchmarks/report.py bench.json --readme README.md # replace the block between the bench markers
-    python benchmarks/report.py cpu.json gpu.json --kernel-times gpu_kernel_times.json --readme README.md
+    python benchmarks/report.py cpu.json gpu.json --kernel-times gpu_kernel_times.json --readme README.md \
+        --kernel-plot benchmarks/results/gpu-kernel-times-h200.png
 
 Every row is one benchmark: median time, the interquartile range, the speed-up over the reference in the same
 group, the bytes it moves per second, its share of the roofline (the time its bytes and operations imply at the
@@ -156,6 +157,38 @@ def kernel_time_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kernel_time_plot(rows: list[dict], path: Path) -> None:
+    """PNG: per op, case and backend, a call's time beside its GPU time and its medens kernels' time (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = {"reference": 0, "cuda": 1, "triton": 2}
+    rows = sorted(rows, key=lambda r: (r["op"], r["case"], order.get(r["backend"], 3)))
+    labels = [f"{r['op']} {r['case']} [{r['backend']}]" for r in rows]
+    own = [sum(s for name, s in r["kernels"].items() if _is_own_kernel(name)) for r in rows]
+    y = range(len(rows))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
+    ax.barh(y, [r["call_s"] * 1e6 for r in rows], color="#d9d9d9", label="call (op + synchronisation)")
+    ax.barh(y, [r["kernel_s"] * 1e6 for r in rows], height=0.55, color="#6a9fd4", label="GPU time, all kernels")
+    ax.barh(y, [s * 1e6 for s in own], height=0.25, color="#1f3f77", label="medens kernels")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("µs (log scale)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    device = rows[0]["device"] if rows else ""
+    ax.set_title(f"medens ops on {device}: call time against kernel time", fontsize=9)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernel-times-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def replace_block(readme: Path, block: str, start: str = START, end: str = END) -> None:
     text = readme.read_text()
     if start not in text or end not in text:
@@ -174,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", type=Path, nargs="+",
                         help="pytest-benchmark JSON files (pytest --benchmark --benchmark-json=FILE), one per machine")
     parser.add_argument("--kernel-times", type=Path, help="output of benchmarks/gpu_kernel_times.py --out FILE")
+    parser.add_argument("--kernel-plot", type=Path, help="draw the --kernel-times results into this PNG")
     parser.add_argument("--readme", type=Path, help="README whose bench (and gpu-kernels) blocks are replaced")
     args = parser.parse_args(argv)
     rows, metas = [], []
@@ -184,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += file_rows
         metas.append(meta)
     block = tables(rows, metas)
-    kernel_block = kernel_time_table(json.loads(args.kernel_times.read_text())) if args.kernel_times else None
+    kernel_rows = json.loads(args.kernel_times.read_text()) if args.kernel_times else None
+    kernel_block = kernel_time_table(kernel_rows) if kernel_rows else None
+    if kernel_rows and args.kernel_plot:
+        kernel_time_plot(kernel_rows, args.kernel_plot)
     if args.readme:
         replace_block(args.readme, block)
         if kernel_block:
