@@ -35,8 +35,8 @@ struct PatchGeometry {
   }
 
   /// Offset of element q (patchify order) from its patch's first element. 32-bit divisions when the patch has
-  /// fewer than 2^31 values (always, in practice): 64-bit ones cost several times more and, done per element,
-  /// bounded the backward kernel.
+  /// fewer than 2^31 values (always, in practice): 64-bit ones cost several times more, and the gather kernels
+  /// compute this offset for every element they read or write.
   __device__ __forceinline__ int64_t within(int64_t q) const {
     int64_t c, py, px;
     if (dim <= INT32_MAX) {
