@@ -10,7 +10,9 @@
 // gather, direct (any strides, or patches too large to stage): one warp per output patch, scalar loads in
 //   output order; normalisation reads the patch again for each pass (from cache).
 // gather backward: one warp per output patch; the gradient (and, when normalising, the patch and its moments) is
-//   recomputed per element and added into the image gradient with atomicAdd, so repeated ids accumulate.
+//   recomputed per element and written into the zero-filled image gradient. The warp first counts its id among
+//   the row's ids: a patch gathered once owns its pixels and stores them; a repeated one adds with atomicAdd, so
+//   repeats accumulate (rows of more than kScannedIds ids are not counted and always add).
 // apply_patch_mask: grid-stride over 16-byte vectors of contiguous rows (elements copied as raw bits), skipping the
 //   load of vectors that are entirely hidden; a scalar kernel handles any other strides.
 // Out-of-range ids never touch memory out of bounds: the row is filled with NaN (forward) or skipped (backward)
@@ -23,6 +25,7 @@ namespace {
 
 constexpr int kGatherWarps = 8;
 constexpr int kMaskThreads = 256;
+constexpr int64_t kScannedIds = 1024;  // longest row of ids the backward searches for repeats
 
 struct PatchGeometry {
   int64_t channels, height, width, patch, patches_per_row, num_patches, dim;  // dim = p * p * C
@@ -203,6 +206,26 @@ struct BackwardParams {
   int* index_error;
 };
 
+/// Whether patch n occurs exactly once among the ids of image b (uniform across the warp). Rows longer than
+/// kScannedIds count as repeated, so that the search stays a small part of the work.
+__device__ __forceinline__ bool gathered_once(const BackwardParams& a, int64_t b, int64_t n, int lane) {
+  if (a.num_ids > kScannedIds) return false;
+  int matches = 0;
+  for (int64_t k = lane; k < a.num_ids; k += kWarpSize) matches += a.ids[b * a.ids_stride0 + k * a.ids_stride1] == n;
+  return warp_sum(matches) == 1;
+}
+
+/// Adds v to a zero-filled gradient element: a store where the patch owns it (+ 0 makes a -0 the +0 that
+/// 0 + (-0) gives), else an atomicAdd.
+template <typename T>
+__device__ __forceinline__ void accumulate(T* element, T v, bool owned) {
+  if (owned) {
+    *element = v + static_cast<T>(0);
+  } else {
+    atomicAdd(element, v);
+  }
+}
+
 template <typename T, bool NORMALIZE>
 __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_backward_kernel(BackwardParams a) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -225,6 +248,7 @@ __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_backward_kern
     const T* grad = static_cast<const T*>(a.grad) + item * g.dim;
     const T* source = images + g.origin(b, n);
     T* target = grad_images + contiguous.origin(b, n);
+    const bool owned = gathered_once(a, b, n, lane);
     if constexpr (NORMALIZE) {
       const auto value = [&](int64_t q) { return static_cast<double>(source[g.within(q)]); };
       double mean, inv_std;
@@ -240,10 +264,10 @@ __global__ void __launch_bounds__(kGatherWarps * kWarpSize) gather_backward_kern
       for (int64_t q = lane; q < g.dim; q += kWarpSize) {
         const double y = (value(q) - mean) * inv_std;
         const double dv = inv_std * (static_cast<double>(grad[q]) - grad_mean - y * y_coef);
-        atomicAdd(target + contiguous.within(q), static_cast<T>(dv));
+        accumulate(target + contiguous.within(q), static_cast<T>(dv), owned);
       }
     } else {
-      for (int64_t q = lane; q < g.dim; q += kWarpSize) atomicAdd(target + contiguous.within(q), grad[q]);
+      for (int64_t q = lane; q < g.dim; q += kWarpSize) accumulate(target + contiguous.within(q), grad[q], owned);
     }
   }
 }
