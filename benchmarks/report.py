@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from medens.engine.atomic import atomic_path, atomic_write_text
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 KERNEL_START, KERNEL_END = "<!-- gpu-kernels:start -->", "<!-- gpu-kernels:end -->"
@@ -182,11 +182,9 @@ def kernel_time_plot(rows: list[dict], path: Path) -> None:
     device = rows[0]["device"] if rows else ""
     ax.set_title(f"medens ops on {device}: call time against kernel time", fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernel-times-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, fsync=False) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def replace_block(readme: Path, block: str, start: str = START, end: str = END) -> None:
@@ -195,11 +193,7 @@ def replace_block(readme: Path, block: str, start: str = START, end: str = END) 
         raise SystemExit(f"{readme} has no {start} ... {end} block to replace")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    new = f"{head}{start}\n{block}{end}{tail}"
-    fd, tmp = tempfile.mkstemp(dir=readme.parent, prefix=".readme-")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, readme)
+    atomic_write_text(readme, f"{head}{start}\n{block}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:

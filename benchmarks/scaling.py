@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from medens.engine.atomic import atomic_path
 from medens.ops import (
     apply_patch_mask,
     available_backends,
@@ -84,12 +83,10 @@ def sweep(device: torch.device, backends: list[str], repeats: int) -> list[dict]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scaling-")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -118,11 +115,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scaling-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, fsync=False) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
