@@ -91,25 +91,12 @@ def check_value_range(value_range: object) -> tuple[float, float]:
     return lo, hi
 
 
-def value_bounds(*tensors: Tensor) -> list[tuple[float, float]]:
-    """(min, max) of each non-empty tensor, read back from its device at once.
-
-    On a GPU every read of a value waits for the device; the bounds of all tensors travel in one transfer, so a
-    call waits once. Exact for int64 below 2**53 and for every float (NaN stays NaN).
-    """
-    if tensors[0].device.type == "cpu":
-        return [tuple(v.item() for v in torch.aminmax(t.detach())) for t in tensors]
-    bounds = torch.cat([torch.stack(torch.aminmax(t.detach())).to(torch.float64) for t in tensors])
-    flat = bounds.tolist()
-    return list(zip(flat[::2], flat[1::2], strict=True))
-
-
 def check_indices(name: str, ids: Tensor, upper: int) -> bool:
     """Values of ids in [0, upper) (eager mode only). Returns whether they were checked."""
     if not eager():
         return False
     if ids.numel():
-        ((lo, hi),) = value_bounds(ids)
+        lo, hi = (int(v) for v in torch.aminmax(ids.detach()))
         if lo < 0 or hi >= upper:
-            raise ValueError(f"{name} must hold patch indices in [0, {upper}), got values in [{int(lo)}, {int(hi)}]")
+            raise ValueError(f"{name} must hold patch indices in [0, {upper}), got values in [{lo}, {hi}]")
     return True

@@ -10,15 +10,7 @@ from torch import Tensor
 from . import reference
 from ._backends import resolve_backend
 from ._registry import kernel
-from ._validation import (
-    FLOAT_DTYPES,
-    check_float,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    eager,
-    value_bounds,
-)
+from ._validation import FLOAT_DTYPES, check_float, check_same_device, check_shape, check_tensor, eager
 from .reference import PatchMask
 
 
@@ -104,12 +96,11 @@ def entropy_guided_mask(
         check_shape("noise", noise, (b, n), "the shape of scores")
         check_same_device(scores=scores, noise=noise)
     if eager() and scores.numel():
-        bounds = value_bounds(scores) if noise is None else value_bounds(scores, noise)
-        low, high = bounds[0]
+        low, high = (float(v) for v in torch.aminmax(scores.detach()))
         if not (low >= 0 and high < math.inf):  # also false for NaN
             raise ValueError(f"scores must be finite and non-negative, got values in [{low}, {high}]")
         if noise is not None:
-            low, high = bounds[1]
+            low, high = (float(v) for v in torch.aminmax(noise.detach()))
             if not (low >= 0 and high <= 1):
                 raise ValueError(f"noise must hold values in (0, 1) (uniform noise), got values in [{low}, {high}]")
     if t != 0 and noise is None:
