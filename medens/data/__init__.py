@@ -19,7 +19,11 @@ Public API:
 - :class:`LabeledDataset`: items ``(PIL RGB image, int)``; ``classes``, ``targets``, ``ids``, ``paths``,
   ``official_splits``, ``groups``, ``skipped``, ``image_size(i)``.
 - :func:`make_splits` ``(dataset, *, seed, val_fraction, test_fraction, folds, fold, use_official, grouped,
-  out_dir, split_file) -> {"train", "val", "test"}``: index lists; writes/reads ``splits.json``.
+  out_dir, split_file, dedupe, dedupe_threshold, keep_conflicts) -> {"train", "val", "test"}``: index lists; writes/reads ``splits.json``.
+- :func:`find_duplicates` ``(dataset, *, threshold, min_correlation, cache_dir) -> DuplicateGroups``: near-duplicate
+  groups and label conflicts (every split keeps a group on one side; ``dedupe=False`` turns it off).
+- :func:`plan_splits`: :func:`make_splits` without files, returning a :class:`SplitPlan` (splits, method,
+  duplicate groups, excluded items).
 - :func:`load_splits` ``(path, dataset)``, :func:`save_splits` ``(path, dataset, splits)``,
   :func:`split_counts` ``(dataset, splits)``.
 - :class:`SplitDataset` ``(dataset, indices, transform=None)``: what a DataLoader iterates.
@@ -44,7 +48,8 @@ from .errors import CorruptImageError, DatasetError, DatasetNotFoundError
 from .filedataset import ImageDataset, Sample
 from .imageio import read_image, to_rgb8
 from .registry import list_datasets, load_dataset, register_dataset
-from .splits import compute_splits, load_splits, make_splits, save_splits, split_counts
+from .duplicates import DuplicateGroups, find_duplicates
+from .splits import SplitPlan, compute_splits, load_splits, make_splits, plan_splits, save_splits, split_counts
 from .subset import SplitDataset
 from .summary import format_summary, summarize
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
@@ -69,6 +74,10 @@ __all__ = [
     "build_transforms",
     "cache_dataset",
     "compute_splits",
+    "plan_splits",
+    "SplitPlan",
+    "find_duplicates",
+    "DuplicateGroups",
     "format_summary",
     "list_datasets",
     "load_dataset",

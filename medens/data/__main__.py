@@ -5,6 +5,7 @@ Prints the classes, the images per class and split, the image sizes seen, and th
     python -m medens.data --dataset busi --data-root ~/data/Dataset_BUSI_with_GT
     python -m medens.data --dataset medmnist:breastmnist --data-root ~/.medmnist --json
     python -m medens.data --dataset synthetic --option num_images=300 --option image_size=64
+    python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, contact sheet
 
 Exit status: 0 on success, 2 when the dataset cannot be read (the message says why).
 """
@@ -16,10 +17,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .duplicates import DEFAULT_THRESHOLD, find_duplicates
 from .errors import DatasetError
 from .filedataset import VERIFY_MODES
 from .registry import list_datasets, load_dataset
@@ -50,7 +53,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the default split shown (default 0)")
     parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                         help="extra reader option, e.g. size=64 (medmnist) or num_images=300 (synthetic)")
+    dup = parser.add_argument_group("duplicates")
+    dup.add_argument("--duplicates", action="store_true",
+                     help="report the near-duplicate groups and label conflicts and draw them in a PNG contact "
+                          "sheet (with --json: one JSON object with images_in_groups, groups, conflicts, threshold)")
+    dup.add_argument("--dedupe", choices=("on", "off"), default="on",
+                     help="keep near-duplicate images on one side of the split shown (default on; off: plain "
+                          "stratified, a leaky protocol)")
+    dup.add_argument("--dedupe-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",
+                     help=f"dHash bits up to which two images are candidate copies (default {DEFAULT_THRESHOLD})")
+    dup.add_argument("--keep-conflicts", action="store_true",
+                     help="keep images of duplicate groups whose labels disagree (excluded by default)")
+    dup.add_argument("--cache-dir", default=None, metavar="DIR",
+                     help="folder of the image-signature cache (default: $MEDENS_CACHE_DIR or ~/.cache/medens)")
+    dup.add_argument("--sheet", default=None, metavar="PNG",
+                     help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here)")
     return parser
+
+
+def _duplicates(args: argparse.Namespace, dataset) -> int:
+    from .sheet import duplicate_sheet
+
+    found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
+    sheet = Path(args.sheet or f"duplicates-{dataset.name.replace(':', '-')}.png")
+    duplicate_sheet(dataset, found, sheet)
+    record = {"dataset": dataset.name, "num_images": len(dataset), **found.record(dataset.ids),
+              "num_groups": len(found.groups), "sheet": str(sheet)}
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    largest = max((len(g) for g in found.groups), default=0)
+    print(f"dataset {dataset.name}: {len(dataset)} images; threshold {found.threshold} bits, "
+          f"correlation >= {found.min_correlation}")
+    print(f"{found.num_pairs} near-identical pairs -> {len(found.groups)} groups holding {found.images_in_groups} "
+          f"images (largest: {largest})")
+    print(f"label conflicts: {len(found.conflicts)} groups, {len(found.conflicting_items())} images "
+          f"({'kept' if args.keep_conflicts else 'excluded'} by the splits)")
+    for group in found.conflicts[:20]:
+        print("  " + ", ".join(f"{dataset.ids[i]} [{dataset.classes[dataset.targets[i]]}]" for i in group))
+    print(f"contact sheet: {sheet}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["verify"] = args.verify
     try:
         dataset = load_dataset(args.dataset, args.data_root, **options)
-        summary = summarize(dataset, seed=args.seed)
+        if args.duplicates:
+            return _duplicates(args, dataset)
+        summary = summarize(dataset, seed=args.seed, dedupe=args.dedupe == "on",
+                            dedupe_threshold=args.dedupe_threshold, keep_conflicts=args.keep_conflicts,
+                            hash_cache_dir=args.cache_dir)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

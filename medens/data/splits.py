@@ -1,6 +1,10 @@
 """Train/val/test splits: official where the publisher ships them, else stratified (and grouped) from a seed,
 or k-fold; written to ``splits.json`` and read back to repeat a run exactly.
 
+Every split keeps each duplicate group (near-identical images, found by :mod:`medens.data.duplicates`, merged
+with the groups the dataset knows, e.g. lesions) on one side; the images of a group with conflicting labels are
+excluded unless ``keep_conflicts``. ``dedupe=False`` gives plain stratified splits (a leaky protocol, on purpose).
+
 ``splits.json`` names items by id (not by position), so it stays valid if a dataset is re-listed::
 
     {"format": "medens.splits/1", "dataset": "busi", "num_items": 780, "classes": [...], "method": "stratified",
@@ -19,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from dataclasses import dataclass, field
+
 from .base import SPLIT_NAMES, LabeledDataset
+from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, DuplicateGroups, find_duplicates
 from .errors import DatasetError, DatasetNotFoundError
 from .filedataset import item_id
 from .files import atomic_write_json
@@ -30,6 +37,34 @@ logger = logging.getLogger(__name__)
 FORMAT = "medens.splits/1"
 SPLITS_FILENAME = "splits.json"
 Splits = dict[str, list[int]]
+#: Why an item is in no split, as ``splits.json`` records it.
+EXCLUDED_LABEL_CONFLICT = "label_conflict"
+
+
+@dataclass
+class SplitPlan:
+    """A split and how it was made: the method, the duplicate groups respected and the items excluded.
+
+    Attributes:
+        splits: ``{"train": [...], "val": [...], "test": [...]}``, sorted indices.
+        method: e.g. ``"grouped-stratified"``, ``"official"``, ``"grouped-kfold"``.
+        duplicates: The duplicate groups found (None when ``dedupe`` was off).
+        excluded: Reason -> indices of items in no split (label conflicts unless kept).
+    """
+
+    splits: Splits
+    method: str
+    duplicates: DuplicateGroups | None = None
+    excluded: dict[str, list[int]] = field(default_factory=dict)
+
+    def record(self, dataset: LabeledDataset) -> dict[str, Any]:
+        """The duplicate settings, groups and exclusions for ``splits.json`` (items named by id)."""
+        ids = dataset.ids
+        out: dict[str, Any] = {"excluded": {why: [ids[i] for i in items] for why, items in self.excluded.items()},
+                               "num_excluded": sum(len(v) for v in self.excluded.values())}
+        if self.duplicates is not None:
+            out["duplicates"] = self.duplicates.record(ids)
+        return out
 
 
 def _check_fractions(val_fraction: float, test_fraction: float, folds: int | None, fold: int | None) -> None:
@@ -113,6 +148,12 @@ def make_splits(
     grouped: bool = True,
     out_dir: str | os.PathLike[str] | None = None,
     split_file: str | os.PathLike[str] | None = None,
+    dedupe: bool = True,
+    dedupe_threshold: int = DEFAULT_THRESHOLD,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+    keep_conflicts: bool = False,
+    hash_cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
 ) -> Splits:
     """Split a dataset into train/val/test index lists, reproducibly, and record the split.
 
@@ -127,6 +168,11 @@ def make_splits(
        / ``val`` / ``test``. With ``folds=K, fold=i``, fold ``i`` of a stratified K-fold is the test split, and
        ``val_fraction`` of all items is carved from the other folds for validation.
 
+    With ``dedupe`` (the default), near-duplicate images are found first (:mod:`medens.data.duplicates`) and
+    each duplicate group, merged with the dataset's own groups, stays in one split (and one fold); the images of
+    groups with conflicting labels are in no split unless ``keep_conflicts``. ``splits.json`` records the
+    setting, the threshold, the groups and what was excluded.
+
     Args:
         dataset: Any :class:`LabeledDataset`.
         seed: Seed of the shuffles; the same seed and dataset give the same split on any machine.
@@ -138,6 +184,13 @@ def make_splits(
         grouped: Keep groups (e.g. all images of one lesion) inside one split, when the dataset knows groups.
         out_dir: If given, ``splits.json`` is written there (atomically).
         split_file: A ``splits.json`` from an earlier run, to repeat it exactly.
+        dedupe: Keep near-duplicate images on one side of every split.
+        dedupe_threshold: Hamming threshold of the duplicate detector (bits of a 64-bit dHash).
+        min_correlation: Thumbnail correlation the detector asks of a candidate pair.
+        keep_conflicts: Keep the images of duplicate groups whose labels disagree (excluded by default).
+        hash_cache_dir: Folder of the image-signature cache (default: the user cache, see
+            :func:`~medens.data.duplicates.default_cache_folder`).
+        progress: Show a bar while hashing images.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``: sorted indices into ``dataset``, disjoint.
@@ -154,31 +207,83 @@ def make_splits(
             if not target.exists() or not target.samefile(split_file):
                 atomic_write_json(target, record)
         return splits
-    splits, method = compute_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                    folds=folds, fold=fold, use_official=use_official, grouped=grouped)
+    plan = plan_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, folds=folds,
+                       fold=fold, use_official=use_official, grouped=grouped, dedupe=dedupe,
+                       dedupe_threshold=dedupe_threshold, min_correlation=min_correlation,
+                       keep_conflicts=keep_conflicts, hash_cache_dir=hash_cache_dir, progress=progress)
     if out_dir is not None:
-        settings = {"method": method, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                    "folds": folds, "fold": fold, "use_official": use_official, "grouped": grouped}
-        save_splits(Path(out_dir) / SPLITS_FILENAME, dataset, splits, settings)
-    logger.info("%s: split by %s: %s", dataset.name, method, {k: len(v) for k, v in splits.items()})
-    return splits
+        settings = {"method": plan.method, "seed": seed, "val_fraction": val_fraction,
+                    "test_fraction": test_fraction, "folds": folds, "fold": fold, "use_official": use_official,
+                    "grouped": grouped, "dedupe": bool(dedupe), "keep_conflicts": bool(keep_conflicts),
+                    **plan.record(dataset)}
+        save_splits(Path(out_dir) / SPLITS_FILENAME, dataset, plan.splits, settings)
+    logger.info("%s: split by %s%s: %s", dataset.name, plan.method, " (duplicate-aware)" if dedupe else "",
+                {k: len(v) for k, v in plan.splits.items()})
+    return plan.splits
+
+
+def plan_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                folds: int | None = None, fold: int | None = None, use_official: bool = True, grouped: bool = True,
+                dedupe: bool = True, dedupe_threshold: int = DEFAULT_THRESHOLD,
+                min_correlation: float = DEFAULT_MIN_CORRELATION, keep_conflicts: bool = False,
+                hash_cache_dir: str | os.PathLike[str] | None = None,
+                duplicates: DuplicateGroups | None = None, progress: bool = True) -> SplitPlan:
+    """:func:`make_splits` without files, with everything it decided (see :class:`SplitPlan`).
+
+    Args:
+        dedupe: Find near-duplicate images and keep each group on one side of every split.
+        dedupe_threshold, min_correlation: The detector's settings (:func:`~medens.data.duplicates.find_duplicates`).
+        keep_conflicts: Keep the images of groups with conflicting labels (excluded by default).
+        hash_cache_dir: Folder of the image-signature cache.
+        duplicates: Groups already found for this dataset (skips the detection).
+        The other arguments: as :func:`make_splits`.
+    """
+    _check_fractions(val_fraction, test_fraction, folds, fold)
+    if dedupe and duplicates is None:
+        duplicates = find_duplicates(dataset, threshold=dedupe_threshold, min_correlation=min_correlation,
+                                     cache_dir=hash_cache_dir, progress=progress, known_groups=grouped)
+    elif not dedupe:
+        duplicates = None
+    excluded: dict[str, list[int]] = {}
+    if duplicates is not None:
+        groups = duplicates.group_ids(len(dataset))
+        conflicted = duplicates.conflicting_items()
+        if conflicted:
+            if keep_conflicts:
+                logger.warning("%s: %d images in %d groups with conflicting labels are kept (keep_conflicts)",
+                               dataset.name, len(conflicted), len(duplicates.conflicts))
+            else:
+                excluded[EXCLUDED_LABEL_CONFLICT] = conflicted
+                logger.warning("%s: %d images in %d duplicate groups with conflicting labels are excluded from "
+                               "training and evaluation (keep_conflicts keeps them)", dataset.name,
+                               len(conflicted), len(duplicates.conflicts))
+    else:
+        groups = dataset.groups if grouped else None
+    out = set(i for items in excluded.values() for i in items)
+    pool = [i for i in range(len(dataset)) if i not in out]
+    labels = [dataset.targets[i] for i in pool]
+    sub_groups = [groups[i] for i in pool] if groups is not None else None
+    if sub_groups is not None and all(g is None for g in sub_groups):
+        sub_groups = None
+    rng = np.random.default_rng(seed)
+    official = dataset.official_splits if use_official else None
+    if official is not None:
+        splits, method = _official(dataset, [official[i] for i in pool], labels, sub_groups, val_fraction,
+                                   test_fraction, folds, fold, rng)
+    else:
+        splits, method = _unofficial(labels, sub_groups, val_fraction, test_fraction, folds, fold, rng)
+    splits = {name: sorted(pool[j] for j in splits.get(name, [])) for name in SPLIT_NAMES}
+    return SplitPlan(splits, method, duplicates, excluded)
 
 
 def compute_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float = 0.1,
                    test_fraction: float = 0.2, folds: int | None = None, fold: int | None = None,
-                   use_official: bool = True, grouped: bool = True) -> tuple[Splits, str]:
+                   use_official: bool = True, grouped: bool = True, **dedupe_options: Any) -> tuple[Splits, str]:
     """:func:`make_splits` without files: returns the splits and the method used (e.g. ``"official"``,
-    ``"grouped-stratified"``, ``"official+carved-val"``, ``"kfold"``)."""
-    _check_fractions(val_fraction, test_fraction, folds, fold)
-    labels = list(dataset.targets)
-    groups = dataset.groups if grouped else None
-    rng = np.random.default_rng(seed)
-    official = dataset.official_splits if use_official else None
-    if official is not None:
-        splits, method = _official(dataset, official, labels, groups, val_fraction, test_fraction, folds, fold, rng)
-    else:
-        splits, method = _unofficial(labels, groups, val_fraction, test_fraction, folds, fold, rng)
-    return {name: sorted(splits.get(name, [])) for name in SPLIT_NAMES}, method
+    ``"grouped-stratified"``, ``"official+carved-val"``, ``"kfold"``). ``dedupe_options`` as :func:`plan_splits`."""
+    plan = plan_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, folds=folds,
+                       fold=fold, use_official=use_official, grouped=grouped, **dedupe_options)
+    return plan.splits, plan.method
 
 
 def split_counts(dataset: LabeledDataset, splits: Splits) -> dict[str, dict[str, int]]:
@@ -254,7 +359,11 @@ def load_splits(path: str | os.PathLike[str], dataset: LabeledDataset) -> Splits
                                    f"{seen[index]!r} and {name!r}")
             seen[index] = name
         splits[name] = indices
-    unused = len(dataset) - len(seen)
+    recorded = {i for items in (record.get("excluded") or {}).values() for i in items}
+    unused = len([i for i in range(len(dataset)) if i not in seen and dataset.ids[i] not in recorded])
+    if recorded:
+        logger.info("split file %s excludes %d items (%s)", path, len(recorded),
+                    ", ".join(f"{k}: {len(v)}" for k, v in record["excluded"].items()))
     if unused:
         logger.warning("split file %s does not mention %d items of %s; they are left out", path, unused, dataset.name)
     return splits

@@ -8,12 +8,13 @@ from typing import Any
 from medens.evaluate.tables import text_table
 
 from .base import LabeledDataset
-from .splits import Splits, compute_splits, split_counts
+from .splits import Splits, plan_splits, split_counts
 
 _MAX_SIZES = 12
 
 
-def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: int = 0) -> dict[str, Any]:
+def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: int = 0,
+              **dedupe_options: Any) -> dict[str, Any]:
     """Describe ``dataset`` as a JSON-ready dict.
 
     Args:
@@ -21,13 +22,20 @@ def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: in
         splits: The split to count; None makes the default one (official splits where the dataset has them,
             else stratified 70/10/20 from ``seed``).
         seed: Seed of the default split.
+        **dedupe_options: Duplicate handling of the default split (``dedupe``, ``dedupe_threshold``,
+            ``keep_conflicts``, ``hash_cache_dir``; see :func:`~medens.data.splits.plan_splits`).
 
     Returns:
         ``{"dataset", "root", "num_images", "classes", "per_class", "split_method", "per_split",
-        "image_sizes" ("WxH" -> count, most common first), "num_skipped", "skipped" ([{"path", "reason"}])}``.
+        "image_sizes" ("WxH" -> count, most common first), "num_skipped", "skipped" ([{"path", "reason"}]),
+        "duplicate_groups", "images_in_duplicate_groups", "label_conflicts", "num_excluded"}`` (the duplicate
+        counts are None for a given split or with ``dedupe=False``).
     """
+    duplicates, excluded = None, 0
     if splits is None:
-        splits, method = compute_splits(dataset, seed=seed)
+        plan = plan_splits(dataset, seed=seed, **dedupe_options)
+        splits, method, duplicates = plan.splits, plan.method, plan.duplicates
+        excluded = sum(len(v) for v in plan.excluded.values())
         if not method.startswith("official"):
             method = f"{method} 70/10/20, seed {seed} (default; official splits: none)"
     else:
@@ -49,6 +57,11 @@ def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: in
         "image_sizes": shown,
         "num_skipped": len(dataset.skipped),
         "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
+        "duplicate_groups": len(duplicates.groups) if duplicates is not None else None,
+        "images_in_duplicate_groups": duplicates.images_in_groups if duplicates is not None else None,
+        "label_conflicts": len(duplicates.conflicts) if duplicates is not None else None,
+        "num_excluded": excluded,
+        "dedupe": duplicates is not None,
     }
 
 
@@ -68,6 +81,10 @@ def format_summary(summary: dict[str, Any], max_skipped: int = 20) -> str:
         "",
         f"skipped files: {summary['num_skipped']}",
     ]
+    if summary.get("duplicate_groups") is not None:
+        parts.insert(len(parts) - 1, f"duplicate groups: {summary['duplicate_groups']} holding "
+                        f"{summary['images_in_duplicate_groups']} images; label conflicts: "
+                        f"{summary['label_conflicts']} ({summary['num_excluded']} images excluded)")
     for item in summary["skipped"][:max_skipped]:
         parts.append(f"  {item['path']}: {item['reason']}")
     if summary["num_skipped"] > max_skipped:

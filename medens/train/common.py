@@ -44,6 +44,7 @@ from medens.engine import (
     write_config,
 )
 from medens.engine.checkpoint import CHECKPOINT_NAME
+from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine.config import yaml_value
 
 __all__ = [
@@ -148,6 +149,12 @@ OPTIONS: dict[str, Option] = {
     ),
     "use_official_split": Option("keep the publisher's split where the dataset ships one", bool),
     "split_file": Option("reuse the split recorded in this splits.json", _optional_str, metavar="FILE"),
+    "dedupe": Option(
+        "keep near-duplicate images on one side of every split (off: plain stratified splits, a leaky protocol)",
+        choices=("on", "off"),
+    ),
+    "dedupe_threshold": Option("dHash bits up to which two images are candidate copies", int, metavar="BITS"),
+    "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
     "num_workers": Option("data-loading worker processes per rank", int),
     # model geometry
     "arch": Option(
@@ -203,6 +210,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "fold": None,
     "use_official_split": True,
     "split_file": None,
+    "dedupe": "on",
+    "dedupe_threshold": DEFAULT_THRESHOLD,
+    "keep_conflicts": False,
     "num_workers": 4,
 }
 
@@ -616,9 +626,25 @@ def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str
         use_official=bool(config["use_official_split"]),
         out_dir=ctx.out_dir if ctx.dist.is_main else None,
         split_file=split_file,
+        dedupe=_dedupe_on(config.get("dedupe", "on")),
+        dedupe_threshold=int(config.get("dedupe_threshold", DEFAULT_THRESHOLD)),
+        keep_conflicts=bool(config.get("keep_conflicts", False)),
+        hash_cache_dir=config.get("cache_dir"),
+        progress=bool(config.get("progress", True)) and ctx.dist.is_main,
     )
     ctx.dist.barrier()
     return dataset, splits
+
+
+def _dedupe_on(value: Any) -> bool:
+    """``dedupe`` as a bool: ``on``/``off`` (the flag), or a YAML boolean."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("on", "true", "yes", "1"):
+        return True
+    if str(value).lower() in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"dedupe: expected on or off, received {value!r}")
 
 
 def split_hash(dataset: Any, splits: Mapping[str, list[int]]) -> str:

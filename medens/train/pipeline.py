@@ -98,6 +98,9 @@ _SHARED_FLAGS: dict[str, str] = {
     "split_seed": "split_seed",
     "val_fraction": "val_fraction",
     "test_fraction": "test_fraction",
+    "dedupe": "dedupe",
+    "dedupe_threshold": "dedupe_threshold",
+    "keep_conflicts": "keep_conflicts",
 }
 
 #: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
@@ -358,6 +361,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument("--split-seed", type=int, help="seed of the train/val/test split")
     data.add_argument("--val-fraction", type=float, help="share of images for validation (no official split)")
     data.add_argument("--test-fraction", type=float, help="share of images for testing (no official split)")
+    data.add_argument("--dedupe", choices=("on", "off"), help="keep near-duplicate images on one side of the "
+                      "split (default on; off: plain stratified splits, a leaky protocol)")
+    data.add_argument("--dedupe-threshold", type=int, metavar="BITS",
+                      help="dHash bits up to which two images are candidate copies")
+    data.add_argument("--keep-conflicts", action="store_true", default=None,
+                      help="keep images of duplicate groups whose labels disagree (excluded by default)")
     run = p.add_argument_group("run")
     run.add_argument(
         "--out", metavar="DIR", help=f"output folder (default for the synthetic demo: {DEMO_OUT})"

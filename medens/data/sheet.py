@@ -1,0 +1,68 @@
+"""Contact sheets: duplicate groups drawn as rows of images, so people can look instead of reading hash lists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from medens.engine.atomic import atomic_path
+
+from .base import LabeledDataset
+from .duplicates import DuplicateGroups
+from .errors import CorruptImageError
+
+_TILE = 112
+_CAPTION = 14
+_MAX_PER_ROW = 8
+_RED, _GREY = (200, 30, 30), (90, 90, 90)
+
+
+def _tile(dataset: LabeledDataset, index: int) -> Image.Image:
+    try:
+        image = dataset.load_image(index)
+    except CorruptImageError:
+        return Image.new("RGB", (_TILE, _TILE), (255, 0, 255))
+    image.thumbnail((_TILE, _TILE))
+    canvas = Image.new("RGB", (_TILE, _TILE), (0, 0, 0))
+    canvas.paste(image, ((_TILE - image.width) // 2, (_TILE - image.height) // 2))
+    return canvas
+
+
+def duplicate_sheet(dataset: LabeledDataset, duplicates: DuplicateGroups, path: str | os.PathLike[str], *,
+                    max_groups: int = 12) -> Path:
+    """Write a PNG with one row per group: every conflicting group first (title in red), then the largest others.
+
+    Each image is captioned with its class; a row shows at most eight images and says how many more there are.
+
+    Returns:
+        The path written (atomically).
+    """
+    conflicts = [g for g in duplicates.conflicts]
+    others = [g for g in duplicates.groups if g not in conflicts]
+    rows = (conflicts + others)[:max_groups] if max_groups > 0 else conflicts + others
+    title_h = 18
+    row_h = title_h + _TILE + _CAPTION + 6
+    width = _MAX_PER_ROW * (_TILE + 4) + 4
+    sheet = Image.new("RGB", (width, max(1, len(rows)) * row_h + 24), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    head = (f"{dataset.name}: {len(duplicates.groups)} duplicate groups holding {duplicates.images_in_groups} "
+            f"images, {len(duplicates.conflicts)} with conflicting labels (threshold {duplicates.threshold} bits)")
+    draw.text((4, 4), head if rows else head + "; nothing to show", fill=(0, 0, 0))
+    for r, group in enumerate(rows):
+        top = 24 + r * row_h
+        conflict = group in conflicts
+        label = f"group of {len(group)}" + (" - LABEL CONFLICT" if conflict else "")
+        if len(group) > _MAX_PER_ROW:
+            label += f" (first {_MAX_PER_ROW} shown)"
+        draw.text((4, top + 2), label, fill=_RED if conflict else _GREY)
+        for c, index in enumerate(group[:_MAX_PER_ROW]):
+            left = 4 + c * (_TILE + 4)
+            sheet.paste(_tile(dataset, index), (left, top + title_h))
+            caption = dataset.classes[dataset.targets[index]]
+            draw.text((left, top + title_h + _TILE + 1), caption[:18], fill=(0, 0, 0))
+    path = Path(path)
+    with atomic_path(path, fsync=False) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
