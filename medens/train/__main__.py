@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "medens.train.pipeline",
         "the whole method: pre-train, fine-tune both members, ensemble (demo)",
     ),
+    "study": (
+        "medens.train.study",
+        "cross-validate the whole method over folds and seeds, with pre-training ablations (--vary)",
+    ),
 }
 DEFAULT_COMMAND = "pipeline"
 

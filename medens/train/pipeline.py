@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,15 @@ DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 500, "image_size": 64}
 #: schedules); ``small`` is sized for a CPU. Measured on BreastMNIST (the 780 BUSI images, 546 for training) with
 #: 2 CPU cores: 6 min 23 s for the whole pipeline on otherwise idle cores, 23 min 30 s while other jobs loaded
 #: them; test AUROC 0.82 (random init) and 0.84 (MAE init) where the majority class alone scores 0.73 accuracy.
+#: ``smoke`` runs every stage in seconds on a CPU: for trying commands and for tests, never for results.
 PRESETS: dict[str, dict[str, str | dict[str, Any]]] = {
     "paper": {"pretrain": "pretrain_paper", "finetune": "finetune_paper"},
+    "smoke": {
+        "pretrain": {"arch": "convnext_atto", "image_size": 64, "decoder_dim": 32, "epochs": 1,
+                     "warmup_epochs": 0, "batch_size": 8, "lr": 1.5e-3, "num_workers": 0},
+        "finetune": {"arch": "convnext_atto", "image_size": 64, "epochs": 1, "warmup_epochs": 0,
+                     "batch_size": 8, "lr": 1.0e-3, "num_workers": 0},
+    },
     "small": {
         "pretrain": {
             "arch": "convnext_atto",
@@ -101,6 +108,8 @@ _SHARED_FLAGS: dict[str, str] = {
     "dedupe": "dedupe",
     "dedupe_threshold": "dedupe_threshold",
     "keep_conflicts": "keep_conflicts",
+    "folds": "folds",
+    "fold": "fold",
 }
 
 #: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
@@ -149,7 +158,34 @@ def preset_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return out[0], out[1]
 
 
-def stage_configs(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Variant:
+    """One pre-training variant: a name, the pre-training options it sets, and the suffix of its folders.
+
+    The default variant (no options) uses the plain folder names (``pretrain/``, ``finetune-mae/``,
+    ``ensemble/``); another writes ``pretrain-<suffix>/``, ``finetune-mae-<suffix>/``, ``ensemble-<suffix>/``.
+    """
+
+    name: str = "default"
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        return "" if not self.pretrain else "-" + "_".join(
+            f"{k}-{_slug(v)}" for k, v in self.pretrain.items())
+
+    def folder(self, stage_dir: str) -> str:
+        return stage_dir + self.suffix
+
+
+def _slug(value: Any) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in str(value))
+
+
+DEFAULT_VARIANT = Variant()
+
+
+def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT) -> dict[str, dict[str, Any]]:
     """The configuration of each training stage, from the pipeline's options.
 
     Precedence: preset < the pipeline's flags (``dataset``, ``arch``, ``image_size``, ...) < ``pretrain_epochs`` /
@@ -177,6 +213,7 @@ def stage_configs(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if options.get("finetune_epochs") is not None:
         finetune["epochs"] = int(options["finetune_epochs"])
     pretrain.update(options.get("set_pretrain") or {})
+    pretrain.update(variant.pretrain)
     finetune.update(options.get("set_finetune") or {})
     for config in (pretrain, finetune):  # warm-up must fit in a shortened schedule
         if "warmup_epochs" in config and "epochs" in config:
@@ -184,7 +221,7 @@ def stage_configs(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 float(config["warmup_epochs"]), max(0.0, float(config["epochs"]) - 1)
             )
 
-    pretrain_dir = root / PRETRAIN_DIR
+    pretrain_dir = root / variant.folder(PRETRAIN_DIR)
     from medens.train.pretrain import ENCODER_NAME
 
     common_ft = {**finetune, "split_file": str(pretrain_dir / "splits.json")}
@@ -196,8 +233,9 @@ def stage_configs(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
     if options.get("pretrained_file"):
         imagenet["pretrained_file"] = str(options["pretrained_file"])
-    mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / MAE_DIR)}
-    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
+    mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
+    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae,
+            "ensemble": {"out": str(root / variant.folder(ENSEMBLE_DIR))}}
 
 
 def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
@@ -263,36 +301,51 @@ def run_pipeline(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[Stage
         medens.data.DatasetError: the dataset cannot be opened.
         medens.engine.TrainingInterrupted: a stage was stopped (its checkpoint is saved; rerun to resume).
     """
+    results, outcomes = run_variants(options, [DEFAULT_VARIANT])
+    return results[DEFAULT_VARIANT.name], outcomes
+
+
+def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
+                 ) -> tuple[dict[str, dict[str, Any]], list[StageOutcome]]:
+    """The pipeline for several pre-training variants on one split, the ImageNet member trained once.
+
+    Each variant pre-trains, fine-tunes its MAE member and ensembles it with the shared ImageNet member, in the
+    folders :class:`Variant` names. Stages already complete are skipped, as in :func:`run_pipeline`.
+
+    Returns:
+        ``({variant name: content of its ensemble metrics.json}, outcome of each stage)``.
+    """
     from medens.train import ensemble as ensemble_stage
     from medens.train import finetune, pretrain
 
-    configs = stage_configs(options)
-    root = Path(options["out"])
-    outcomes = [
-        _run_stage("pretrain", configs["pretrain"], pretrain.run_pretrain, pretrain.is_complete),
-        _run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune, finetune.is_complete),
-        _run_stage("finetune-mae", configs["mae"], finetune.run_finetune, finetune.is_complete),
-    ]
-    members = [configs["imagenet"]["out"], configs["mae"]["out"]]
-    ens_dir = root / ENSEMBLE_DIR
     method = options.get("method") or ENSEMBLE_METHODS[0]
     calibrate, tta = bool(options.get("calibrate")), bool(options.get("tta"))
     n_boot = int(options.get("bootstrap") or DEFAULT_N_BOOT)
-    results = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot)
-    if results is not None:
-        outcomes.append(StageOutcome("ensemble", "skipped", 0.0, ens_dir))
-    else:
-        start = time.perf_counter()
-        results = ensemble_stage.run_ensemble(
-            members,
-            ens_dir,
-            method=method,
-            calibrate=calibrate,
-            tta=tta,
-            n_boot=n_boot,
-            device=str(options.get("device") or "auto"),
-        )
-        outcomes.append(StageOutcome("ensemble", "ran", time.perf_counter() - start, ens_dir))
+    outcomes: list[StageOutcome] = []
+    results: dict[str, dict[str, Any]] = {}
+    imagenet_done = False
+    for variant in variants:
+        configs = stage_configs(options, variant)
+        tag = "" if variant is DEFAULT_VARIANT or not variant.pretrain else f" [{variant.name}]"
+        outcomes.append(_run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
+                                   pretrain.is_complete))
+        if not imagenet_done:
+            outcomes.append(_run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
+                                       finetune.is_complete))
+            imagenet_done = True
+        outcomes.append(_run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
+                                   finetune.is_complete))
+        members = [configs["imagenet"]["out"], configs["mae"]["out"]]
+        ens_dir = Path(configs["ensemble"]["out"])
+        found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot)
+        if found is not None:
+            outcomes.append(StageOutcome("ensemble" + tag, "skipped", 0.0, ens_dir))
+        else:
+            start = time.perf_counter()
+            found = ensemble_stage.run_ensemble(members, ens_dir, method=method, calibrate=calibrate, tta=tta,
+                                                n_boot=n_boot, device=str(options.get("device") or "auto"))
+            outcomes.append(StageOutcome("ensemble" + tag, "ran", time.perf_counter() - start, ens_dir))
+        results[variant.name] = found
     return results, outcomes
 
 
@@ -340,6 +393,13 @@ def _key_values(items: list[str] | None) -> dict[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``pipeline`` subcommand and return its parser."""
     p = subparsers.add_parser("pipeline", help=HELP, description=HELP)
+    add_pipeline_arguments(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True) -> None:
+    """The pipeline's flags (data, run, ensemble groups), shared with ``study``; ``with_seed`` adds ``--seed``."""
     data = p.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -374,8 +434,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="paper: ConvNeXt-Tiny, 224 px, paper-scale schedules; small: fits a CPU "
-        "(default: small for synthetic, paper otherwise)",
+        help="paper: ConvNeXt-Tiny, 224 px, paper-scale schedules; small: fits a CPU; smoke: every stage in "
+        "seconds, for trying commands, never for results (default: small for synthetic, paper otherwise)",
     )
     run.add_argument("--arch", help="timm ConvNeXt for every stage (overrides the preset)")
     run.add_argument(
@@ -390,7 +450,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--batch-size", type=int, metavar="N", help="batch size of every stage")
     run.add_argument("--num-workers", type=int, metavar="N", help="data-loading workers")
     run.add_argument("--device", help="auto, cpu or cuda")
-    run.add_argument("--seed", type=int, help="random seed of every stage")
+    if with_seed:
+        run.add_argument("--seed", type=int, help="random seed of every stage")
     run.add_argument(
         "--pretrained-file", metavar="FILE", help="local ImageNet weights for the ImageNet member"
     )
@@ -414,8 +475,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     ens.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     ens.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples")
-    p.set_defaults(func=main)
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:

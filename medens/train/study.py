@@ -1,0 +1,288 @@
+"""``python -m medens.train study``: the whole method, cross-validated over folds and seeds, with ablations.
+
+For every fold of a stratified, duplicate-grouped K-fold (every image in exactly one test fold; validation
+carved, grouped, from the training folds) and every seed (which varies initialisation, masking noise and data
+order, never the folds), the pipeline runs into ``<out>/fold-<k>/seed-<s>/``: pre-training, both members, the
+ensemble. ``--vary KEY=V1,V2`` (repeatable) adds pre-training variants (the grid of all values); each variant
+pre-trains, fine-tunes its MAE member and ensembles it, while the ImageNet member, which does not depend on the
+variant, is trained once per fold and seed.
+
+Everything a run finished is kept, so a killed study continues where it stopped when the same command is run
+again. At the end it writes ``<out>/study.json`` (one entry per fold, seed, variant and model, with the summary
+metrics) and ``<out>/report.md`` with PNG plots (:mod:`medens.evaluate.study_report`)::
+
+    python -m medens.train study --dataset busi --data-root ~/data/BUSI --out runs/busi-cv --folds 5 --seeds 3 \\
+        --preset small --vary masking=random,entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HELP = "cross-validate the whole method over folds and seeds, with pre-training ablations (--vary)"
+
+#: Files the study writes into ``--out``.
+STUDY_FILE = "study.json"
+STUDY_FORMAT = "medens.study/1"
+#: The metrics every run reports and the report compares.
+STUDY_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
+#: Model keys in ``study.json``, in the order of the pipeline's ensemble members (then the ensemble).
+MODELS: tuple[str, ...] = ("imagenet", "mae", "ensemble")
+DEFAULT_FOLDS = 5
+DEFAULT_SEEDS = 3
+
+
+def run_folder(out: str | Path, fold: int, seed: int) -> Path:
+    """Where the pipeline of one fold and seed runs."""
+    return Path(out) / f"fold-{fold}" / f"seed-{seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list (``0,1,7``).
+
+    Raises:
+        ValueError: not a positive count or a list of distinct integers.
+    """
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"seeds: expected a count (3) or a list (0,1,7), received {text!r}") from None
+    if "," not in str(text):
+        if values[0] < 1:
+            raise ValueError(f"seeds: expected a count of at least 1, received {values[0]}")
+        return list(range(values[0]))
+    if len(set(values)) != len(values):
+        raise ValueError(f"seeds: expected distinct seeds, received {text!r}")
+    return values
+
+
+def parse_variants(items: Sequence[str] | None) -> list[Any]:
+    """The pre-training variants of ``--vary KEY=V1,V2`` items: every combination of the values, in order.
+
+    Raises:
+        ValueError: an item without ``=`` or values, a key repeated, or a key pre-training does not have.
+    """
+    from medens.engine import parse_overrides
+    from medens.train.pipeline import DEFAULT_VARIANT, Variant
+    from medens.train.pretrain import default_config
+
+    if not items:
+        return [DEFAULT_VARIANT]
+    known = default_config()
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not values.strip():
+            raise ValueError(f"vary: expected KEY=V1,V2,..., received {item!r}")
+        if key not in known:
+            raise ValueError(f"vary: {key!r} is not a pre-training option; expected one of {sorted(known)}")
+        if key in axes:
+            raise ValueError(f"vary: {key!r} is given twice; list all its values in one --vary")
+        axes[key] = [parse_overrides([f"{key}={v.strip()}"])[key] for v in values.split(",")]
+    variants = []
+    for combo in itertools.product(*axes.values()):
+        setting = dict(zip(axes, combo, strict=True))
+        variants.append(Variant(",".join(f"{k}={v}" for k, v in setting.items()), setting))
+    return variants
+
+
+def baseline_of(variant: Any, variants: Sequence[Any]) -> Any | None:
+    """The random-masking variant to compare ``variant`` with: the same settings but ``masking=random``.
+
+    None when ``variant`` itself masks at random or no such variant was run.
+    """
+    if variant.pretrain.get("masking") == "random" or "masking" not in variant.pretrain:
+        return None
+    want = {**variant.pretrain, "masking": "random"}
+    return next((v for v in variants if dict(v.pretrain) == want), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading finished runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ensemble_table(path: Path) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """``(paths, labels, {column prefix: (N, K) probabilities})`` of an ensemble's predictions.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    prefixes: dict[str, list[int]] = {}
+    for col, name in enumerate(header[2:], start=2):
+        prefixes.setdefault(name.rsplit(":", 1)[0], []).append(col)
+    probs = {p: np.array([[float(r[c]) for c in cols] for r in body]) for p, cols in prefixes.items()}
+    return [r[0] for r in body], [r[1] for r in body], probs
+
+
+def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> tuple[list[dict], dict]:
+    """The metrics of every finished run, and the pooled out-of-fold predictions.
+
+    Returns:
+        ``(runs, pooled)``: ``runs`` as ``study.json`` lists them; ``pooled[(seed, variant, model)]`` is
+        ``(paths, labels, probs)`` over all folds. The ImageNet member's entries carry ``variant: None``.
+    """
+    from medens.train.pipeline import ENSEMBLE_DIR
+
+    runs: list[dict] = []
+    pooled: dict[tuple, list] = {}
+    for fold, seed in itertools.product(range(folds), seeds):
+        root = run_folder(out, fold, seed)
+        for v_index, variant in enumerate(variants):
+            results = json.loads((root / variant.folder(ENSEMBLE_DIR) / "metrics.json").read_text("utf-8"))
+            names = [m["name"] for m in results["members"]] + ["ensemble"]
+            labels = [m["label"] for m in results["members"]] + [results["models"]["ensemble"]["label"]]
+            paths, truth, probs = _ensemble_table(root / variant.folder(ENSEMBLE_DIR) / "predictions.csv")
+            for model, name, label in zip(MODELS, names, labels, strict=True):
+                if model == "imagenet" and v_index > 0:
+                    continue  # the same member in every variant
+                metrics = results["models"][name]["metrics"]
+                runs.append({"fold": fold, "seed": seed, "variant": None if model == "imagenet" else variant.name,
+                             "model": model, "label": label, "n_test": results["n_test"],
+                             **{m: metrics.get(m) for m in STUDY_METRICS}})
+                key = (seed, None if model == "imagenet" else variant.name, model)
+                pooled.setdefault(key, []).append((paths, truth, probs[name], results["classes"]))
+    return runs, {key: _concat(parts) for key, parts in pooled.items()}
+
+
+def _concat(parts: list) -> tuple[list[str], np.ndarray, np.ndarray]:
+    classes = parts[0][3]
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [p for part in parts for p in part[0]]
+    labels = np.array([index[t] for part in parts for t in part[1]], dtype=np.int64)
+    return paths, labels, np.concatenate([part[2] for part in parts])
+
+
+def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> float:
+    """Test images over training images in one run, averaged over the folds (for the corrected t-test)."""
+    from medens.train.pipeline import PRETRAIN_DIR
+
+    ratios = []
+    for fold in range(folds):
+        record = json.loads((run_folder(out, fold, seeds[0]) / variants[0].folder(PRETRAIN_DIR) / "splits.json")
+                            .read_text("utf-8"))
+        n = {name: len(ids) for name, ids in record["splits"].items()}
+        ratios.append(n["test"] / max(1, n["train"]))
+    return float(np.mean(ratios))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> dict:
+    """Run (or continue) every fold, seed and variant, then write ``study.json`` and the report.
+
+    Args:
+        options: the pipeline's options (:func:`medens.train.pipeline.options_from_args`), ``out`` included.
+        folds: K of the K-fold (at least 2).
+        seeds: The seeds of every fold.
+        variants: Pre-training variants (:func:`parse_variants`).
+
+    Returns:
+        The content of ``study.json``.
+
+    Raises:
+        ValueError: bad options (before anything runs), or a finished run recorded with other options.
+        medens.engine.TrainingInterrupted: a stage was stopped; run the same command again to continue.
+    """
+    from tqdm import tqdm
+
+    from medens.engine.atomic import atomic_write_text
+    from medens.evaluate.study_report import summarize_study, write_report
+    from medens.train.pipeline import run_variants
+
+    if int(folds) < 2:
+        raise ValueError(f"folds: expected at least 2 folds, received {folds}")
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed, received none")
+    out = Path(options["out"])
+    todo = list(itertools.product(range(int(folds)), seeds))
+    with tqdm(total=len(todo), desc="study", unit="run") as bar:
+        for fold, seed in todo:
+            bar.set_postfix_str(f"fold {fold}, seed {seed}")
+            run_options = {**options, "out": str(run_folder(out, fold, seed)), "folds": int(folds),
+                           "fold": fold, "seed": int(seed)}
+            run_variants(run_options, variants)
+            bar.update()
+    runs, pooled = collect_runs(out, int(folds), seeds, variants)
+    ratio = test_train_ratio(out, int(folds), seeds, variants)
+    summary = summarize_study(runs, pooled, variants=[v.name for v in variants],
+                              baselines={v.name: b.name for v in variants if (b := baseline_of(v, variants))},
+                              metrics=STUDY_METRICS, test_train_ratio=ratio)
+    record = {"format": STUDY_FORMAT, "dataset": options.get("dataset"), "preset": options.get("preset"),
+              "folds": int(folds), "seeds": list(seeds), "split_seed": options.get("split_seed") or 0,
+              "dedupe": options.get("dedupe") or "on",
+              "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
+              "test_train_ratio": ratio, "runs": runs, **summary}
+    atomic_write_text(out / STUDY_FILE, json.dumps(record, indent=1, default=float) + "\n")
+    write_report(record, out)
+    return record
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``study`` subcommand and return its parser."""
+    from medens.train.pipeline import add_pipeline_arguments
+
+    p = subparsers.add_parser("study", help=HELP, description=__doc__.split("\n\n")[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_arguments(p, with_seed=False)
+    cv = p.add_argument_group("study")
+    cv.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
+                    help=f"folds of the cross-validation (default {DEFAULT_FOLDS})")
+    cv.add_argument("--seeds", default=str(DEFAULT_SEEDS), metavar="S",
+                    help=f"seeds per fold: a count (seeds 0..S-1) or a list such as 0,1,7 (default {DEFAULT_SEEDS})")
+    cv.add_argument("--vary", action="append", metavar="KEY=V1,V2",
+                    help="a pre-training option to vary, repeatable (the grid of all values), e.g. "
+                         "--vary masking=random,entropy --vary mask_ratio=0.6,0.75")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the study, print where the results are. Returns 0, 1 on a user error, 130/143 if stopped."""
+    from medens.train.common import cli_logging
+
+    with cli_logging():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from medens.engine import TrainingInterrupted
+    from medens.evaluate.members import IncompatibleMembersError
+    from medens.evaluate.study_report import REPORT_FILE, headline_table
+    from medens.train.common import interrupted_exit_code, user_errors
+    from medens.train.pipeline import options_from_args
+
+    try:
+        if not args.out:
+            raise ValueError("out: expected --out DIR for the study, received none")
+        seeds = parse_seeds(args.seeds)
+        variants = parse_variants(args.vary)
+        options = options_from_args(args)
+        options.pop("seeds", None), options.pop("vary", None)
+        logger.info("study: %s, %d folds x %d seeds x %d variants into %s", options["dataset"], args.folds,
+                    len(seeds), len(variants), options["out"])
+        record = run_study(options, args.folds, seeds, variants)
+    except TrainingInterrupted as err:
+        logger.warning("study stopped (%s); checkpoint saved at %s. Run the same command again to continue.",
+                       err.reason, err.checkpoint)
+        return interrupted_exit_code(err)
+    except (*user_errors(), IncompatibleMembersError) as err:
+        logger.error("study: %s", err)
+        return 1
+    print(headline_table(record))
+    print(f"\nstudy: {Path(args.out) / STUDY_FILE}\nreport: {Path(args.out) / REPORT_FILE}")
+    return 0
