@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ def _benchmarking() -> bool:
 # sub-millisecond op. Must be set before torch (and its OpenMP runtime) is imported.
 if not _benchmarking():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# The image-signature cache of duplicate detection goes to a folder of this test session, never the user's cache.
+os.environ.setdefault("MEDENS_CACHE_DIR", tempfile.mkdtemp(prefix="medens-test-cache-"))
 
 
 def _cuda_available() -> bool:
