@@ -44,12 +44,20 @@ MedMNIST's label names; folder the sorted folder names; synthetic the first ``nu
 
 from .base import SPLIT_NAMES, LabeledDataset, Skipped
 from .cache import CachedDataset, cache_dataset
+from .duplicates import DuplicateGroups, find_duplicates
 from .errors import CorruptImageError, DatasetError, DatasetNotFoundError
 from .filedataset import ImageDataset, Sample
 from .imageio import read_image, to_rgb8
 from .registry import list_datasets, load_dataset, register_dataset
-from .duplicates import DuplicateGroups, find_duplicates
-from .splits import SplitPlan, compute_splits, load_splits, make_splits, plan_splits, save_splits, split_counts
+from .splits import (
+    SplitPlan,
+    compute_splits,
+    load_splits,
+    make_splits,
+    plan_splits,
+    save_splits,
+    split_counts,
+)
 from .subset import SplitDataset
 from .summary import format_summary, summarize
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES

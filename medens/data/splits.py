@@ -18,12 +18,11 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from dataclasses import dataclass, field
 
 from .base import SPLIT_NAMES, LabeledDataset
 from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, DuplicateGroups, find_duplicates

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine import (
     AMP_CHOICES,
     DistContext,
@@ -44,7 +45,6 @@ from medens.engine import (
     write_config,
 )
 from medens.engine.checkpoint import CHECKPOINT_NAME
-from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine.config import yaml_value
 
 __all__ = [

@@ -234,8 +234,7 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     if options.get("pretrained_file"):
         imagenet["pretrained_file"] = str(options["pretrained_file"])
     mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
-    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae,
-            "ensemble": {"out": str(root / variant.folder(ENSEMBLE_DIR))}}
+    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
 
 
 def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
@@ -336,7 +335,7 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
         outcomes.append(_run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
                                    finetune.is_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
-        ens_dir = Path(configs["ensemble"]["out"])
+        ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
         found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot)
         if found is not None:
             outcomes.append(StageOutcome("ensemble" + tag, "skipped", 0.0, ens_dir))

@@ -68,6 +68,7 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
                     "ensemble-masking-random"} <= folders
 
     # Every image in exactly one test fold per seed; the folds do not depend on the seed.
+    folds_per_seed = []
     for seed in range(SEEDS):
         tests = []
         for fold in range(FOLDS):
@@ -78,9 +79,8 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
             everything = splits["num_items"] - splits["num_excluded"]
         assert sorted(i for t in tests for i in t) == sorted(set(i for t in tests for i in t))
         assert len({i for t in tests for i in t}) == everything
-        if seed:
-            assert tests == first_tests
-        first_tests = tests
+        folds_per_seed.append(tests)
+    assert all(tests == folds_per_seed[0] for tests in folds_per_seed)
 
     # The comparisons are of the recorded per-run values.
     comp = next(c for c in record["comparisons"]

@@ -29,6 +29,7 @@ if not available_backends()["triton"]:
 
 from medens.kernels.triton import masking as triton_masking  # noqa: E402
 from medens.kernels.triton import patches as triton_patches  # noqa: E402
+
 from medens.ops import _triton  # noqa: E402
 
 from .helpers import (  # noqa: E402
