@@ -90,7 +90,7 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_is_named() -> None:
-    with pytest.raises(ValueError, match=r"preset: expected one of \['paper', 'small'\], received 'huge'"):
+    with pytest.raises(ValueError, match=r"preset: expected one of \['paper', 'small', 'smoke'\], received 'huge'"):
         pipeline.preset_configs("huge")
 
 
