@@ -272,6 +272,13 @@ def plan_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float =
     else:
         splits, method = _unofficial(labels, sub_groups, val_fraction, test_fraction, folds, fold, rng)
     splits = {name: sorted(pool[j] for j in splits.get(name, [])) for name in SPLIT_NAMES}
+    if duplicates is not None and method.startswith("official"):
+        side = {i: name for name, part in splits.items() for i in part}
+        straddling = [g for g in duplicates.groups if len({side.get(i) for i in g if i in side}) > 1]
+        if straddling:  # the publisher's split is kept as shipped; say what it leaks
+            logger.warning("%s: the official split puts %d duplicate groups (%d images) on more than one side; "
+                           "it is kept as the publisher ships it (use_official=False makes a duplicate-aware "
+                           "split)", dataset.name, len(straddling), sum(len(g) for g in straddling))
     return SplitPlan(splits, method, duplicates, excluded)
 
 
