@@ -21,6 +21,7 @@ from medens.evaluate.members import IncompatibleMembersError, Member, load_membe
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table
 from medens.train.common import cli_logging
+from medens.train.guards import OverwritesInputError, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,11 @@ def run_ensemble(
 
     Returns:
         The content of ``metrics.json``.
+
+    Raises:
+        OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
+    refuse_output_over_inputs("out", out_dir, folders=member_dirs)
     members: list[Member] = [load_member(d) for d in member_dirs]
     if tta:
         from medens.train.predict import with_tta_predictions
@@ -143,7 +148,10 @@ def run_ensemble(
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the subcommand; print the comparison table. Returns 0, or 2 when the members are refused."""
+    """Run the subcommand; print the comparison table.
+
+    Returns 0; 2 when the members are refused; 1 when ``--out`` would overwrite a member.
+    """
     with cli_logging():
         return _main(args)
 
@@ -164,6 +172,9 @@ def _main(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
         )
+    except OverwritesInputError as err:
+        logger.error("ensemble refused: %s", err)
+        return 1
     except (IncompatibleMembersError, FileNotFoundError) as err:
         logger.error("ensemble refused: %s", err)
         return 2

@@ -31,6 +31,7 @@ from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.members import IncompatibleMembersError, Member, align_members, load_member
 from medens.evaluate.predictions import Predictions, write_class_predictions
 from medens.evaluate.tables import text_table
+from medens.train.guards import OverwritesInputError, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,13 @@ def run_predict(
 
     Returns:
         ``(image paths, classes, (N, K) probabilities)``.
+
+    Raises:
+        OverwritesInputError: if ``out`` is one of the images, ``images`` itself, or lies inside a member folder
+            (checked before any work).
     """
+    files = collect_images(images)
+    refuse_output_over_inputs("out", out, folders=member_dirs, files=[images, *files])
     members = [load_member(d) for d in member_dirs]
     needs_val = calibrate or method == "weighted"
     if len(members) > 1:
@@ -251,7 +258,6 @@ def run_predict(
     rule = fit_rule(
         val_probs, val_labels, method=method, calibrate=calibrate, members=[m.name for m in members]
     )
-    files = collect_images(images)
     raw = {}
     for m in members:
         mm = load_member_model(m, device)
@@ -283,7 +289,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the subcommand and print the first predictions as a table. Returns 0, or 2 on bad input."""
+    """Run the subcommand and print the first predictions as a table.
+
+    Returns 0; 2 on bad input; 1 when ``--out`` would overwrite an input.
+    """
     from medens.train.common import cli_logging
 
     with cli_logging():
@@ -302,6 +311,9 @@ def _main(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
         )
+    except OverwritesInputError as err:
+        logger.error("predict refused: %s", err)
+        return 1
     except (IncompatibleMembersError, FileNotFoundError, ValueError) as err:
         logger.error("predict refused: %s", err)
         return 2

@@ -132,3 +132,19 @@ def test_missing_member_folder_is_refused(tmp_path: Path, caplog: pytest.LogCapt
             == 2
         )
     assert "expected config.yaml in member folder" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["member", "inside_member"])
+def test_out_over_a_member_is_refused_and_the_member_is_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    before = {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()}
+    out = a if where == "member" else a / "ens"
+    with caplog.at_level(logging.ERROR, logger="medens"):
+        assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots"]) == 1
+    assert "out: expected a path outside the input folder" in caplog.text and str(a) in caplog.text
+    assert "Traceback" not in caplog.text
+    assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
+    assert not (a / "ens").exists()

@@ -164,3 +164,31 @@ def test_predict_refuses_missing_images(members, tmp_path: Path) -> None:
     ]
     assert run_cli(predict_cli, argv) == 2
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("where", ["member_file", "image", "inside_member"])
+def test_predict_refuses_out_over_an_input(members, tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str) -> None:
+    import logging
+
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    ds[0][0].save(folder / "a.png")
+    member_dir = members[0][0]
+    out = {
+        "member_file": member_dir / "predictions.csv",
+        "image": folder / "a.png",
+        "inside_member": member_dir / "new" / "p.csv",
+    }[where]
+    watched = [member_dir / "predictions.csv", folder / "a.png"]
+    before = [p.read_bytes() for p in watched]
+    argv = ["predict", "--members", str(member_dir), "--images", str(folder), "--out", str(out), "--device", "cpu"]
+    logger = logging.getLogger("medens")
+    logger.addHandler(caplog.handler)
+    try:
+        assert run_cli(predict_cli, argv) == 1
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "out: expected a path" in caplog.text and "Traceback" not in caplog.text
+    assert [p.read_bytes() for p in watched] == before
+    assert not (member_dir / "new").exists()
