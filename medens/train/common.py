@@ -43,6 +43,7 @@ from medens.engine import (
     seed_everything,
     write_config,
 )
+from medens.engine.atomic import remove_stale_temporaries
 from medens.engine.checkpoint import CHECKPOINT_NAME
 from medens.engine.config import yaml_value
 
@@ -532,7 +533,8 @@ def run_session(
     """A run's process-wide set-up, undone when the block ends (so the Python entry points leave no trace).
 
     Joins the process group (when launched by torchrun), logs to stderr and ``out/train.log``, sets
-    determinism and seeds. Refuses to start over another run in the same folder.
+    determinism and seeds; removes the temporary files of writes an earlier run on this folder did not finish.
+    Refuses to start over another run in the same folder.
 
     Raises:
         ValueError: when ``out`` already holds a run and ``resume`` is off.
@@ -562,6 +564,8 @@ def run_session(
             if dist.device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
+            if dist.is_main:
+                remove_stale_temporaries(out_dir)
             resuming = bool(config["resume"]) and has_checkpoint
             _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
             yield RunContext(config, out_dir, dist, resuming)

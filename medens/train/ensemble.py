@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
@@ -124,6 +125,7 @@ def run_ensemble(
         OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
     refuse_output_over_inputs("out", out_dir, folders=member_dirs)
+    remove_stale_temporaries(out_dir)
     members: list[Member] = [load_member(d) for d in member_dirs]
     if tta:
         from medens.train.predict import with_tta_predictions
