@@ -152,7 +152,8 @@ def run_ensemble(
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand; print the comparison table.
 
-    Returns 0; 2 when the members are refused; 1 when ``--out`` would overwrite a member.
+    Returns 0; 2 when the members are refused as incompatible or missing; 1 when ``--out`` would overwrite a
+    member or a member's file is unreadable or wrong.
     """
     with cli_logging():
         return _main(args)
@@ -180,6 +181,9 @@ def _main(args: argparse.Namespace) -> int:
     except (IncompatibleMembersError, FileNotFoundError) as err:
         logger.error("ensemble refused: %s", err)
         return 2
+    except ValueError as err:  # a member's file is unreadable or wrong (the message names file and line)
+        logger.error("ensemble refused: %s", err)
+        return 1
     print(comparison_table(results))
     print(f"\nreport: {Path(args.out) / REPORT_FILE}")
     return 0

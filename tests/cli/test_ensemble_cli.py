@@ -148,3 +148,21 @@ def test_out_over_a_member_is_refused_and_the_member_is_unchanged(
     assert "Traceback" not in caplog.text
     assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
     assert not (a / "ens").exists()
+
+
+def test_member_probabilities_outside_0_1_are_refused_by_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    lines = (b / "predictions.csv").read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[2], fields[3] = "1.7", "-0.7"
+    lines[3] = ",".join(fields)
+    (b / "predictions.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.ERROR, logger="medens"):
+        code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), "--no-plots"])
+    assert code == 1
+    assert f"{b / 'predictions.csv'}:4: expected probabilities in [0, 1], received 1.7" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not (tmp_path / "e" / "metrics.json").exists()
