@@ -108,6 +108,11 @@ _STAGE_OPTIONS: dict[str, Option] = {
         _optional_str,
         metavar="FILE",
     ),
+    "allow_partial": Option(
+        "accept a --pretrained-file that lacks some of the model's tensors (they start at random, with a "
+        "warning naming them) instead of refusing it",
+        bool,
+    ),
     "allow_random_imagenet_fallback": Option(
         "when ImageNet weights cannot be had, train from random weights (recorded as init "
         f"'{INIT_RANDOM_FALLBACK}') instead of failing",
@@ -141,6 +146,7 @@ _DEFAULTS: dict[str, Any] = {
     "init": "imagenet",
     "pretrained_file": None,
     "allow_random_imagenet_fallback": False,
+    "allow_partial": False,
     "image_size": 224,
     "epochs": 100,
     "warmup_epochs": 5.0,
@@ -425,6 +431,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         init="scratch" if ctx.resuming else init_requested,
         pretrained_file=None if ctx.resuming else config["pretrained_file"],
         allow_random_fallback=bool(config["allow_random_imagenet_fallback"]),
+        allow_partial=bool(config["allow_partial"]),
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
     )
@@ -625,6 +632,7 @@ _CLI_KEYS = (
     "arch",
     "init",
     "pretrained_file",
+    "allow_partial",
     "allow_random_imagenet_fallback",
     "image_size",
     *OPTIM_CLI_KEYS,

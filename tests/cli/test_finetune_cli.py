@@ -111,6 +111,22 @@ def test_pretrained_file_round_trips(tmp_path: Path) -> None:
             torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-20, msg=key)
 
 
+def test_incomplete_pretrained_file_is_refused_unless_allow_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    published = {k: v.contiguous() for k, v in timm.create_model("convnext_atto").state_dict().items()}
+    save_file({k: v for k, v in published.items() if not k.startswith("stages.3.")}, str(tmp_path / "w.safetensors"))
+    argv = ["finetune", *TINY, "--epochs", "1", "--init", "imagenet", "--pretrained-file", str(tmp_path / "w.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "ft")]) == 1
+    err = capsys.readouterr().err
+    assert "w.safetensors, received a file without" in err and "stages.3." in err and "--allow-partial" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ft" / "model.safetensors").exists()
+    assert main([*argv, "--allow-partial", "--out", str(tmp_path / "ft2")]) == 0
+    config = yaml.safe_load((tmp_path / "ft2" / "config.yaml").read_text())
+    assert config["allow_partial"] is True and config["init"] == "imagenet"
+
+
 def test_offline_imagenet_says_how_to_supply_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture, offline: Path
 ) -> None:
