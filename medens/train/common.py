@@ -452,7 +452,7 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     ``overrides`` must hold ``out``. Bookkeeping keys written by an earlier run are dropped.
 
     Raises:
-        ValueError: unknown keys, wrong types, or no ``out``.
+        ValueError: unknown keys, wrong types, no ``out``, or (on resume) a change to what the run trained with.
     """
     full = {**defaults, "out": None, "resume": False}
     if not overrides.get("out"):
@@ -461,6 +461,7 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     saved_path = Path(overrides["out"]) / CONFIG_NAME
     if overrides.get("resume") and saved_path.is_file():
         saved = load_yaml(saved_path)
+        refuse_changes_on_resume(saved, overrides, saved_path)
     config = merge_config(
         full, saved, overrides, source=[str(saved_path), "options"], ignore=BOOKKEEPING_KEYS
     )
@@ -469,6 +470,60 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
         config["betas"] = list(config["betas"])
     check_types(config, full)
     return config
+
+
+#: Options a resumed run may change: where and how it runs, not what it trains (``epochs`` may only grow).
+RESUME_MUTABLE_KEYS = (
+    "out",
+    "resume",
+    "epochs",
+    "data_root",
+    "cache_dir",
+    "num_workers",
+    "eval_batch_size",
+    "compile",
+    "device",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, recursively, so that a flag's value compares equal to its YAML copy."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, Any], saved_path: Path) -> None:
+    """Refuse options that would make a resumed run's ``config.yaml`` describe a run that was not trained.
+
+    A resumed run keeps the recorded configuration; only :data:`RESUME_MUTABLE_KEYS` may differ, and ``epochs`` may
+    extend the run but not shrink it below what was recorded (those epochs may have been trained already).
+
+    Raises:
+        ValueError: naming the key, the recorded value and the value received.
+    """
+    for key, value in overrides.items():
+        if key not in saved or key in BOOKKEEPING_KEYS:
+            continue
+        recorded = saved.get("init_requested", saved[key]) if key == "init" else saved[key]
+        if key == "epochs":
+            if isinstance(value, int) and isinstance(recorded, int) and value < recorded:
+                raise ValueError(
+                    f"epochs: expected at least the {recorded} epochs recorded in {saved_path} when resuming "
+                    f"(they may be trained already), received {value}; use another --out for a shorter run"
+                )
+            continue
+        if key in RESUME_MUTABLE_KEYS or _plain(value) == _plain(recorded):
+            continue
+        raise ValueError(
+            f"{key}: expected the value recorded in {saved_path} ({recorded!r}) when resuming, received {value!r}; "
+            f"a resumed run keeps its configuration (drop the option, or use another --out for a new run)"
+        )
 
 
 def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -533,7 +588,8 @@ def run_session(
     """A run's process-wide set-up, undone when the block ends (so the Python entry points leave no trace).
 
     Joins the process group (when launched by torchrun), logs to stderr and ``out/train.log``, sets
-    determinism and seeds; removes the temporary files of writes an earlier run on this folder did not finish.
+    determinism and seeds; refuses an image size whose activations cannot fit the device (see
+    :func:`check_fits_in_memory`); removes the temporary files of writes an earlier run on this folder did not finish.
     Refuses to start over another run in the same folder.
 
     Raises:
@@ -555,6 +611,7 @@ def run_session(
     )
     dist = init_distributed(config["device"], timeout_s=float(config["dist_timeout_s"]))
     try:
+        check_fits_in_memory(config, dist.device)
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
@@ -576,6 +633,40 @@ def run_session(
         torch.backends.cuda.matmul.allow_tf32 = saved_flags[3]
         torch.backends.cudnn.allow_tf32 = saved_flags[4]
         dist.close()
+
+
+#: Channels of the narrowest ConvNeXt stem (Atto): the memory estimate is a lower bound for every arch.
+_MIN_STEM_CHANNELS = 40
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's for CUDA, the machine's RAM otherwise (0 when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def check_fits_in_memory(config: Mapping[str, Any], device: torch.device) -> None:
+    """Refuse an ``image_size`` whose training step cannot fit ``device`` (a typo such as 32000 for 320).
+
+    The estimate is a lower bound, so a size that fits is never refused: one batch of float32 input images plus
+    the stem's output (``_MIN_STEM_CHANNELS`` channels at a quarter of the side), counted once.
+
+    Raises:
+        ValueError: naming ``image_size``, the estimate and the memory of the device.
+    """
+    size, batch = int(config["image_size"]), int(config["batch_size"])
+    per_image = 4 * (3 * size * size + _MIN_STEM_CHANNELS * (size // 4) ** 2)
+    needed = batch * per_image
+    have = device_memory_bytes(device)
+    if have and needed > have:
+        raise ValueError(
+            f"image_size: expected a size whose batch fits on {device} ({have / 2**30:.1f} GiB), received "
+            f"{size}: a batch of {batch} needs at least {needed / 2**30:.1f} GiB for its input and first layer"
+        )
 
 
 def open_dataset(config: Mapping[str, Any]) -> Any:
