@@ -455,8 +455,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     )
     eval_tf = build_transforms(size, train=False, mean=mean, std=std, crop_pct=float(config["crop_pct"]))
     train_set = SplitDataset(dataset, splits["train"], transform=train_tf)
-    val_set = SplitDataset(dataset, splits["val"], transform=eval_tf)
-    test_set = SplitDataset(dataset, splits["test"], transform=eval_tf)
+    # Evaluation never scores an image it could not read: such files are left out and listed in metrics.json.
+    val_set, val_skipped = SplitDataset(dataset, splits["val"], eval_tf, substitute=False).without_unreadable()
+    test_set, test_skipped = SplitDataset(dataset, splits["test"], eval_tf, substitute=False).without_unreadable()
+    skipped = {"val": [vars(k) for k in val_skipped], "test": [vars(k) for k in test_skipped]}
 
     targets = train_set.targets
     weight = class_weights(targets, len(classes)) if config["imbalance"] == "weighted_loss" else None
@@ -570,7 +572,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     val_probs = predict_probs(trainer.eval_module, val_set, **kwargs)
     test_probs = predict_probs(trainer.eval_module, test_set, **kwargs)
     if dist.is_main:
-        _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config)
+        _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
 
@@ -584,7 +586,9 @@ def _recorded_init(config_path: Path) -> str | None:
     return None if value is None else str(value)
 
 
-def _write_outputs(out: Path, classes, val_set, val_probs, test_set, test_probs, best: _Best, config) -> None:
+def _write_outputs(
+    out: Path, classes, val_set, val_probs, test_set, test_probs, best: _Best, config, skipped=None
+) -> None:
     from medens.evaluate.metrics import classification_report
     from medens.evaluate.predictions import write_predictions
 
@@ -599,6 +603,8 @@ def _write_outputs(out: Path, classes, val_set, val_probs, test_set, test_probs,
         "val": classification_report(val_probs, np.asarray(val_set.targets), classes),
         "num_test": len(test_set),
         "num_val": len(val_set),
+        # Images of the splits that could not be decoded: not in the predictions, not in any metric.
+        "skipped": skipped or {"val": [], "test": []},
     }
     atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(metrics), indent=2) + "\n")
     t = metrics["test"]

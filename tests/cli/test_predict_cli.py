@@ -192,3 +192,33 @@ def test_predict_refuses_out_over_an_input(members, tmp_path: Path, caplog: pyte
     assert "out: expected a path" in caplog.text and "Traceback" not in caplog.text
     assert [p.read_bytes() for p in watched] == before
     assert not (member_dir / "new").exists()
+
+
+def test_predict_writes_every_readable_image_and_lists_the_unreadable(
+    members, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        ds[i][0].save(folder / f"img{i}.png")
+    data = (folder / "img1.png").read_bytes()
+    (folder / "img1.png").write_bytes(data[: len(data) // 2])  # truncated: cannot be decoded
+    out = tmp_path / "pred.csv"
+    argv = ["predict", "--members", *[str(d) for d, _ in members], "--images", str(folder), "--out", str(out),
+            "--device", "cpu"]
+    assert run_cli(predict_cli, argv) == 0
+    printed = capsys.readouterr().out
+    assert "2 images" in printed and "1 skipped (cannot be decoded, not in the CSV)" in printed
+    assert str(folder / "img1.png") in printed
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img2.png"]
+    # the readable images get their own probabilities, not a neighbour's
+    transform = build_transforms(SIZE, train=False)
+    from medens.data import read_image
+
+    batch = torch.stack([transform(read_image(folder / n)) for n in ("img0.png", "img2.png")])
+    expected = np.mean([_probs(model, batch) for _, model in members], axis=0)
+    got = np.array([[float(r[c]) for c in ds.classes] for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
