@@ -6,9 +6,11 @@ A reader (or a run resumed after a crash) sees either the old file or the new on
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,10 +73,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Free bytes under which a failed write is reported as a full disk.
+_LOW_SPACE = 64 << 20
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically, synced to disk."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save(obj, path)`` atomically, synced to disk.
+
+    Raises:
+        OSError: ``ENOSPC`` naming ``path`` when the write failed on a (nearly) full disk; torch itself only says
+            "unexpected pos" or "file write failed". The previous file at ``path`` is left as it was.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as err:
+        folder = Path(path).parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            raise err from None
+        if free >= _LOW_SPACE:
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left to write {path} ({free >> 20} MiB free in {folder}); free some space, then --resume",
+            str(path),
+        ) from None
     return Path(path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -56,6 +57,7 @@ __all__ = [
     "OPTIM_CLI_KEYS",
     "ENGINE_CLI_KEYS",
     "user_errors",
+    "user_error_message",
     "interrupted_exit_code",
     "BOOKKEEPING_KEYS",
     "CONFIG_NAME",
@@ -262,6 +264,8 @@ ENGINE_CLI_KEYS = (
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on from the message alone: the commands print it and exit 1, without a traceback.
 
+    (``OSError`` of the kinds in :data:`USER_ERRNOS` too; see :func:`user_error_message`.)
+
     Imported here rather than at module level, so that ``--help`` does not load the models.
     """
     from medens.data import DatasetError
@@ -269,6 +273,52 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medens.models import PretrainedWeightsUnavailable
 
     return (ValueError, FileNotFoundError, DatasetError, PretrainedWeightsUnavailable, NonFiniteLossError)
+
+
+#: ``OSError`` numbers that are the environment's or the user's doing (a path, a permission, the disk), not a bug.
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free some space (the last checkpoint is intact; --resume continues)",
+    errno.EDQUOT: "free some space or raise the quota",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable --out/--cache-dir",
+    errno.EEXIST: "a file is in the way: remove it or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+}
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message to print for a user's or the environment's mistake, or None for what must be a bug.
+
+    One place decides: :func:`user_errors` (bad values, files, datasets, weights), and ``OSError`` whose number is
+    in :data:`USER_ERRNOS` (said with the file it concerns and what to do).
+    """
+    if isinstance(err, OSError) and not isinstance(err, user_errors()):
+        if err.errno not in USER_ERRNOS:
+            return None
+        names = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = err.strerror or str(err)
+        hint = _ERRNO_HINTS.get(err.errno)
+        return f"{names + ': ' if names and names not in text else ''}{text}" + (f"; {hint}" if hint else "")
+    if isinstance(err, user_errors()):
+        return str(err)
+    return None
 
 
 def interrupted_exit_code(err: TrainingInterrupted) -> int:
@@ -435,8 +485,11 @@ def _run_cli(
     except TrainingInterrupted as err:
         _logger.warning("%s", err)
         return interrupted_exit_code(err)
-    except user_errors() as err:
-        _logger.error("%s", err)
+    except (*user_errors(), OSError) as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        _logger.error("%s", message)
         return 1
     return 0
 
