@@ -29,6 +29,28 @@ logger = logging.getLogger(__name__)
 HELP = "combine fine-tuned members into an ensemble and compare them on the test split"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2, naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {value}")
+    return value
+
+
+def _open_unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {value}")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``ensemble`` subcommand and return its parser."""
     p = subparsers.add_parser("ensemble", help=HELP, description=HELP)
@@ -54,10 +76,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="test-time augmentation: re-run each member's model on flipped images",
     )
     p.add_argument(
-        "--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
+        "--bootstrap", type=_positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
     )
-    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage")
-    p.add_argument("--ece-bins", type=int, default=DEFAULT_ECE_BINS, help="bins of the calibration error")
+    p.add_argument(
+        "--confidence", type=_open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
+    )
+    p.add_argument(
+        "--ece-bins", type=_positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")

@@ -166,3 +166,24 @@ def test_member_probabilities_outside_0_1_are_refused_by_file_and_line(
     assert f"{b / 'predictions.csv'}:4: expected probabilities in [0, 1], received 1.7" in caplog.text
     assert "Traceback" not in caplog.text
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--bootstrap", "-5", "argument --bootstrap: expected an integer >= 1, received -5"),
+        ("--confidence", "1.5", "argument --confidence: expected a number in (0, 1), received 1.5"),
+        ("--ece-bins", "0", "argument --ece-bins: expected an integer >= 1, received 0"),
+    ],
+)
+def test_bad_values_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    with pytest.raises(SystemExit) as info:
+        run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
