@@ -110,3 +110,25 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(
     assert main(["pretrain", *TINY, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError" in err and "this is a bug in medens" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--device", "tpu"], "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device), received 'tpu'"),
+        (["--ops-backend", "nope"], "ops_backend: expected 'auto' or one of"),
+        (["--set", "image_size=abc"], "image_size: expected an integer, received 'abc'"),
+    ],
+)
+def test_bad_values_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
+    _fails_cleanly(capsys, ["pretrain", *TINY, *flags, "--out", str(tmp_path / "run")], needle)
+
+
+def test_an_ops_backend_this_machine_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from medens.ops import available_backends
+
+    missing = [name for name, ok in available_backends().items() if not ok]
+    if not missing:
+        pytest.skip("every ops backend can run on this machine")
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--ops-backend", missing[0], "--out", str(tmp_path / "run")],
+                   "ops_backend: expected a backend that can run on this machine", repr(missing[0]))
