@@ -563,7 +563,9 @@ def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, A
     for key, value in overrides.items():
         if key not in saved or key in BOOKKEEPING_KEYS:
             continue
-        recorded = saved.get("init_requested", saved[key]) if key == "init" else saved[key]
+        recorded = saved[key]
+        if key == "init" and value in (saved.get("init_requested"), recorded):
+            continue  # what was asked, or what a fallback recorded (a run's own config.yaml given as --config)
         if key == "epochs":
             if isinstance(value, int) and isinstance(recorded, int) and value < recorded:
                 raise ValueError(

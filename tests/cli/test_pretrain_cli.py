@@ -340,3 +340,18 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> Non
     text = capsys.readouterr().out
     for command in ("pretrain", "finetune", "ensemble", "predict", "pipeline"):
         assert command in text
+
+
+def test_resume_accepts_the_requested_or_recorded_init_and_repeated_values(tmp_path: Path) -> None:
+    from medens.train.common import refuse_changes_on_resume
+
+    saved = {"init": "imagenet-unavailable-random-init", "init_requested": "imagenet", "betas": [0.9, 0.999],
+             "epochs": 4, "seed": 0}
+    path = tmp_path / "config.yaml"
+    for ok in ({"init": "imagenet"}, {"init": "imagenet-unavailable-random-init"}, {"betas": (0.9, 0.999)},
+               {"epochs": 9}, {"device": "cpu"}, {"unknown_here": 1}):
+        refuse_changes_on_resume(saved, ok, path)
+    with pytest.raises(ValueError, match=r"init: expected the value recorded in .*config.yaml"):
+        refuse_changes_on_resume(saved, {"init": "scratch"}, path)
+    with pytest.raises(ValueError, match="seed: expected the value recorded in .* received 1"):
+        refuse_changes_on_resume(saved, {"seed": 1}, path)
