@@ -103,11 +103,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that interrupted :func:`atomic_path` writes left under ``folder``.
+def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_path` writes left in ``folder``.
 
     A write killed before its rename leaves ``.{name}.XXXXXXXX.tmp`` behind (up to a whole checkpoint); the next
-    run on the same folder calls this before it writes anything. Symlinked folders are not entered.
+    run on the same folder calls this before it writes anything. Only ``folder`` itself is looked at (a run's
+    outputs sit there), not its sub-folders, and with ``target`` only the temporaries of that one file name.
 
     Returns:
         The files removed (logged at INFO).
@@ -116,12 +117,15 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         return removed
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            file = Path(dirpath) / name
-            if _TEMPORARY.match(name) and not file.is_symlink() and file.is_file():
-                file.unlink(missing_ok=True)
-                removed.append(file)
+    for file in sorted(root.iterdir()):
+        name = file.name
+        if not _TEMPORARY.match(name) or (target is not None and not name.startswith(f".{target}.")):
+            continue
+        if target is not None and len(name) != len(target) + 14:  # "." + target + "." + 8 + ".tmp"
+            continue
+        if not file.is_symlink() and file.is_file():
+            file.unlink(missing_ok=True)
+            removed.append(file)
     for file in removed:
         _logger.info("removed %s, left by an interrupted write", file)
     return removed

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.members import IncompatibleMembersError, Member, align_members, load_member
 from medens.evaluate.predictions import Predictions, write_class_predictions
@@ -250,6 +251,7 @@ def run_predict(
     """
     files = collect_images(images)
     refuse_output_over_inputs("out", out, folders=member_dirs, files=[images, *files])
+    remove_stale_temporaries(Path(out).expanduser().parent, target=Path(out).name)
     members = [load_member(d) for d in member_dirs]
     needs_val = calibrate or method == "weighted"
     if len(members) > 1:

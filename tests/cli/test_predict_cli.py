@@ -205,9 +205,12 @@ def test_predict_writes_every_readable_image_and_lists_the_unreadable(
     data = (folder / "img1.png").read_bytes()
     (folder / "img1.png").write_bytes(data[: len(data) // 2])  # truncated: cannot be decoded
     out = tmp_path / "pred.csv"
+    debris = tmp_path / ".pred.csv.k1ll3d_x.tmp"  # left by a predict killed while writing
+    debris.write_text("half a csv")
     argv = ["predict", "--members", *[str(d) for d, _ in members], "--images", str(folder), "--out", str(out),
             "--device", "cpu"]
     assert run_cli(predict_cli, argv) == 0
+    assert not debris.exists()
     printed = capsys.readouterr().out
     assert "2 images" in printed and "1 skipped (cannot be decoded, not in the CSV)" in printed
     assert str(folder / "img1.png") in printed
