@@ -107,6 +107,12 @@ def create_classifier(
     if kind == "scratch":
         return timm.create_model(base, pretrained=False, **kwargs), "scratch"
     if kind == "mae":
+        if mae_path.is_dir():
+            hint = mae_path / "encoder.safetensors"
+            raise FileNotFoundError(
+                f"init: expected mae:PATH to name an encoder.safetensors file, received the folder {mae_path}"
+                + (f"; did you mean mae:{hint}?" if hint.is_file() else "")
+            )
         if not mae_path.is_file():
             raise FileNotFoundError(
                 f"init: expected mae:PATH to name an encoder.safetensors written by 'medens.train pretrain', "

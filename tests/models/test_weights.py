@@ -148,3 +148,10 @@ def test_incomplete_pretrained_file_is_refused_by_name_unless_allowed(
     assert torch.equal(model.state_dict()["stem.0.weight"], state["stem.0.weight"])
     # A complete file passes without a word, with or without the flag.
     create_classifier(ARCH, 4, init="imagenet", pretrained_file=tmp_path / "full.safetensors")
+
+
+def test_init_mae_naming_a_folder_says_so_and_points_at_the_file(tmp_path: Path) -> None:
+    mae = MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32)
+    _export(mae, tmp_path / "encoder.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"received the folder .*; did you mean mae:.*encoder\.safetensors\?"):
+        create_classifier(ARCH, 3, init=f"mae:{tmp_path}")
