@@ -421,7 +421,7 @@ def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict
             overrides[key] = given[key]
     if "dataset_options" in given:
         options = dict(overrides.get("dataset_options") or {})
-        options.update(parse_overrides(given["dataset_options"]))
+        options.update(parse_overrides(given["dataset_options"], option="--dataset-option"))
         overrides["dataset_options"] = options
     sets = parse_overrides(given.get("set") or [])
     merge_config(defaults, sets, source=["--set"])  # unknown keys fail here, naming --set

@@ -118,6 +118,7 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(
         (["--device", "tpu"], "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device), received 'tpu'"),
         (["--ops-backend", "nope"], "ops_backend: expected 'auto' or one of"),
         (["--set", "image_size=abc"], "image_size: expected an integer, received 'abc'"),
+        (["--dataset-option", "num_images"], "--dataset-option: expected KEY=VALUE, received 'num_images'"),
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
