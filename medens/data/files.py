@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,8 @@ from PIL import Image
 from medens.engine.atomic import atomic_path
 
 from .errors import DatasetNotFoundError
+
+_logger = logging.getLogger(__name__)
 
 # Files that archive tools and operating systems leave beside real data.
 _JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", ".DS_Store"})
@@ -31,6 +34,11 @@ def is_junk(path: Path) -> bool:
 def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """List image files in ``folder``, sorted by path, skipping junk files and folders.
 
+    A walk enters each real folder once and never climbs above ``folder``: a link to a folder already entered
+    (``a/self -> .``, a sibling listed before) or to one that holds ``folder`` (``a/up -> ..``) is skipped with a
+    warning, so loops end and no image is listed twice or under another class's folder. Two
+    names of one file (symbolic or hard links) are listed once, under the first name in sorted order.
+
     Args:
         folder: Folder to list.
         recursive: Also list images in sub-folders (junk folders are not entered).
@@ -40,14 +48,39 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """
     extensions = image_extensions()
     found: list[Path] = []
-    for entry in sorted(folder.iterdir()):
-        if is_junk(entry):
-            continue
-        if entry.is_dir():
-            if recursive:
-                found.extend(list_images(entry, recursive=True))
-        elif entry.suffix.lower() in extensions:
-            found.append(entry)
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def walk(directory: Path) -> None:
+        st = directory.stat()
+        seen_dirs.add((st.st_dev, st.st_ino))
+        for entry in sorted(directory.iterdir()):
+            if is_junk(entry):
+                continue
+            if entry.is_dir():
+                if not recursive:
+                    continue
+                est = entry.stat()
+                if (est.st_dev, est.st_ino) in seen_dirs or entry.resolve() in top.parents:
+                    _logger.warning(
+                        "%s: skipped, a link to a folder already listed or above %s (%s)", entry, folder,
+                        entry.resolve(),
+                    )
+                    continue
+                walk(entry)
+            elif entry.suffix.lower() in extensions:
+                try:
+                    fst = entry.stat()
+                except OSError:  # a broken link: listed, so that reading it reports the file by name
+                    found.append(entry)
+                    continue
+                key = (fst.st_dev, fst.st_ino)
+                if key not in seen_files:
+                    seen_files.add(key)
+                    found.append(entry)
+
+    top = folder.resolve()
+    walk(folder)
     return sorted(found)
 
 

@@ -48,7 +48,24 @@ LAYOUTS: tuple[str, ...] = ("auto", "isic2018", "ham10000")
 
 
 def _read_csv(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as ``(line number, row)``, after checking the header has the ``required`` columns."""
+    """Rows of a CSV as ``(line number, row)``, after checking the header has the ``required`` columns.
+
+    Raises:
+        DatasetError: missing columns, or a file that is not UTF-8 text (naming the file and the byte offset).
+    """
+    try:
+        return _read_csv_rows(path, required)
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{NAME}: CSV {str(path)!r}: expected UTF-8 text, received a byte that is not (0x{err.object[err.start]:02x} "
+            f"at offset {err.start}); re-save the file as UTF-8"
+        ) from None
+    except csv.Error as err:
+        raise DatasetError(f"{NAME}: CSV {str(path)!r}: expected a CSV file, received one the reader refuses ({err})") \
+            from None
+
+
+def _read_csv_rows(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]

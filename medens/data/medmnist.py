@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,34 @@ def find_npz(root: Path, flag: str, size: int | None) -> Path:
     )
 
 
-def _labels(raw: np.ndarray, flag: str, key: str) -> np.ndarray:
+def _pixels(array: np.ndarray, name: str, key: str, file: Path) -> np.ndarray:
+    """``array`` as uint8 pixels: uint8 as it is, other integers and floats in [0, 255] rounded, and floats in
+    [0, 1] (as some converters write them) scaled by 255 first.
+
+    Raises:
+        DatasetError: naming the file and key, for another dtype or values outside those ranges (NaN included).
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DatasetError(f"{name}: {str(file)!r} {key}: expected uint8 (or integer/float) pixels, received dtype "
+                           f"{array.dtype}")
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = float(np.min(array)), float(np.max(array))
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite([low, high]).all():
+        raise DatasetError(f"{name}: {str(file)!r} {key}: expected finite pixel values, received NaN or inf")
+    if not (low >= 0 and high <= 255):
+        raise DatasetError(f"{name}: {str(file)!r} {key}: expected pixel values in [0, 255] (or [0, 1] for floats), "
+                           f"received values in [{low}, {high}]")
+    if np.issubdtype(array.dtype, np.floating) and high <= 1.0:
+        logger.info("%s: %s holds %s pixels in [0, 1]; scaled to [0, 255]", name, key, array.dtype)
+        array = array * 255.0
+    return np.rint(array).astype(np.uint8)
+
+
+def _labels(raw: np.ndarray, flag: str, key: str, file: Path | None = None) -> np.ndarray:
+    where = f"{str(file)!r} " if file is not None else ""
     if raw.ndim == 2 and raw.shape[1] > 1:
         raise DatasetError(
             f"medmnist:{flag}: {key} has shape {raw.shape}: multi-label data, but every item here needs exactly "
@@ -82,7 +110,18 @@ def _labels(raw: np.ndarray, flag: str, key: str) -> np.ndarray:
         )
     if raw.ndim not in (1, 2):
         raise DatasetError(f"medmnist:{flag}: {key} must have shape (N,) or (N, 1), got {raw.shape}")
-    return raw.reshape(-1).astype(np.int64)
+    flat = raw.reshape(-1)
+    if not (np.issubdtype(flat.dtype, np.integer) or np.issubdtype(flat.dtype, np.floating)) or flat.dtype == np.bool_:
+        raise DatasetError(f"medmnist:{flag}: {where}{key}: expected integer class labels, received dtype {flat.dtype}")
+    if np.issubdtype(flat.dtype, np.floating):
+        bad = flat[~np.isfinite(flat) | (flat != np.round(flat))]
+        if bad.size:
+            raise DatasetError(f"medmnist:{flag}: {where}{key}: expected integer class labels, received "
+                               f"{float(bad[0])!r} (and {bad.size - 1} more)")
+    labels = flat.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DatasetError(f"medmnist:{flag}: {where}{key}: expected labels >= 0, received {int(labels.min())}")
+    return labels
 
 
 class MedMNISTDataset(LabeledDataset):
@@ -112,27 +151,46 @@ class MedMNISTDataset(LabeledDataset):
         self.strict = strict
         self.skipped = []
         images, targets, splits, ids = [], [], [], []
-        with np.load(self.file) as npz:
-            missing = [f"{s}_{k}" for s in SPLIT_NAMES for k in ("images", "labels") if f"{s}_{k}" not in npz]
-            if missing:
-                raise DatasetError(f"{self.name}: {str(self.file)!r} lacks keys {missing}; has {sorted(npz.files)}")
-            for split in SPLIT_NAMES:
-                array = npz[f"{split}_images"]
-                if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
-                    raise DatasetError(f"{self.name}: {split}_images must be (N, H, W) or (N, H, W, 3) (2D data); "
-                                       f"got shape {array.shape}")
-                labels = _labels(npz[f"{split}_labels"], flag, f"{split}_labels")
-                if len(labels) != len(array):
-                    raise DatasetError(f"{self.name}: {len(array)} {split} images but {len(labels)} labels")
-                images.append(array)
-                targets.extend(labels.tolist())
-                splits.extend([split] * len(array))
-                ids.extend(f"{flag}/{split}/{i:06d}" for i in range(len(array)))
+        try:
+            with open(self.file, "rb") as handle:  # closed even when numpy fails half-way
+                npz = np.load(handle, allow_pickle=False)
+                if not isinstance(npz, np.lib.npyio.NpzFile):
+                    raise DatasetError(f"{self.name}: {str(self.file)!r}: expected an .npz archive of arrays, received a "
+                                       f"single .npy array")
+                with npz:
+                    missing = [f"{s}_{k}" for s in SPLIT_NAMES for k in ("images", "labels") if f"{s}_{k}" not in npz]
+                    if missing:
+                        raise DatasetError(f"{self.name}: {str(self.file)!r} lacks keys {missing}; has {sorted(npz.files)}")
+                    for split in SPLIT_NAMES:
+                        array = npz[f"{split}_images"]
+                        if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
+                            raise DatasetError(f"{self.name}: {split}_images must be (N, H, W) or (N, H, W, 3) (2D data); "
+                                               f"got shape {array.shape}")
+                        array = _pixels(array, self.name, f"{split}_images", self.file)
+                        labels = _labels(npz[f"{split}_labels"], flag, f"{split}_labels", self.file)
+                        if len(labels) != len(array):
+                            raise DatasetError(f"{self.name}: {len(array)} {split} images but {len(labels)} labels")
+                        images.append(array)
+                        targets.extend(labels.tolist())
+                        splits.extend([split] * len(array))
+                        ids.extend(f"{flag}/{split}/{i:06d}" for i in range(len(array)))
+        except DatasetError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+            # np.load calls any non-zip file "pickled data"; say what the file is not instead.
+            raise DatasetError(f"{self.name}: {str(self.file)!r}: expected a MedMNIST .npz archive of plain arrays, "
+                               f"received a file numpy cannot read that way ({type(err).__name__}: {err})") from None
         self._images = np.concatenate(images).astype(np.uint8, copy=False)
         num_classes = max(targets) + 1 if targets else 0
         self.classes = list(LABELS.get(flag, [str(i) for i in range(num_classes)]))
         if flag not in LABELS:
             logger.info("%s: no label names known for this flag; using %s", self.name, self.classes)
+        present = set(targets)
+        empty = [c for i, c in enumerate(self.classes) if i not in present]
+        if empty:
+            logger.warning("%s: %s has no image of class %s in any split; a model trained on it cannot predict "
+                           "that class, and per-class metrics for it are undefined", self.name, self.file,
+                           ", ".join(repr(c) for c in empty))
         self._init_items(targets, ids, splits)
 
     def load_image(self, index: int) -> Image.Image:

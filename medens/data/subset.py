@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from .base import LabeledDataset
+from .base import LabeledDataset, Skipped
 from .errors import CorruptImageError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -22,13 +22,17 @@ class SplitDataset(Dataset):
 
     A file that fails to decode here (it passed the check when the dataset was opened, but is corrupt further
     in, or changed since) is, unless the dataset is ``strict``, logged with its path and replaced by the next
-    readable item of this split, so one bad file never stops a run. Open datasets with ``verify="full"`` or a
-    decode cache to rule this out entirely.
+    readable item of this split, so one bad file never stops a run. That substitution is for training only: with
+    ``substitute=False`` (evaluation) such a file raises :class:`CorruptImageError` instead, and
+    :meth:`without_unreadable` returns the split without the files that cannot be decoded, and lists them, so that
+    no image is scored with another's prediction. Open datasets with ``verify="full"`` or a decode cache to rule
+    this out entirely.
 
     Args:
         dataset: The full dataset.
         indices: Positions in ``dataset`` (e.g. ``make_splits(...)["train"]``).
         transform: Callable applied to the PIL image, or None to return the image unchanged.
+        substitute: replace an unreadable item by the next readable one (training); False raises instead.
 
     Attributes:
         targets, ids, paths: Per item of this split, in order.
@@ -36,13 +40,14 @@ class SplitDataset(Dataset):
     """
 
     def __init__(self, dataset: LabeledDataset, indices: Sequence[int],
-                 transform: Callable[[Any], Any] | None = None) -> None:
+                 transform: Callable[[Any], Any] | None = None, *, substitute: bool = True) -> None:
         bad = [i for i in indices if not 0 <= int(i) < len(dataset)]
         if bad:
             raise DatasetError(f"argument 'indices': expected positions in 0..{len(dataset) - 1}, got {bad[:5]}")
         self.dataset = dataset
         self.indices = [int(i) for i in indices]
         self.transform = transform
+        self.substitute = bool(substitute)
         self._unreadable: set[int] = set()
 
     @property
@@ -77,10 +82,31 @@ class SplitDataset(Dataset):
             try:
                 image, label = self.dataset[index]
             except CorruptImageError as exc:
-                if getattr(self.dataset, "strict", False):
+                if getattr(self.dataset, "strict", False) or not self.substitute:
                     raise
                 self._unreadable.add(index)
                 logger.error("%s: %s; using the next item of the split instead", self.dataset.name, exc)
                 continue
             return (self.transform(image) if self.transform is not None else image), label
         raise DatasetError(f"{self.dataset.name}: no item of this split of {len(self)} can be decoded")
+
+    def without_unreadable(self) -> tuple[SplitDataset, list[Skipped]]:
+        """This split without the items whose image cannot be decoded now, and those items' files and reasons.
+
+        Decodes every item once (without the transform). The split returned never substitutes: an item that breaks
+        later raises. For evaluation, where an unreadable image must be left out of the metrics, not replaced.
+        """
+        keep: list[int] = []
+        skipped: list[Skipped] = []
+        paths = self.dataset.paths
+        for index in self.indices:
+            try:
+                self.dataset.load_image(index)
+            except CorruptImageError as exc:
+                if getattr(self.dataset, "strict", False):
+                    raise
+                skipped.append(Skipped(paths[index], exc.reason))
+                logger.warning("%s: %s; left out of the evaluation", self.dataset.name, exc)
+                continue
+            keep.append(index)
+        return SplitDataset(self.dataset, keep, self.transform, substitute=False), skipped

@@ -6,7 +6,11 @@ A reader (or a run resumed after a crash) sees either the old file or the new on
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "remove_stale_temporaries",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: The mode of every output file (what ``open`` gives under the usual umask 022).
+OUTPUT_MODE = 0o644
+#: Names of :func:`atomic_path`'s temporary files: ``.{target}.{mkstemp's 8 characters}.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -29,10 +46,12 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; results are meant to be shared like any other file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file owner-only, and a writer that re-creates the file (safetensors does) makes its own
+        # choice; set the mode after writing, so that every output is shared alike.
+        os.chmod(tmp_path, OUTPUT_MODE)
         if fsync:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
@@ -54,8 +73,59 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Free bytes under which a failed write is reported as a full disk.
+_LOW_SPACE = 64 << 20
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically, synced to disk."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save(obj, path)`` atomically, synced to disk.
+
+    Raises:
+        OSError: ``ENOSPC`` naming ``path`` when the write failed on a (nearly) full disk; torch itself only says
+            "unexpected pos" or "file write failed". The previous file at ``path`` is left as it was.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as err:
+        folder = Path(path).parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            raise err from None
+        if free >= _LOW_SPACE:
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left to write {path} ({free >> 20} MiB free in {folder}); free some space, then --resume",
+            str(path),
+        ) from None
     return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_path` writes left in ``folder``.
+
+    A write killed before its rename leaves ``.{name}.XXXXXXXX.tmp`` behind (up to a whole checkpoint); the next
+    run on the same folder calls this before it writes anything. Only ``folder`` itself is looked at (a run's
+    outputs sit there), not its sub-folders, and with ``target`` only the temporaries of that one file name.
+
+    Returns:
+        The files removed (logged at INFO).
+    """
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for file in sorted(root.iterdir()):
+        name = file.name
+        if not _TEMPORARY.match(name) or (target is not None and not name.startswith(f".{target}.")):
+            continue
+        if target is not None and len(name) != len(target) + 14:  # "." + target + "." + 8 + ".tmp"
+            continue
+        if not file.is_symlink() and file.is_file():
+            file.unlink(missing_ok=True)
+            removed.append(file)
+    for file in removed:
+        _logger.info("removed %s, left by an interrupted write", file)
+    return removed

@@ -83,12 +83,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_torch_save(state, path)
 
 
+class CorruptCheckpointError(RuntimeError, ValueError):
+    """A checkpoint file that cannot be read (truncated, foreign, not a checkpoint); the message names it.
+
+    A ``RuntimeError`` as before, and a ``ValueError`` so that the commands report it as a bad file, not a bug.
+    """
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
 
     Raises:
         FileNotFoundError: when there is no checkpoint at ``path``.
-        RuntimeError: when the file is not a readable checkpoint.
+        CorruptCheckpointError: (a RuntimeError) when the file is not a readable checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,6 +103,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
-        raise RuntimeError(
+        raise CorruptCheckpointError(
             f"resume: {path} is not a readable medens checkpoint ({type(err).__name__}: {err})"
         ) from None

@@ -141,17 +141,21 @@ def merge_config(
     return out
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+def parse_overrides(items: Iterable[str], option: str = "--set") -> dict[str, Any]:
     """Parse ``key=value`` strings (``--set`` on the command line); values are read as YAML (``1e-3``, ``true``).
 
+    Args:
+        items: the ``KEY=VALUE`` strings.
+        option: the flag they came from, for the message.
+
     Raises:
-        ValueError: for an item without ``=``.
+        ValueError: for an item without ``=``, naming ``option``.
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set: expected KEY=VALUE, received {item!r}")
+            raise ValueError(f"{option}: expected KEY=VALUE, received {item!r}")
         out[key.strip().replace("-", "_")] = yaml_value(value) if value.strip() else None
     return out
 

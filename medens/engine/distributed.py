@@ -29,11 +29,16 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"`` is ``cuda:LOCAL_RANK`` when a GPU is present, else CPU; anything else is passed to torch.
 
     Raises:
-        ValueError: for a CUDA device when CUDA is not available.
+        ValueError: for a string torch does not know as a device, or a CUDA device when CUDA is not available.
     """
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:  # torch: "Expected one of cpu, cuda, ... device type at start ..."
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device), received {device!r}"
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device: expected 'auto' or 'cpu' on this machine (no CUDA device), received {device!r}"

@@ -74,6 +74,20 @@ def _json_ready(obj: Any) -> Any:
     return obj
 
 
+def skipped_test_images(directory: str | os.PathLike[str]) -> list[str]:
+    """The test images a member's fine-tuning left out as unreadable (``metrics.json`` ``skipped.test``).
+
+    A member folder without that record (written before it existed, or by hand) has none.
+    """
+    try:
+        record = json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    skipped = record.get("skipped") if isinstance(record, dict) else None
+    items = skipped.get("test", []) if isinstance(skipped, dict) else []
+    return [str(item["path"]) for item in items if isinstance(item, dict) and "path" in item]
+
+
 def evaluate_ensemble(
     members: Sequence[Member],
     out_dir: str | os.PathLike[str],
@@ -190,6 +204,8 @@ def evaluate_ensemble(
             "method": "percentile, paired",
         },
         "ece_bins": n_bins,
+        # Test images a member's fine-tuning could not decode: in no prediction and no metric here.
+        "skipped_test": sorted({path for m in members for path in skipped_test_images(m.directory)}),
         "files": {"predictions": PREDICTIONS_FILE, "report": REPORT_FILE, **(PLOT_FILES if plots else {})},
     }
     results = _json_ready(results)

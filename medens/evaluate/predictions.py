@@ -19,6 +19,8 @@ from medens.engine.atomic import atomic_path
 
 #: Columns that precede the probability columns.
 KEY_COLUMNS: tuple[str, ...] = ("path", "label")
+#: How far a row of probabilities read from a CSV may sum from 1 (files written with 4 decimals still pass).
+PROB_SUM_TOL = 1e-3
 
 
 @dataclass
@@ -89,9 +91,32 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: if the header or a row is malformed.
+        ValueError: if the file is not UTF-8 CSV, the header or a row is malformed, or a row's probabilities are
+            outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the message names the file and line).
     """
     path = Path(path)
+    try:
+        return _read_predictions(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: expected a UTF-8 text CSV, received bytes that are not ({err.reason})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: expected a CSV file, received one the csv reader refuses ({err})") from None
+
+
+def _check_probabilities(path: Path, line_no: int, values: list[float]) -> None:
+    """Refuse a row that is not a probability distribution: each value in [0, 1], the sum 1 within a tolerance."""
+    bad = [v for v in values if not 0.0 <= v <= 1.0]  # also catches nan
+    if bad:
+        raise ValueError(f"{path}:{line_no}: expected probabilities in [0, 1], received {bad[0]!r}")
+    total = float(np.sum(values))
+    if abs(total - 1.0) > PROB_SUM_TOL:
+        raise ValueError(
+            f"{path}:{line_no}: expected probabilities summing to 1 (within {PROB_SUM_TOL}), received a sum of "
+            f"{total!r}"
+        )
+
+
+def _read_predictions(path: Path) -> Predictions:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -111,9 +136,11 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
             paths.append(row[0])
             labels.append(row[1])
             try:
-                rows.append([float(v) for v in row[2:]])
+                values = [float(v) for v in row[2:]]
             except ValueError as err:
                 raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from err
+            _check_probabilities(path, line_no, values)
+            rows.append(values)
     if len(set(paths)) != len(paths):
         raise ValueError(f"{path}: expected each image path once, received duplicates")
     probs = np.array(rows, dtype=np.float64).reshape(len(rows), len(classes))

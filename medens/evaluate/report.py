@@ -154,6 +154,17 @@ def render_report(results: dict[str, Any]) -> str:
             ]
         )
     out.append(markdown_table(headers, rows))
+    skipped = results.get("skipped_test") or []
+    if skipped:
+        out += [
+            "",
+            "## Test images left out",
+            "",
+            f"{len(skipped)} test image(s) could not be decoded when the members were evaluated; they are in no "
+            "prediction and no metric above:",
+            "",
+            *[f"- `{path}`" for path in skipped],
+        ]
     files = results.get("files", {})
     captions = {
         "confusion_matrices": "Confusion matrices",

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -69,6 +70,7 @@ def create_classifier(
     allow_random_fallback: bool = False,
     drop_path_rate: float = 0.0,
     drop_rate: float = 0.0,
+    allow_partial: bool = False,
 ) -> tuple[nn.Module, str]:
     """Build ``timm.create_model(arch, num_classes=num_classes)`` and initialise it.
 
@@ -80,13 +82,16 @@ def create_classifier(
         allow_random_fallback: when ImageNet weights cannot be had, start at random instead of failing.
         drop_path_rate: stochastic depth.
         drop_rate: dropout before the classifier.
+        allow_partial: accept a ``pretrained_file`` that lacks some of the model's tensors (besides the classifier,
+            which is always new): they stay random, with a warning naming them. Off: such a file is refused.
 
     Returns:
         ``(model, init_used)`` where ``init_used`` is ``"imagenet"``, ``"imagenet-unavailable-random-init"``,
         ``"mae:PATH"`` or ``"scratch"``.
 
     Raises:
-        ValueError: bad arch, tag, init or class count.
+        ValueError: bad arch, tag, init or class count; a ``pretrained_file`` that misses tensors of the model
+            (unless ``allow_partial``).
         FileNotFoundError: a ``pretrained_file`` or MAE encoder that does not exist.
         PretrainedWeightsUnavailable: ImageNet weights unavailable and no fallback allowed.
         medens.models.weights.WeightsMismatchError: an MAE encoder of another architecture.
@@ -102,6 +107,12 @@ def create_classifier(
     if kind == "scratch":
         return timm.create_model(base, pretrained=False, **kwargs), "scratch"
     if kind == "mae":
+        if mae_path.is_dir():
+            hint = mae_path / "encoder.safetensors"
+            raise FileNotFoundError(
+                f"init: expected mae:PATH to name an encoder.safetensors file, received the folder {mae_path}"
+                + (f"; did you mean mae:{hint}?" if hint.is_file() else "")
+            )
         if not mae_path.is_file():
             raise FileNotFoundError(
                 f"init: expected mae:PATH to name an encoder.safetensors written by 'medens.train pretrain', "
@@ -112,7 +123,7 @@ def create_classifier(
         return model, f"mae:{mae_path}"
 
     try:
-        return _create_imagenet(arch, pretrained_file, kwargs), "imagenet"
+        return _create_imagenet(arch, pretrained_file, kwargs, allow_partial), "imagenet"
     except PretrainedWeightsUnavailable as err:
         if not allow_random_fallback:
             raise
@@ -122,7 +133,9 @@ def create_classifier(
         return timm.create_model(base, pretrained=False, **kwargs), INIT_RANDOM_FALLBACK
 
 
-def _create_imagenet(arch: str, pretrained_file: str | os.PathLike | None, kwargs: dict) -> nn.Module:
+def _create_imagenet(
+    arch: str, pretrained_file: str | os.PathLike | None, kwargs: dict, allow_partial: bool = False
+) -> nn.Module:
     """ImageNet-initialised classifier, from a file, the local cache, or the hub (in that order)."""
     try:
         cfg = timm.models.get_pretrained_cfg(arch)
@@ -145,13 +158,26 @@ def _create_imagenet(arch: str, pretrained_file: str | os.PathLike | None, kwarg
         if not path.is_file():
             raise FileNotFoundError(f"pretrained_file: expected an existing weights file, received {path}")
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
             )
+            missing = _missing_tensors(path, model, cfg.classifier)
         except (RuntimeError, KeyError, ValueError, OSError) as err:
             raise ValueError(
                 f"pretrained_file: {path} does not hold ImageNet weights for {name!r} ({_first_line(err)})"
             ) from None
+        if missing:
+            shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            if not allow_partial:
+                raise ValueError(
+                    f"pretrained_file: expected every tensor of {name!r} in {path}, received a file without "
+                    f"{len(missing)} of them ({shown}); pass --allow-partial to start those at random"
+                )
+            _logger.warning(
+                "pretrained_file: %s lacks %d tensors of %r (%s); they start at random, as --allow-partial allows",
+                path, len(missing), name, shown,
+            )
+        return model
 
     reason = _offline_reason(cfg)
     if reason is None:
@@ -160,6 +186,33 @@ def _create_imagenet(arch: str, pretrained_file: str | os.PathLike | None, kwarg
         except Exception as err:  # the hub client raises many types (OSError, HTTP errors, ...)
             reason = _first_line(err)
     raise PretrainedWeightsUnavailable(_unavailable_message(name, cfg, reason))
+
+
+def _missing_tensors(path: Path, model: nn.Module, classifier: str | None) -> list[str]:
+    """The model's tensors, other than the classifier's, that the weights file at ``path`` does not provide.
+
+    timm loads a file non-strictly when the class count differs from ImageNet's, so it cannot tell us; the file's
+    keys are read here (after timm's remapping of original FB checkpoints), without running code from it.
+    """
+    import torch
+    from safetensors import safe_open
+
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        state: dict = dict.fromkeys(keys)
+        if "head.norm.weight" not in state and "norm_pre.weight" not in state:  # FB layout: remap with values
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None and not ("head.norm.weight" in state or "norm_pre.weight" in state):
+        state = filter_fn(state, model)
+    have = set(state)
+    head = f"{classifier}." if classifier else None
+    return sorted(k for k in model.state_dict() if k not in have and not (head and k.startswith(head)))
 
 
 def _cached_hub_file(cfg) -> str | None:

@@ -85,7 +85,15 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise FileNotFoundError(f"weights file not found: {path}")
     from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu"), read_metadata(path)
+    try:
+        return load_file(str(path), device="cpu"), read_metadata(path)
+    except ValueError:
+        raise
+    except Exception as err:  # safetensors' SafetensorError (header, truncation), OSError
+        raise ValueError(
+            f"{path}: expected a safetensors weights file, received one that cannot be read "
+            f"({type(err).__name__}: {err})"
+        ) from None
 
 
 def load_encoder_into(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -163,11 +165,15 @@ def apply_patch_mask(
         images: (B, C, H, W) uint8, float16, bfloat16, float32 or float64; any strides.
         mask: (B, N) bool, True = hidden, N = (H // p) * (W // p).
         patch_size: p >= 1; H and W must be multiples of p.
-        fill: the value of hidden pixels (an integer in [0, 255] for uint8 images).
+        fill: the value of hidden pixels (an integer in [0, 255] for uint8 images; for float images a value the
+            dtype can hold, or inf/nan).
         backend: "auto", "reference", "cpp", "cuda" or "triton".
 
     Returns:
         (B, C, H, W), same dtype as ``images``.
+
+    Raises:
+        ValueError: bad shapes, or a ``fill`` the dtype cannot represent (e.g. 1e6 for float16), on every backend.
     """
     images, p = check_images("images", images, patch_size, dtypes=MASKABLE_DTYPES, channels=None)
     mask = check_tensor("mask", mask, ndim=2, dtypes=(torch.bool,))
@@ -177,6 +183,13 @@ def apply_patch_mask(
     fill = check_float("fill", fill)
     if images.dtype == torch.uint8 and not (fill.is_integer() and 0 <= fill <= 255):
         raise ValueError(f"fill must be an integer in [0, 255] for uint8 images, got {fill}")
+    if images.dtype.is_floating_point and math.isfinite(fill) and abs(fill) > torch.finfo(images.dtype).max:
+        # The reference's masked_fill refuses a finite value the dtype cannot hold; refuse it here, once, so that
+        # no backend fills inf instead (inf and nan themselves are valid fills).
+        raise ValueError(
+            f"fill must be representable in {images.dtype} (|fill| <= {torch.finfo(images.dtype).max}, or inf/nan), "
+            f"got {fill}"
+        )
     name = resolve_backend(backend, images.device, "apply_patch_mask")
     if name == "reference":
         return reference.apply_patch_mask(images, mask, p, fill=fill)

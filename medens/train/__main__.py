@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main", "build_parser"]
@@ -84,7 +85,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:  # e.g. --help handled above; anything else is a usage error
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    return run_command(args.func, args, command)
+
+
+def run_command(func, args: argparse.Namespace, command: str) -> int:
+    """Run a subcommand's ``main``; what escapes it is reported by the one error rule of every command.
+
+    A user's or the environment's mistake (see :func:`medens.train.common.user_error_message`) ends with one
+    message on stderr and exit code 1; anything else is a bug in medens: its traceback, a line saying so, exit 1.
+    """
+    try:
+        return int(func(args) or 0)
+    except Exception as err:
+        from medens.train.common import user_error_message
+
+        message = user_error_message(err)
+        if message is None:
+            traceback.print_exc()
+            sys.stderr.write(
+                f"python -m medens.train {command}: internal error: this is a bug in medens, not in your input or "
+                f"files; please report it with the traceback above\n"
+            )
+            return 1
+        sys.stderr.write(f"python -m medens.train {command}: error: {message}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from medens.engine import (
     seed_everything,
     write_config,
 )
+from medens.engine.atomic import remove_stale_temporaries
 from medens.engine.checkpoint import CHECKPOINT_NAME
 from medens.engine.config import yaml_value
 
@@ -56,6 +58,7 @@ __all__ = [
     "OPTIM_CLI_KEYS",
     "ENGINE_CLI_KEYS",
     "user_errors",
+    "user_error_message",
     "interrupted_exit_code",
     "BOOKKEEPING_KEYS",
     "CONFIG_NAME",
@@ -271,6 +274,8 @@ ENGINE_CLI_KEYS = (
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on from the message alone: the commands print it and exit 1, without a traceback.
 
+    (``OSError`` of the kinds in :data:`USER_ERRNOS` too; see :func:`user_error_message`.)
+
     Imported here rather than at module level, so that ``--help`` does not load the models.
     """
     from medens.data import DatasetError
@@ -278,6 +283,52 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medens.models import PretrainedWeightsUnavailable
 
     return (ValueError, FileNotFoundError, DatasetError, PretrainedWeightsUnavailable, NonFiniteLossError)
+
+
+#: ``OSError`` numbers that are the environment's or the user's doing (a path, a permission, the disk), not a bug.
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free some space (the last checkpoint is intact; --resume continues)",
+    errno.EDQUOT: "free some space or raise the quota",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable --out/--cache-dir",
+    errno.EEXIST: "a file is in the way: remove it or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+}
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message to print for a user's or the environment's mistake, or None for what must be a bug.
+
+    One place decides: :func:`user_errors` (bad values, files, datasets, weights), and ``OSError`` whose number is
+    in :data:`USER_ERRNOS` (said with the file it concerns and what to do).
+    """
+    if isinstance(err, OSError) and not isinstance(err, user_errors()):
+        if err.errno not in USER_ERRNOS:
+            return None
+        names = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = err.strerror or str(err)
+        hint = _ERRNO_HINTS.get(err.errno)
+        return f"{names + ': ' if names and names not in text else ''}{text}" + (f"; {hint}" if hint else "")
+    if isinstance(err, user_errors()):
+        return str(err)
+    return None
 
 
 def interrupted_exit_code(err: TrainingInterrupted) -> int:
@@ -380,7 +431,7 @@ def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict
             overrides[key] = given[key]
     if "dataset_options" in given:
         options = dict(overrides.get("dataset_options") or {})
-        options.update(parse_overrides(given["dataset_options"]))
+        options.update(parse_overrides(given["dataset_options"], option="--dataset-option"))
         overrides["dataset_options"] = options
     sets = parse_overrides(given.get("set") or [])
     merge_config(defaults, sets, source=["--set"])  # unknown keys fail here, naming --set
@@ -444,8 +495,11 @@ def _run_cli(
     except TrainingInterrupted as err:
         _logger.warning("%s", err)
         return interrupted_exit_code(err)
-    except user_errors() as err:
-        _logger.error("%s", err)
+    except (*user_errors(), OSError) as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        _logger.error("%s", message)
         return 1
     return 0
 
@@ -461,7 +515,7 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     ``overrides`` must hold ``out``. Bookkeeping keys written by an earlier run are dropped.
 
     Raises:
-        ValueError: unknown keys, wrong types, or no ``out``.
+        ValueError: unknown keys, wrong types, no ``out``, or (on resume) a change to what the run trained with.
     """
     full = {**defaults, "out": None, "resume": False}
     if not overrides.get("out"):
@@ -470,6 +524,7 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     saved_path = Path(overrides["out"]) / CONFIG_NAME
     if overrides.get("resume") and saved_path.is_file():
         saved = load_yaml(saved_path)
+        refuse_changes_on_resume(saved, overrides, saved_path)
     config = merge_config(
         full, saved, overrides, source=[str(saved_path), "options"], ignore=BOOKKEEPING_KEYS
     )
@@ -478,6 +533,62 @@ def resolve_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
         config["betas"] = list(config["betas"])
     check_types(config, full)
     return config
+
+
+#: Options a resumed run may change: where and how it runs, not what it trains (``epochs`` may only grow).
+RESUME_MUTABLE_KEYS = (
+    "out",
+    "resume",
+    "epochs",
+    "data_root",
+    "cache_dir",
+    "num_workers",
+    "eval_batch_size",
+    "compile",
+    "device",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, recursively, so that a flag's value compares equal to its YAML copy."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, Any], saved_path: Path) -> None:
+    """Refuse options that would make a resumed run's ``config.yaml`` describe a run that was not trained.
+
+    A resumed run keeps the recorded configuration; only :data:`RESUME_MUTABLE_KEYS` may differ, and ``epochs`` may
+    extend the run but not shrink it below what was recorded (those epochs may have been trained already).
+
+    Raises:
+        ValueError: naming the key, the recorded value and the value received.
+    """
+    for key, value in overrides.items():
+        if key not in saved or key in BOOKKEEPING_KEYS:
+            continue
+        recorded = saved[key]
+        if key == "init" and value in (saved.get("init_requested"), recorded):
+            continue  # what was asked, or what a fallback recorded (a run's own config.yaml given as --config)
+        if key == "epochs":
+            if isinstance(value, int) and isinstance(recorded, int) and value < recorded:
+                raise ValueError(
+                    f"epochs: expected at least the {recorded} epochs recorded in {saved_path} when resuming "
+                    f"(they may be trained already), received {value}; use another --out for a shorter run"
+                )
+            continue
+        if key in RESUME_MUTABLE_KEYS or _plain(value) == _plain(recorded):
+            continue
+        raise ValueError(
+            f"{key}: expected the value recorded in {saved_path} ({recorded!r}) when resuming, received {value!r}; "
+            f"a resumed run keeps its configuration (drop the option, or use another --out for a new run)"
+        )
 
 
 def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -542,7 +653,9 @@ def run_session(
     """A run's process-wide set-up, undone when the block ends (so the Python entry points leave no trace).
 
     Joins the process group (when launched by torchrun), logs to stderr and ``out/train.log``, sets
-    determinism and seeds. Refuses to start over another run in the same folder.
+    determinism and seeds; refuses an image size whose activations cannot fit the device (see
+    :func:`check_fits_in_memory`); removes the temporary files of writes an earlier run on this folder did not finish.
+    Refuses to start over another run in the same folder.
 
     Raises:
         ValueError: when ``out`` already holds a run and ``resume`` is off.
@@ -563,6 +676,7 @@ def run_session(
     )
     dist = init_distributed(config["device"], timeout_s=float(config["dist_timeout_s"]))
     try:
+        check_fits_in_memory(config, dist.device)
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
@@ -572,6 +686,8 @@ def run_session(
             if dist.device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
+            if dist.is_main:
+                remove_stale_temporaries(out_dir)
             resuming = bool(config["resume"]) and has_checkpoint
             _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
             yield RunContext(config, out_dir, dist, resuming)
@@ -582,6 +698,40 @@ def run_session(
         torch.backends.cuda.matmul.allow_tf32 = saved_flags[3]
         torch.backends.cudnn.allow_tf32 = saved_flags[4]
         dist.close()
+
+
+#: Channels of the narrowest ConvNeXt stem (Atto): the memory estimate is a lower bound for every arch.
+_MIN_STEM_CHANNELS = 40
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's for CUDA, the machine's RAM otherwise (0 when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def check_fits_in_memory(config: Mapping[str, Any], device: torch.device) -> None:
+    """Refuse an ``image_size`` whose training step cannot fit ``device`` (a typo such as 32000 for 320).
+
+    The estimate is a lower bound, so a size that fits is never refused: one batch of float32 input images plus
+    the stem's output (``_MIN_STEM_CHANNELS`` channels at a quarter of the side), counted once.
+
+    Raises:
+        ValueError: naming ``image_size``, the estimate and the memory of the device.
+    """
+    size, batch = int(config["image_size"]), int(config["batch_size"])
+    per_image = 4 * (3 * size * size + _MIN_STEM_CHANNELS * (size // 4) ** 2)
+    needed = batch * per_image
+    have = device_memory_bytes(device)
+    if have and needed > have:
+        raise ValueError(
+            f"image_size: expected a size whose batch fits on {device} ({have / 2**30:.1f} GiB), received "
+            f"{size}: a batch of {batch} needs at least {needed / 2**30:.1f} GiB for its input and first layer"
+        )
 
 
 def open_dataset(config: Mapping[str, Any]) -> Any:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
@@ -21,10 +22,33 @@ from medens.evaluate.members import IncompatibleMembersError, Member, load_membe
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table
 from medens.train.common import cli_logging
+from medens.train.guards import OverwritesInputError, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
 HELP = "combine fine-tuned members into an ensemble and compare them on the test split"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2, naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {value}")
+    return value
+
+
+def _open_unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {value}")
+    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -52,10 +76,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="test-time augmentation: re-run each member's model on flipped images",
     )
     p.add_argument(
-        "--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
+        "--bootstrap", type=_positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
     )
-    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage")
-    p.add_argument("--ece-bins", type=int, default=DEFAULT_ECE_BINS, help="bins of the calibration error")
+    p.add_argument(
+        "--confidence", type=_open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
+    )
+    p.add_argument(
+        "--ece-bins", type=_positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
@@ -118,7 +146,12 @@ def run_ensemble(
 
     Returns:
         The content of ``metrics.json``.
+
+    Raises:
+        OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
+    refuse_output_over_inputs("out", out_dir, folders=member_dirs)
+    remove_stale_temporaries(out_dir)
     members: list[Member] = [load_member(d) for d in member_dirs]
     if tta:
         from medens.train.predict import with_tta_predictions
@@ -143,7 +176,11 @@ def run_ensemble(
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the subcommand; print the comparison table. Returns 0, or 2 when the members are refused."""
+    """Run the subcommand; print the comparison table.
+
+    Returns 0; 2 when the members are refused as incompatible or missing; 1 when ``--out`` would overwrite a
+    member or a member's file is unreadable or wrong.
+    """
     with cli_logging():
         return _main(args)
 
@@ -164,9 +201,15 @@ def _main(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
         )
+    except OverwritesInputError as err:
+        logger.error("ensemble refused: %s", err)
+        return 1
     except (IncompatibleMembersError, FileNotFoundError) as err:
         logger.error("ensemble refused: %s", err)
         return 2
+    except ValueError as err:  # a member's file is unreadable or wrong (the message names file and line)
+        logger.error("ensemble refused: %s", err)
+        return 1
     print(comparison_table(results))
     print(f"\nreport: {Path(args.out) / REPORT_FILE}")
     return 0

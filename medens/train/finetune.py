@@ -108,6 +108,11 @@ _STAGE_OPTIONS: dict[str, Option] = {
         _optional_str,
         metavar="FILE",
     ),
+    "allow_partial": Option(
+        "accept a --pretrained-file that lacks some of the model's tensors (they start at random, with a "
+        "warning naming them) instead of refusing it",
+        bool,
+    ),
     "allow_random_imagenet_fallback": Option(
         "when ImageNet weights cannot be had, train from random weights (recorded as init "
         f"'{INIT_RANDOM_FALLBACK}') instead of failing",
@@ -141,6 +146,7 @@ _DEFAULTS: dict[str, Any] = {
     "init": "imagenet",
     "pretrained_file": None,
     "allow_random_imagenet_fallback": False,
+    "allow_partial": False,
     "image_size": 224,
     "epochs": 100,
     "warmup_epochs": 5.0,
@@ -425,6 +431,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         init="scratch" if ctx.resuming else init_requested,
         pretrained_file=None if ctx.resuming else config["pretrained_file"],
         allow_random_fallback=bool(config["allow_random_imagenet_fallback"]),
+        allow_partial=bool(config["allow_partial"]),
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
     )
@@ -448,8 +455,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     )
     eval_tf = build_transforms(size, train=False, mean=mean, std=std, crop_pct=float(config["crop_pct"]))
     train_set = SplitDataset(dataset, splits["train"], transform=train_tf)
-    val_set = SplitDataset(dataset, splits["val"], transform=eval_tf)
-    test_set = SplitDataset(dataset, splits["test"], transform=eval_tf)
+    # Evaluation never scores an image it could not read: such files are left out and listed in metrics.json.
+    val_set, val_skipped = SplitDataset(dataset, splits["val"], eval_tf, substitute=False).without_unreadable()
+    test_set, test_skipped = SplitDataset(dataset, splits["test"], eval_tf, substitute=False).without_unreadable()
+    skipped = {"val": [vars(k) for k in val_skipped], "test": [vars(k) for k in test_skipped]}
 
     targets = train_set.targets
     weight = class_weights(targets, len(classes)) if config["imbalance"] == "weighted_loss" else None
@@ -563,7 +572,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     val_probs = predict_probs(trainer.eval_module, val_set, **kwargs)
     test_probs = predict_probs(trainer.eval_module, test_set, **kwargs)
     if dist.is_main:
-        _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config)
+        _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
 
@@ -577,7 +586,9 @@ def _recorded_init(config_path: Path) -> str | None:
     return None if value is None else str(value)
 
 
-def _write_outputs(out: Path, classes, val_set, val_probs, test_set, test_probs, best: _Best, config) -> None:
+def _write_outputs(
+    out: Path, classes, val_set, val_probs, test_set, test_probs, best: _Best, config, skipped=None
+) -> None:
     from medens.evaluate.metrics import classification_report
     from medens.evaluate.predictions import write_predictions
 
@@ -592,6 +603,8 @@ def _write_outputs(out: Path, classes, val_set, val_probs, test_set, test_probs,
         "val": classification_report(val_probs, np.asarray(val_set.targets), classes),
         "num_test": len(test_set),
         "num_val": len(val_set),
+        # Images of the splits that could not be decoded: not in the predictions, not in any metric.
+        "skipped": skipped or {"val": [], "test": []},
     }
     atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(metrics), indent=2) + "\n")
     t = metrics["test"]
@@ -625,6 +638,7 @@ _CLI_KEYS = (
     "arch",
     "init",
     "pretrained_file",
+    "allow_partial",
     "allow_random_imagenet_fallback",
     "image_size",
     *OPTIM_CLI_KEYS,

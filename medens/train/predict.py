@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,10 +27,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.members import IncompatibleMembersError, Member, align_members, load_member
 from medens.evaluate.predictions import Predictions, write_class_predictions
 from medens.evaluate.tables import text_table
+from medens.train.guards import OverwritesInputError, refuse_output_over_inputs
+
+if TYPE_CHECKING:
+    from medens.data.base import Skipped
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +221,12 @@ def run_predict(
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 32,
+    skipped_out: list[Skipped] | None = None,
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Predict new images with each member's model and combine as ``ensemble`` would.
+
+    An image that cannot be decoded is left out of the CSV (never given another image's prediction) and, when
+    ``skipped_out`` is a list, appended to it with its reason; every readable image is predicted.
 
     Temperatures and weights (``calibrate``, ``weighted``) are fitted on the members' validation predictions,
     recomputed with TTA when ``tta`` is on so that the fitted rule matches the probabilities it is applied to.
@@ -231,10 +240,18 @@ def run_predict(
         tta: flip test-time augmentation.
         device: inference device.
         batch_size: images per forward pass.
+        skipped_out: receives the unreadable images (path, reason).
 
     Returns:
-        ``(image paths, classes, (N, K) probabilities)``.
+        ``(image paths, classes, (N, K) probabilities)`` of the readable images.
+
+    Raises:
+        OverwritesInputError: if ``out`` is one of the images, ``images`` itself, or lies inside a member folder
+            (checked before any work).
     """
+    files = collect_images(images)
+    refuse_output_over_inputs("out", out, folders=member_dirs, files=[images, *files])
+    remove_stale_temporaries(Path(out).expanduser().parent, target=Path(out).name)
     members = [load_member(d) for d in member_dirs]
     needs_val = calibrate or method == "weighted"
     if len(members) > 1:
@@ -251,7 +268,10 @@ def run_predict(
     rule = fit_rule(
         val_probs, val_labels, method=method, calibrate=calibrate, members=[m.name for m in members]
     )
-    files = collect_images(images)
+    files, skipped = readable_images(files)
+    if not files:
+        raise ValueError(f"images: expected at least one readable image in {images}, received {len(skipped)} "
+                         f"that cannot be decoded (e.g. {skipped[0].path}: {skipped[0].reason})")
     raw = {}
     for m in members:
         mm = load_member_model(m, device)
@@ -260,7 +280,26 @@ def run_predict(
     probs = ensemble if len(members) > 1 else calibrated[members[0].name]
     paths = [str(p) for p in files]
     write_class_predictions(out, paths, classes, probs)
+    if skipped_out is not None:
+        skipped_out.extend(skipped)
     return paths, classes, probs
+
+
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
+    """Split ``files`` into those that decode and those that do not (with the reason, logged as a warning)."""
+    from medens.data import CorruptImageError, Skipped, read_image
+
+    good: list[Path] = []
+    bad: list[Skipped] = []
+    for path in files:
+        try:
+            read_image(path)
+        except CorruptImageError as err:
+            logger.warning("%s; skipped (not in the predictions)", err)
+            bad.append(Skipped(str(path), err.reason))
+            continue
+        good.append(path)
+    return good, bad
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -283,7 +322,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the subcommand and print the first predictions as a table. Returns 0, or 2 on bad input."""
+    """Run the subcommand and print the first predictions as a table.
+
+    Returns 0; 2 on bad input; 1 when ``--out`` would overwrite an input.
+    """
     from medens.train.common import cli_logging
 
     with cli_logging():
@@ -291,6 +333,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    skipped: list[Skipped] = []
     try:
         paths, classes, probs = run_predict(
             args.members,
@@ -301,7 +344,11 @@ def _main(args: argparse.Namespace) -> int:
             tta=args.tta,
             device=args.device,
             batch_size=args.batch_size,
+            skipped_out=skipped,
         )
+    except OverwritesInputError as err:
+        logger.error("predict refused: %s", err)
+        return 1
     except (IncompatibleMembersError, FileNotFoundError, ValueError) as err:
         logger.error("predict refused: %s", err)
         return 2
@@ -313,4 +360,8 @@ def _main(args: argparse.Namespace) -> int:
     if len(paths) > PRINTED_ROWS:
         print(f"... and {len(paths) - PRINTED_ROWS} more")
     print(f"\n{len(paths)} images; probabilities of every class: {args.out}")
+    if skipped:
+        print(f"{len(skipped)} skipped (cannot be decoded, not in the CSV):")
+        for item in skipped:
+            print(f"  {item.path}: {item.reason}")
     return 0

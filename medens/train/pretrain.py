@@ -170,6 +170,20 @@ def mae_step(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
     return model(images).loss, images.shape[0]
 
 
+def _check_ops_backend(name: str) -> None:
+    """Refuse an ``ops_backend`` that is not a backend, or that cannot run on this machine, before any work."""
+    from medens.ops import available_backends
+
+    available = available_backends()
+    if name == "auto":
+        return
+    if name not in available:
+        raise ValueError(f"ops_backend: expected 'auto' or one of {sorted(available)}, received {name!r}")
+    if not available[name]:
+        usable = ["auto", *sorted(k for k, ok in available.items() if ok)]
+        raise ValueError(f"ops_backend: expected a backend that can run on this machine ({usable}), received {name!r}")
+
+
 def run_pretrain(config: dict[str, Any]) -> Path:
     """Pre-train and export the encoder.
 
@@ -193,6 +207,7 @@ def run_pretrain(config: dict[str, Any]) -> Path:
         raise ValueError(
             f"pretrain_split: expected one of {tuple(PRETRAIN_SPLITS)}, received {config['pretrain_split']!r}"
         )
+    _check_ops_backend(config["ops_backend"])
     seed_everything(int(config["seed"]))
     model = build_model(config)  # validates arch, sizes and masking before anything slow happens
     engine = EngineConfig.from_config(config)

@@ -132,3 +132,77 @@ def test_missing_member_folder_is_refused(tmp_path: Path, caplog: pytest.LogCapt
             == 2
         )
     assert "expected config.yaml in member folder" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["member", "inside_member"])
+def test_out_over_a_member_is_refused_and_the_member_is_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    before = {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()}
+    out = a if where == "member" else a / "ens"
+    with caplog.at_level(logging.ERROR, logger="medens"):
+        assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots"]) == 1
+    assert "out: expected a path outside the input folder" in caplog.text and str(a) in caplog.text
+    assert "Traceback" not in caplog.text
+    assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
+    assert not (a / "ens").exists()
+
+
+def test_member_probabilities_outside_0_1_are_refused_by_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    lines = (b / "predictions.csv").read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[2], fields[3] = "1.7", "-0.7"
+    lines[3] = ",".join(fields)
+    (b / "predictions.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.ERROR, logger="medens"):
+        code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), "--no-plots"])
+    assert code == 1
+    assert f"{b / 'predictions.csv'}:4: expected probabilities in [0, 1], received 1.7" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--bootstrap", "-5", "argument --bootstrap: expected an integer >= 1, received -5"),
+        ("--confidence", "1.5", "argument --confidence: expected a number in (0, 1), received 1.5"),
+        ("--ece-bins", "0", "argument --ece-bins: expected an integer >= 1, received 0"),
+    ],
+)
+def test_bad_values_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    with pytest.raises(SystemExit) as info:
+        run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_test_images_a_member_could_not_read_are_listed_in_the_report(tmp_path: Path) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    record = {"skipped": {"val": [], "test": [{"path": "/data/test/broken.png", "reason": "truncated PNG"}]}}
+    (a / "metrics.json").write_text(json.dumps(record))
+    out = tmp_path / "e"
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots", "--bootstrap", "20"]) == 0
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["skipped_test"] == ["/data/test/broken.png"]
+    report = (out / "report.md").read_text()
+    assert "## Test images left out" in report and "`/data/test/broken.png`" in report
+    # members without the record: nothing listed, no section
+    (a / "metrics.json").unlink()
+    out2 = tmp_path / "e2"
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out2), "--no-plots", "--bootstrap", "20"]) == 0
+    assert json.loads((out2 / "metrics.json").read_text())["skipped_test"] == []
+    assert "left out" not in (out2 / "report.md").read_text()

@@ -111,6 +111,51 @@ def test_pretrained_file_round_trips(tmp_path: Path) -> None:
             torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-20, msg=key)
 
 
+def test_incomplete_pretrained_file_is_refused_unless_allow_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    published = {k: v.contiguous() for k, v in timm.create_model("convnext_atto").state_dict().items()}
+    save_file({k: v for k, v in published.items() if not k.startswith("stages.3.")}, str(tmp_path / "w.safetensors"))
+    argv = ["finetune", *TINY, "--epochs", "1", "--init", "imagenet", "--pretrained-file", str(tmp_path / "w.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "ft")]) == 1
+    err = capsys.readouterr().err
+    assert "w.safetensors, received a file without" in err and "stages.3." in err and "--allow-partial" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ft" / "model.safetensors").exists()
+    assert main([*argv, "--allow-partial", "--out", str(tmp_path / "ft2")]) == 0
+    config = yaml.safe_load((tmp_path / "ft2" / "config.yaml").read_text())
+    assert config["allow_partial"] is True and config["init"] == "imagenet"
+
+
+def test_unreadable_test_image_is_left_out_of_the_metrics_and_listed(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, n in (("train", 6), ("val", 3), ("test", 3)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    bad = root / "test" / "b" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # header intact, pixels cut: fails only when decoded
+    out = tmp_path / "ft"
+    argv = [
+        "finetune", "--dataset", "folder", "--data-root", str(root), "--dataset-option", "verify=none",
+        "--arch", "convnext_atto", "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--num-workers", "0",
+        "--no-progress", "--init", "scratch", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_test"] == 5 and metrics["skipped"]["val"] == []
+    assert [Path(s["path"]) for s in metrics["skipped"]["test"]] == [bad]
+    rows = _read_csv(out / "predictions.csv")
+    assert len(rows) == 5 and not any(r["path"].endswith("b/1.png") for r in rows)
+    assert len({tuple(r[c] for c in ("a", "b")) for r in rows}) == 5  # no row copied from a neighbour
+
+
 def test_offline_imagenet_says_how_to_supply_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture, offline: Path
 ) -> None:

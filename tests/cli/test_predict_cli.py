@@ -164,3 +164,64 @@ def test_predict_refuses_missing_images(members, tmp_path: Path) -> None:
     ]
     assert run_cli(predict_cli, argv) == 2
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("where", ["member_file", "image", "inside_member"])
+def test_predict_refuses_out_over_an_input(members, tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str) -> None:
+    import logging
+
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    ds[0][0].save(folder / "a.png")
+    member_dir = members[0][0]
+    out = {
+        "member_file": member_dir / "predictions.csv",
+        "image": folder / "a.png",
+        "inside_member": member_dir / "new" / "p.csv",
+    }[where]
+    watched = [member_dir / "predictions.csv", folder / "a.png"]
+    before = [p.read_bytes() for p in watched]
+    argv = ["predict", "--members", str(member_dir), "--images", str(folder), "--out", str(out), "--device", "cpu"]
+    logger = logging.getLogger("medens")
+    logger.addHandler(caplog.handler)
+    try:
+        assert run_cli(predict_cli, argv) == 1
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "out: expected a path" in caplog.text and "Traceback" not in caplog.text
+    assert [p.read_bytes() for p in watched] == before
+    assert not (member_dir / "new").exists()
+
+
+def test_predict_writes_every_readable_image_and_lists_the_unreadable(
+    members, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        ds[i][0].save(folder / f"img{i}.png")
+    data = (folder / "img1.png").read_bytes()
+    (folder / "img1.png").write_bytes(data[: len(data) // 2])  # truncated: cannot be decoded
+    out = tmp_path / "pred.csv"
+    debris = tmp_path / ".pred.csv.k1ll3d_x.tmp"  # left by a predict killed while writing
+    debris.write_text("half a csv")
+    argv = ["predict", "--members", *[str(d) for d, _ in members], "--images", str(folder), "--out", str(out),
+            "--device", "cpu"]
+    assert run_cli(predict_cli, argv) == 0
+    assert not debris.exists()
+    printed = capsys.readouterr().out
+    assert "2 images" in printed and "1 skipped (cannot be decoded, not in the CSV)" in printed
+    assert str(folder / "img1.png") in printed
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img2.png"]
+    # the readable images get their own probabilities, not a neighbour's
+    transform = build_transforms(SIZE, train=False)
+    from medens.data import read_image
+
+    batch = torch.stack([transform(read_image(folder / n)) for n in ("img0.png", "img2.png")])
+    expected = np.mean([_probs(model, batch) for _, model in members], axis=0)
+    got = np.array([[float(r[c]) for c in ds.classes] for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

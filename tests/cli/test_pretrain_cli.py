@@ -131,6 +131,44 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path: Path, capsys: pytes
     assert "already holds a pretrain run; pass --resume" in capsys.readouterr().err
 
 
+def test_resume_refuses_options_that_would_make_the_record_false(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "2", "--dataset-option", "num_images=16", "--out", str(out)]) == 0
+    recorded = (out / "config.yaml").read_bytes()
+    capsys.readouterr()
+    for flags, message in [
+        (["--epochs", "1"], "epochs: expected at least the 2 epochs recorded in"),
+        (["--mask-ratio", "0.75"], "mask_ratio: expected the value recorded in"),
+        (["--dataset-option", "num_images=20"], "dataset_options: expected the value recorded in"),
+        (["--arch", "convnext_femto"], "arch: expected the value recorded in"),  # not a wall of size mismatches
+    ]:
+        assert main(["pretrain", "--resume", *flags, "--out", str(out)]) == 1, flags
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert (out / "config.yaml").read_bytes() == recorded
+    # Options of where and how it runs may change, and the recorded ones may be repeated.
+    assert main(["pretrain", "--resume", "--num-workers", "0", "--mask-ratio", "0.5", "--out", str(out)]) == 0
+
+
+def test_image_size_beyond_the_machine_is_refused_with_the_estimate(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medens.train.common as common
+
+    monkeypatch.setattr(common, "device_memory_bytes", lambda device: 64 * 2**30)
+    argv = ["pretrain", *TINY, "--image-size", "32000", "--out", str(tmp_path / "run")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "image_size: expected a size whose batch fits on cpu (64.0 GiB), received 32000" in err
+    assert "a batch of 8 needs at least 167.8 GiB" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    # The estimate is a lower bound: the sizes people train with pass on a small machine.
+    for size, batch in [(224, 256), (512, 64), (1024, 16)]:
+        common.check_fits_in_memory({"image_size": size, "batch_size": batch}, torch.device("cpu"))
+
+
 def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         main(["pretrain", "--help"])
@@ -302,3 +340,18 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> Non
     text = capsys.readouterr().out
     for command in ("pretrain", "finetune", "ensemble", "predict", "pipeline"):
         assert command in text
+
+
+def test_resume_accepts_the_requested_or_recorded_init_and_repeated_values(tmp_path: Path) -> None:
+    from medens.train.common import refuse_changes_on_resume
+
+    saved = {"init": "imagenet-unavailable-random-init", "init_requested": "imagenet", "betas": [0.9, 0.999],
+             "epochs": 4, "seed": 0}
+    path = tmp_path / "config.yaml"
+    for ok in ({"init": "imagenet"}, {"init": "imagenet-unavailable-random-init"}, {"betas": (0.9, 0.999)},
+               {"epochs": 9}, {"device": "cpu"}, {"unknown_here": 1}):
+        refuse_changes_on_resume(saved, ok, path)
+    with pytest.raises(ValueError, match=r"init: expected the value recorded in .*config.yaml"):
+        refuse_changes_on_resume(saved, {"init": "scratch"}, path)
+    with pytest.raises(ValueError, match="seed: expected the value recorded in .* received 1"):
+        refuse_changes_on_resume(saved, {"seed": 1}, path)

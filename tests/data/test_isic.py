@@ -82,6 +82,15 @@ def test_row_that_is_not_one_hot_is_an_error(tmp_path, layouts):
         load_dataset("isic2018", root)
 
 
+def test_csv_that_is_not_utf8_is_an_error_naming_the_file(tmp_path, layouts):
+    root = layouts.isic2018(tmp_path, {"Training": 4})
+    path = _truth(root, "Training")
+    path.write_bytes(path.read_bytes().replace(b"ISIC_0024307", b"ISIC_00243\xe97", 1))  # a Latin-1 e-acute
+    with pytest.raises(DatasetError, match=r"GroundTruth.csv': expected UTF-8 text, received a byte that is not "
+                                           r"\(0xe9 at offset \d+\)"):
+        load_dataset("isic2018", root)
+
+
 def test_csv_missing_a_class_column_is_an_error(tmp_path, layouts):
     root = layouts.isic2018(tmp_path, {"Training": 2})
     _truth(root, "Training").write_text("image,MEL,NV\nISIC_0024306,1.0,0.0\n")

@@ -75,3 +75,72 @@ def test_real_medmnist_files(flag, counts, classes):
     pixels = np.asarray(image)
     assert pixels.std() > 5  # a real ultrasound / X-ray, not a blank frame
     np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def _npz(path: Path, images: dict, labels: dict) -> Path:
+    np.savez(path, **{f"{s}_images": images[s] for s in images}, **{f"{s}_labels": labels[s] for s in labels})
+    return path
+
+
+SPLITS = ("train", "val", "test")
+
+
+def test_float_images_in_0_1_are_scaled_not_blackened(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = {s: rng.integers(0, 256, (4, 8, 8), dtype=np.uint8) for s in SPLITS}
+    labels = {s: np.array([0, 1, 0, 1]) for s in SPLITS}
+    _npz(tmp_path / "breastmnist.npz", {s: (pixels[s] / 255.0).astype(np.float32) for s in SPLITS}, labels)
+    ds = load_dataset("medmnist:breastmnist", tmp_path)
+    np.testing.assert_array_equal(np.asarray(ds[0][0])[..., 0], pixels["train"][0])
+    # floats already in [0, 255] are rounded, not scaled again
+    _npz(tmp_path / "pneumoniamnist.npz", {s: pixels[s].astype(np.float64) for s in SPLITS}, labels)
+    np.testing.assert_array_equal(
+        np.asarray(load_dataset("medmnist:pneumoniamnist", tmp_path)[5][0])[..., 0], pixels["val"][1]
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "match"),
+    [
+        (np.zeros((4, 8, 8), np.uint8), np.array([0.5, 1.5, 0.0, 1.0]), r"train_labels: expected integer class labels, received 0.5"),
+        (np.zeros((4, 8, 8), np.uint8), np.array([-1, 0, 1, 0]), r"train_labels: expected labels >= 0"),
+        (np.full((4, 8, 8), 300.0), np.array([0, 1, 0, 1]), r"train_images: expected pixel values in \[0, 255\]"),
+        (np.full((4, 8, 8), np.nan), np.array([0, 1, 0, 1]), r"train_images: expected finite pixel values"),
+    ],
+    ids=["float-labels", "negative-labels", "pixels-over-255", "nan-pixels"],
+)
+def test_bad_values_are_refused_naming_the_file(tmp_path, images, labels, match):
+    good_images, good_labels = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])
+    _npz(tmp_path / "breastmnist.npz", {"train": images, "val": good_images, "test": good_images},
+         {"train": labels, "val": good_labels, "test": good_labels})
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset("medmnist:breastmnist", tmp_path)
+    assert "breastmnist.npz" in str(info.value)
+
+
+def test_a_class_without_images_warns(tmp_path, caplog):
+    images = {s: np.zeros((3, 8, 8), np.uint8) for s in SPLITS}
+    _npz(tmp_path / "pneumoniamnist.npz", images, {s: np.zeros(3, np.int64) for s in SPLITS})
+    with caplog.at_level("WARNING", logger="medens"):
+        ds = load_dataset("medmnist:pneumoniamnist", tmp_path)
+    assert ds.classes == ["normal", "pneumonia"]
+    assert "has no image of class 'pneumonia' in any split" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["text", "truncated", "empty", "npy", "pickled"])
+def test_unreadable_npz_is_refused_naming_the_file(tmp_path, content):
+    path = tmp_path / "breastmnist.npz"
+    if content == "text":
+        path.write_text("not an archive\n")
+    elif content == "truncated":
+        _npz(path, {s: np.zeros((4, 8, 8), np.uint8) for s in SPLITS}, {s: np.zeros(4, np.int64) for s in SPLITS})
+        path.write_bytes(path.read_bytes()[:300])
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "npy":
+        with path.open("wb") as f:
+            np.save(f, np.zeros(3))
+    else:
+        np.savez(path, **{f"{s}_{k}": np.array([{"a": 1}], dtype=object) for s in SPLITS for k in ("images", "labels")})
+    with pytest.raises(DatasetError, match=r"breastmnist\.npz'?: expected .*(npz archive|\(N, H, W\))"):
+        load_dataset("medmnist:breastmnist", tmp_path)

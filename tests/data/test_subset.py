@@ -45,3 +45,21 @@ def test_strict_dataset_raises_on_a_corrupt_file_at_read_time(tmp_path, layouts)
     ds = load_dataset("folder", root, verify="none", strict=True)
     with pytest.raises(CorruptImageError, match="img1b.jpg"):
         SplitDataset(ds, [ds.ids.index("cat_a/img1b.jpg")])[0]
+
+
+def test_evaluation_split_never_substitutes_and_lists_what_it_leaves_out(tmp_path, layouts, caplog):
+    root = layouts.folder(tmp_path)
+    bad = layouts.truncate(layouts.big_jpeg(root / "cat_a" / "img1b.jpg"))
+    ds = load_dataset("folder", root, verify="none")
+    position = ds.ids.index("cat_a/img1b.jpg")
+    everything = list(range(len(ds)))
+    with pytest.raises(CorruptImageError, match="img1b.jpg"):
+        SplitDataset(ds, everything, substitute=False)[position]
+    with caplog.at_level(logging.WARNING):
+        part, skipped = SplitDataset(ds, everything, substitute=False).without_unreadable()
+    assert [s.path for s in skipped] == [str(bad)] and "left out of the evaluation" in caplog.text
+    assert part.ids == [i for i in ds.ids if i != "cat_a/img1b.jpg"]
+    assert part.targets == [t for j, t in enumerate(ds.targets) if j != position]
+    assert part.substitute is False and len(part[0]) == 2
+    # training keeps its rule: the split as a whole is unchanged
+    assert SplitDataset(ds, everything).substitute is True

@@ -48,7 +48,8 @@ def make_member(
 
 def test_prediction_csv_round_trips_exactly(tmp_path: Path) -> None:
     preds = make_predictions(0, 25)
-    preds.probs[0, 0] = 1e-300  # extreme values survive too
+    preds.probs[0, 1] += preds.probs[0, 0]  # extreme values survive too (the row still sums to 1)
+    preds.probs[0, 0] = 1e-300
     write_predictions(tmp_path / "p.csv", preds)
     back = read_predictions(tmp_path / "p.csv")
     assert back.paths == preds.paths and back.label_names == preds.label_names and back.classes == CLASSES
@@ -73,11 +74,24 @@ def test_multi_model_table_names_columns_by_model(tmp_path: Path) -> None:
         ("path,label,a,b\nx,a,0.5,high\n", ":2: expected probabilities"),
         ("path,label,a,a\nx,a,0.5,0.5\n", "expected distinct class columns"),
         ("path,label,a,b\nx,a,0.5,0.5\nx,b,0.5,0.5\n", "expected each image path once"),
+        ("path,label,a,b\nx,a,0.5,0.5\ny,a,1.5,-0.5\n", r":3: expected probabilities in \[0, 1\], received 1.5"),
+        ("path,label,a,b\nx,a,nan,0.5\n", r":2: expected probabilities in \[0, 1\], received nan"),
+        ("path,label,a,b\nx,a,0.5,0.5\ny,a,0.3,0.3\n", ":3: expected probabilities summing to 1"),
+        ("path,label,a,b\nx,a,0.3333,0.6666\n", None),
     ],
 )
-def test_malformed_prediction_csv_is_refused(tmp_path: Path, text: str, match: str) -> None:
+def test_malformed_prediction_csv_is_refused(tmp_path: Path, text: str, match: str | None) -> None:
     (tmp_path / "bad.csv").write_text(text)
+    if match is None:  # rounded probabilities within the tolerance are accepted
+        assert read_predictions(tmp_path / "bad.csv").probs.shape == (1, 2)
+        return
     with pytest.raises(ValueError, match=match):
+        read_predictions(tmp_path / "bad.csv")
+
+
+def test_binary_prediction_csv_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"bad.csv: expected a UTF-8 text CSV"):
         read_predictions(tmp_path / "bad.csv")
 
 

@@ -127,3 +127,31 @@ def test_offline_reads_the_hugging_face_cache(offline: Path) -> None:
 def test_unknown_pretrained_tag_lists_known_ones() -> None:
     with pytest.raises(ValueError, match=r"Invalid pretrained tag.*convnext_atto\.d2_in1k"):
         create_classifier("convnext_atto.nope", 3, init="imagenet")
+
+
+def test_incomplete_pretrained_file_is_refused_by_name_unless_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = _imagenet_like_file(tmp_path / "full.safetensors")
+    partial = {k: v for k, v in state.items() if not k.startswith("stages.3.")}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    n_missing = len(state) - len(partial)
+    with pytest.raises(ValueError, match=r"pretrained_file: expected every tensor of .*/partial\.safetensors, "
+                       rf"received a file without {n_missing} of them \(stages\.3\.") as info:
+        create_classifier(ARCH, 4, init="imagenet", pretrained_file=tmp_path / "partial.safetensors")
+    assert "--allow-partial" in str(info.value)
+    with caplog.at_level("WARNING", logger="medens"):
+        model, init = create_classifier(
+            ARCH, 4, init="imagenet", pretrained_file=tmp_path / "partial.safetensors", allow_partial=True
+        )
+    assert init == "imagenet" and f"lacks {n_missing} tensors" in caplog.text
+    assert torch.equal(model.state_dict()["stem.0.weight"], state["stem.0.weight"])
+    # A complete file passes without a word, with or without the flag.
+    create_classifier(ARCH, 4, init="imagenet", pretrained_file=tmp_path / "full.safetensors")
+
+
+def test_init_mae_naming_a_folder_says_so_and_points_at_the_file(tmp_path: Path) -> None:
+    mae = MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32)
+    _export(mae, tmp_path / "encoder.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"received the folder .*; did you mean mae:.*encoder\.safetensors\?"):
+        create_classifier(ARCH, 3, init=f"mae:{tmp_path}")

@@ -111,6 +111,30 @@ def test_apply_patch_mask_non_contiguous_mask_and_odd_shapes(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    ("dtype", "fill"),
+    [(torch.float16, 1e6), (torch.float16, -65520.0), (torch.bfloat16, 1e39), (torch.float32, 1e39)],
+    ids=str,
+)
+def test_apply_patch_mask_refuses_a_fill_the_dtype_cannot_hold(backend, dtype, fill):
+    images = torch.rand(1, 1, 8, 8).to(dtype)
+    mask = torch.tensor([[True, False, False, True]])
+    with pytest.raises(RuntimeError, match="overflow"):  # the reference's own rule (masked_fill)
+        images.masked_fill(torch.ones_like(images, dtype=torch.bool), fill)
+    with pytest.raises(ValueError, match=f"fill must be representable in {dtype}"):
+        apply_patch_mask(images, mask, 4, fill=fill, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("fill", [float("inf"), float("-inf"), 65504.0], ids=str)
+def test_apply_patch_mask_float16_edge_fills_agree(backend, fill):
+    images = torch.rand(1, 1, 8, 8).half()
+    mask = torch.tensor([[True, False, False, True]])
+    got = apply_patch_mask(images, mask, 4, fill=fill, backend=backend)
+    assert torch.equal(got, R.apply_patch_mask(images, mask, 4, fill=fill))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_apply_patch_mask_gradcheck(backend):
     images = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[True, False, False, True], [False, False, True, False]])

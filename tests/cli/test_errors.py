@@ -1,0 +1,135 @@
+"""The one error rule: a user's or the environment's mistake ends with a line naming the culprit, exit 1, no
+traceback; anything else is reported as a bug in medens, with its traceback."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from medens.train.__main__ import main
+
+TINY = [
+    "--dataset", "synthetic", "--dataset-option", "num_images=16", "--dataset-option", "image_size=64",
+    "--arch", "convnext_atto", "--image-size", "64", "--decoder-dim", "32", "--batch-size", "8",
+    "--num-workers", "0", "--no-progress", "--mask-ratio", "0.5", "--epochs", "1",
+]  # fmt: skip
+
+
+def _fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize("where", ["is_a_file", "under_a_file"])
+def test_out_that_is_or_lies_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture, where: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = blocker if where == "is_a_file" else blocker / "run"
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--out", str(out)], str(blocker))
+    assert blocker.read_text() == "a file"
+
+
+def test_disk_full_while_saving_names_the_file_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    import medens.engine.atomic as atomic
+
+    def full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1234 vs 1200")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    out = tmp_path / "run"
+    err = _fails_cleanly(capsys, ["pretrain", *TINY, "--out", str(out)], "no space left to write", "checkpoint.pt")
+    assert "unexpected pos" not in err
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert atomic._LOW_SPACE > 1 << 20
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_read_only_or_forbidden_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Tests run as root here, where chmod cannot forbid anything: simulate the file system's refusal.
+    import os
+
+    out = tmp_path / "ro" / "run"
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == out:
+            raise OSError(code, os.strerror(code), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--out", str(out)], str(out), os.strerror(code))
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--resume", "--out", str(out)], "is not a readable medens checkpoint",
+                   str(out / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json", b"garbage"])
+def test_corrupt_encoder_for_init_mae(tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes) -> None:
+    encoder = tmp_path / "encoder.safetensors"
+    encoder.write_bytes(content)
+    argv = [
+        "finetune", "--dataset", "synthetic", "--dataset-option", "num_images=30", "--dataset-option", "image_size=64",
+        "--arch", "convnext_atto", "--image-size", "64", "--epochs", "1", "--num-workers", "0", "--no-progress",
+        "--init", f"mae:{encoder}", "--out", str(tmp_path / "ft"),
+    ]  # fmt: skip
+    _fails_cleanly(capsys, argv, str(encoder), "expected a safetensors weights file")
+
+
+def test_a_bug_keeps_its_traceback_and_says_it_is_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medens.train.pretrain as pretrain
+
+    def broken(config):
+        raise KeyError("an internal key")
+
+    monkeypatch.setattr(pretrain, "run_pretrain", broken)
+    monkeypatch.setattr(pretrain, "main", lambda args: pretrain.run_cli(broken, args, pretrain._DEFAULTS))
+    assert main(["pretrain", *TINY, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err and "this is a bug in medens" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--device", "tpu"], "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device), received 'tpu'"),
+        (["--ops-backend", "nope"], "ops_backend: expected 'auto' or one of"),
+        (["--set", "image_size=abc"], "image_size: expected an integer, received 'abc'"),
+        (["--dataset-option", "num_images"], "--dataset-option: expected KEY=VALUE, received 'num_images'"),
+    ],
+)
+def test_bad_values_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
+    _fails_cleanly(capsys, ["pretrain", *TINY, *flags, "--out", str(tmp_path / "run")], needle)
+
+
+def test_an_ops_backend_this_machine_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from medens.ops import available_backends
+
+    missing = [name for name, ok in available_backends().items() if not ok]
+    if not missing:
+        pytest.skip("every ops backend can run on this machine")
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--ops-backend", missing[0], "--out", str(tmp_path / "run")],
+                   "ops_backend: expected a backend that can run on this machine", repr(missing[0]))
