@@ -83,6 +83,18 @@ def run(benchmark, fn, *, op: str, case: str, backend: str, device: torch.device
     record(op, f"{case} on {device.type}", backend, benchmark)
 
 
+def write_image_folder(root, count: int, suffix: str, **save) -> None:
+    """``count`` ultrasound-like 512 x 384 images in class folders under ``root`` (a ``folder`` dataset)."""
+    from medens.data.synthetic import SyntheticDataset
+
+    source = SyntheticDataset(count, (384, 512), num_classes=3, seed=0)
+    for i in range(count):
+        image, label = source[i]
+        folder = root / source.classes[label]
+        folder.mkdir(exist_ok=True)
+        image.save(folder / f"{i:04d}{suffix}", **save)
+
+
 def record(op: str, case: str, backend: str, benchmark) -> None:
     """Keep a benchmark for the summary (its extra_info stays live: values added after the run show too)."""
     _RESULTS[(op, case)][backend] = dict(median=benchmark.stats.stats.median,

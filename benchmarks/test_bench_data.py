@@ -14,9 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from medens.data import SplitDataset, build_transforms, cache_dataset, load_dataset
-from medens.data.synthetic import SyntheticDataset
 
-from .conftest import device_name, record
+from .conftest import device_name, record, write_image_folder
 
 NUM_IMAGES = 256
 WORKERS = (0, 1, 2)
@@ -26,12 +25,7 @@ BATCH = 32
 @pytest.fixture(scope="module")
 def jpeg_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_jpegs")
-    source = SyntheticDataset(NUM_IMAGES, (384, 512), num_classes=3, seed=0)
-    for i in range(NUM_IMAGES):
-        image, label = source[i]
-        folder = root / source.classes[label]
-        folder.mkdir(exist_ok=True)
-        image.save(folder / f"{i:04d}.jpg", quality=90)
+    write_image_folder(root, NUM_IMAGES, ".jpg", quality=90)
     return root
 
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from medens.data import find_duplicates, load_dataset
-from medens.data.synthetic import SyntheticDataset
 
-from .conftest import device_name, record
+from .conftest import device_name, record, write_image_folder
 
 NUM_IMAGES = 256
 
@@ -26,12 +25,7 @@ NUM_IMAGES = 256
 @pytest.fixture(scope="module")
 def png_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_pngs")
-    source = SyntheticDataset(NUM_IMAGES, (384, 512), num_classes=3, seed=0)
-    for i in range(NUM_IMAGES):
-        image, label = source[i]
-        folder = root / source.classes[label]
-        folder.mkdir(exist_ok=True)
-        image.save(folder / f"{i:04d}.png")
+    write_image_folder(root, NUM_IMAGES, ".png")
     return root
 
 
