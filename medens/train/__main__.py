@@ -6,9 +6,18 @@ that is missing gives a clear error instead of an ImportError from deep inside a
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
+
+# OpenMP threads (torch's and medens._C's) spin while they wait by default. On a small machine shared with another
+# busy process, a spinning team waits for a descheduled thread in every parallel region: a CPU fine-tune measured
+# 13 img/s instead of 50 with one other busy process on 2 cores (benchmarks/RESULTS.md). The test suite sets the
+# same (root conftest.py). It must be set before torch (and its OpenMP runtime) is imported; a value the user
+# set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main", "build_parser"]
