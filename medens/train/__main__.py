@@ -6,10 +6,19 @@ that is missing gives a clear error instead of an ImportError from deep inside a
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-import traceback
+import os
+
+# OpenMP threads (torch's and medens._C's) spin while they wait by default. On a small machine shared with another
+# busy process, a spinning team waits for a descheduled thread in every parallel region: a 2-thread CPU fine-tune
+# measured 8-11 img/s with a spinning wait and 52-88 img/s with a passive one while another 2-thread run shared the
+# 2 cores (benchmarks/RESULTS.md). The test suite sets the same (root conftest.py). It must be set before torch
+# (and its OpenMP runtime) is imported; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main", "build_parser"]

@@ -118,7 +118,11 @@ _STAGE_OPTIONS: dict[str, Option] = {
         f"'{INIT_RANDOM_FALLBACK}') instead of failing",
         bool,
     ),
-    "layer_decay": Option("layer-wise lr decay factor (1: none)", float),
+    "layer_decay": Option(
+        "layer-wise lr decay factor (1: none); applied to pre-trained inits only (imagenet, mae:PATH), "
+        "never to random weights",
+        float,
+    ),
     "label_smoothing": Option("label smoothing of the cross-entropy", float),
     "drop_rate": Option("dropout before the classifier", float),
     "mixup": Option("Mixup alpha (0: off)", float),
@@ -470,7 +474,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     seed_everything(int(config["seed"]) + dist.rank)
 
     lr, effective = effective_lr(config, dist.world_size)
-    layer_decay = float(config["layer_decay"])
+    layer_decay = _layer_decay_for(init_used, float(config["layer_decay"]))
     optimizer = create_optimizer(
         model,
         lr,
@@ -502,7 +506,12 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
             "classes": classes,
             "num_classes": len(classes),
             "split_hash": split_hash(dataset, splits),
-            "run": {**run_facts(ctx, lr, effective, trainer.precision.name), "mean": mean, "std": std},
+            "run": {
+                **run_facts(ctx, lr, effective, trainer.precision.name),
+                "mean": mean,
+                "std": std,
+                "layer_decay_applied": layer_decay,
+            },
         },
     )
 
@@ -575,6 +584,18 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
+
+
+def _layer_decay_for(init_used: str, layer_decay: float) -> float:
+    """The layer-wise lr decay a run applies: ``layer_decay`` for pre-trained weights, 1 (none) for random ones.
+
+    Layer-wise decay keeps the early layers of a *pre-trained* network close to their weights; on random weights
+    (``scratch``, or the ImageNet fallback) it only starves the stem (0.8 gives it a few percent of the lr).
+    """
+    if init_used in ("scratch", INIT_RANDOM_FALLBACK) and layer_decay < 1.0:
+        _logger.info("layer_decay %.3g not applied: init %s has random weights", layer_decay, init_used)
+        return 1.0
+    return layer_decay
 
 
 def _recorded_init(config_path: Path) -> str | None:

@@ -242,3 +242,17 @@ def test_two_process_torchrun_finetuning(tmp_path: Path) -> None:
     assert [r["path"] for r in _read_csv(tmp_path / "predictions.csv")] == splits["test"]
     assert [r["path"] for r in _read_csv(tmp_path / "val_predictions.csv")] == splits["val"]
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["run"]["world_size"] == 2
+
+
+def test_layer_decay_applies_to_pretrained_inits_only(tmp_path: Path) -> None:
+    # Layer-wise decay is for pre-trained weights; on random weights it only starved the stem of lr.
+    encoder = _encoder(tmp_path / "encoder.safetensors")
+    applied = {}
+    for name, init in (("scratch", "scratch"), ("mae", f"mae:{encoder}")):
+        out = tmp_path / name
+        args = ["finetune", *TINY, "--epochs", "1", "--init", init, "--layer-decay", "0.8", "--out", str(out)]
+        assert main(args) == 0
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert config["layer_decay"] == 0.8  # the option as given is recorded unchanged
+        applied[name] = config["run"]["layer_decay_applied"]
+    assert applied == {"scratch": 1.0, "mae": 0.8}

@@ -60,7 +60,7 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
         "--finetune-epochs",
         "2",
         "--set-finetune",
-        "label_smoothing=0.0",
+        "label_smoothing=0.2",
         "--set-pretrain",
         "mask_ratio=0.5",
         "--dataset-option",
@@ -75,7 +75,7 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
     assert pre["image_size"] == mae["image_size"] == 96
     assert (pre["epochs"], imnet["epochs"], mae["epochs"]) == (3, 2, 2)
     assert pre["warmup_epochs"] <= 2 and mae["warmup_epochs"] <= 1  # warm-up shortened to fit
-    assert pre["mask_ratio"] == 0.5 and mae["label_smoothing"] == 0.0
+    assert pre["mask_ratio"] == 0.5 and mae["label_smoothing"] == 0.2  # the preset has 0
     assert pre["dataset_options"] == {"num_images": 40}
     # Both members use the split pre-training wrote, and the MAE member its encoder.
     assert imnet["split_file"] == mae["split_file"] == str(tmp_path / "pretrain" / "splits.json")
