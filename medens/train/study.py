@@ -272,7 +272,8 @@ def _main(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         variants = parse_variants(args.vary)
         options = options_from_args(args)
-        options.pop("seeds", None), options.pop("vary", None)
+        for key in ("seeds", "vary"):  # the study's own flags, not pipeline options
+            options.pop(key, None)
         logger.info("study: %s, %d folds x %d seeds x %d variants into %s", options["dataset"], args.folds,
                     len(seeds), len(variants), options["out"])
         record = run_study(options, args.folds, seeds, variants)
