@@ -39,7 +39,7 @@ def duplicate_sheet(dataset: LabeledDataset, duplicates: DuplicateGroups, path: 
     Returns:
         The path written (atomically).
     """
-    conflicts = [g for g in duplicates.conflicts]
+    conflicts = duplicates.conflicts
     others = [g for g in duplicates.groups if g not in conflicts]
     rows = (conflicts + others)[:max_groups] if max_groups > 0 else conflicts + others
     title_h = 18

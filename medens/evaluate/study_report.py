@@ -17,10 +17,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.engine.atomic import atomic_path, atomic_write_text
+from medens.engine.atomic import atomic_write_text
 
 from .metrics import summary_metrics
 from .paired import ALPHA, compare, spread
+from .plots import _save
 from .tables import format_p, format_value, markdown_table, text_table
 
 REPORT_FILE = "report.md"
@@ -144,11 +145,6 @@ def _figure(n_panels: int, width: float, height: float) -> tuple[Figure, list]:
     fig = Figure(figsize=(width * n_panels, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, list(np.atleast_1d(fig.subplots(1, n_panels)))
-
-
-def _save(fig: Figure, path: Path) -> None:
-    with atomic_path(path, fsync=False) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 def plot_runs(record: Mapping[str, Any], metrics: Sequence[str], path: str | os.PathLike[str]) -> Path:

@@ -332,7 +332,7 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
     imagenet_done = False
     for variant in variants:
         configs = stage_configs(options, variant)
-        tag = "" if variant is DEFAULT_VARIANT or not variant.pretrain else f" [{variant.name}]"
+        tag = f" [{variant.name}]" if variant.pretrain else ""
         outcomes.append(_run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
                                    pretrain.is_complete))
         if not imagenet_done:
