@@ -4,10 +4,11 @@ Prints the classes, the images per class and split, the image sizes seen, and th
 
     python -m medens.data --dataset busi --data-root ~/data/Dataset_BUSI_with_GT
     python -m medens.data --dataset medmnist:breastmnist --data-root ~/.medmnist --json
-    python -m medens.data --dataset synthetic --option num_images=300 --option image_size=64
+    python -m medens.data --dataset synthetic --dataset-option num_images=300 --dataset-option image_size=64
     python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, contact sheet
 
-Exit status: 0 on success, 2 when the dataset cannot be read (the message says why).
+``medens data ...`` is the same command. Exit status: 0 on success, 2 for a usage error (an unknown option or
+dataset name), 1 when the dataset cannot be read (the message says why).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 
 import yaml
 
+from medens.cli import apply_config_file, config_file_argument, run_command
+from medens.errors import UsageError
+
 from .duplicates import DEFAULT_THRESHOLD, find_duplicates
-from .errors import DatasetError
 from .filedataset import VERIFY_MODES
 from .registry import list_datasets, load_dataset
 from .summary import format_summary, summarize
@@ -32,14 +35,29 @@ from .summary import format_summary, summarize
 def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, received {text!r}")
     return key.strip(), yaml.safe_load(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: works as before, with a deprecation note on stderr."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        sys.stderr.write(f"{parser.prog}: note: {option_string} is deprecated; use {self.new}\n")
+        if self.dest == "option":
+            getattr(namespace, self.dest).append(values)
+        else:
+            setattr(namespace, self.dest, values)
+
+
+def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser:
     names = ", ".join(list_datasets()) + ", medmnist:<flag>"
     parser = argparse.ArgumentParser(
-        prog="python -m medens.data",
+        prog=prog,
         description="Look at a dataset before training on it: its classes, images per class and split, "
                     "image sizes, and the files skipped and why.",
         epilog="\n".join(line.strip() for line in __doc__.splitlines() if line.startswith("    python")),
@@ -50,9 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="fail on the first corrupt image instead of skipping it")
     parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
                         help="how image files are checked (default header; full decodes every file)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the default split shown (default 0)")
-    parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                        help="extra reader option, e.g. size=64 (medmnist) or num_images=300 (synthetic)")
+    parser.add_argument("--split-seed", dest="seed", type=int, default=0,
+                        help="seed of the default split shown (default 0)")
+    parser.add_argument("--seed", dest="seed", type=int, action=_DeprecatedAlias, new="--split-seed",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--dataset-option", dest="option", action="append", type=_option, default=[],
+                        metavar="KEY=VALUE",
+                        help="reader option, repeatable, e.g. size=64 (medmnist) or num_images=300 (synthetic)")
+    parser.add_argument("--option", dest="option", type=_option, action=_DeprecatedAlias, new="--dataset-option",
+                        help=argparse.SUPPRESS)
+    config_file_argument(parser)
     dup = parser.add_argument_group("duplicates")
     dup.add_argument("--duplicates", action="store_true",
                      help="report the near-duplicate groups and label conflicts and draw them in a PNG contact "
@@ -95,24 +120,32 @@ def _duplicates(args: argparse.Namespace, dataset) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m medens.data") -> int:
+    """Run the command on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    try:
+        apply_config_file(parser, argv)
+    except UsageError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_command(prog, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.strict:
         options["strict"] = True
     if args.verify is not None:
         options["verify"] = args.verify
-    try:
-        dataset = load_dataset(args.dataset, args.data_root, **options)
-        if args.duplicates:
-            return _duplicates(args, dataset)
-        summary = summarize(dataset, seed=args.seed, dedupe=args.dedupe == "on",
-                            dedupe_threshold=args.dedupe_threshold, keep_conflicts=args.keep_conflicts,
-                            hash_cache_dir=args.cache_dir)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = load_dataset(args.dataset, args.data_root, **options)
+    if args.duplicates:
+        return _duplicates(args, dataset)
+    summary = summarize(dataset, seed=args.seed, dedupe=args.dedupe == "on",
+                        dedupe_threshold=args.dedupe_threshold, keep_conflicts=args.keep_conflicts,
+                        hash_cache_dir=args.cache_dir)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
     return 0
 

@@ -6,9 +6,15 @@ wrong folder can fix the path without reading the source.
 
 from __future__ import annotations
 
+from medens.errors import UsageError
+
 
 class DatasetError(ValueError):
     """A dataset cannot be read as asked: wrong layout, empty class, bad CSV row, bad option."""
+
+
+class DatasetUsageError(DatasetError, UsageError):
+    """A dataset asked for by a name or an option that does not exist (a usage error: exit code 2)."""
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):

@@ -10,7 +10,7 @@ from .base import LabeledDataset
 from .busi import load_busi
 from .cache import CachedDataset
 from .covid import load_covid
-from .errors import DatasetError
+from .errors import DatasetError, DatasetUsageError
 from .folder import load_folder
 from .isic import load_isic2018
 from .kvasir import load_kvasir
@@ -77,12 +77,12 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
     key, _, flag = name.partition(":")
     entry = _REGISTRY.get(key.strip().lower())
     if entry is None:
-        raise DatasetError(f"argument 'name': unknown dataset {name!r}; expected one of {sorted(_REGISTRY)} "
+        raise DatasetUsageError(f"argument 'name': unknown dataset {name!r}; expected one of {sorted(_REGISTRY)} "
                            f"(MedMNIST as 'medmnist:<flag>')")
     cache = {k: options.pop(k) for k in CACHE_OPTIONS if k in options}
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
-        raise DatasetError(f"{name}: unknown option(s) {unknown}; this dataset accepts "
+        raise DatasetUsageError(f"{name}: unknown option(s) {unknown}; this dataset accepts "
                            f"{sorted(entry.options + CACHE_OPTIONS)}")
     if flag:
         options["flag"] = flag.strip().lower()

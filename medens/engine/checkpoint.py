@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from medens.engine.atomic import atomic_torch_save
+from medens.layout import CHECKPOINT_NAME
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -30,8 +31,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: File name of the last checkpoint in a run's output folder.
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def checkpoint_path(out_dir: str | os.PathLike) -> Path:

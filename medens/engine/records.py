@@ -19,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medens.engine.atomic import atomic_write_text
+from medens.layout import TRAIN_LOG_NAME
 
 __all__ = ["setup_logging", "logging_to", "write_csv_log", "TensorBoardLogger", "TqdmHandler"]
 
@@ -53,7 +54,7 @@ def setup_logging(
     logger.addHandler(stream)
     if out_dir is not None and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(out_dir) / "train.log", encoding="utf-8")
+        file_handler = logging.FileHandler(Path(out_dir) / TRAIN_LOG_NAME, encoding="utf-8")
         file_handler.setFormatter(fmt)
         file_handler._medens = True  # type: ignore[attr-defined]
         logger.addHandler(file_handler)

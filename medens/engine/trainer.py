@@ -41,6 +41,7 @@ from medens.engine.loader import set_loader_epoch
 from medens.engine.precision import resolve_precision
 from medens.engine.records import TensorBoardLogger, write_csv_log
 from medens.engine.signals import GracefulStop
+from medens.layout import LOG_NAME
 
 __all__ = [
     "EngineConfig",
@@ -54,7 +55,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "medens-checkpoint"
-LOG_NAME = "log.csv"
 
 #: ``step_fn(model, batch) -> (loss, number of images)``; runs under autocast with the batch on the device.
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]

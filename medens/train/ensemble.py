@@ -14,46 +14,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medens.cli import command_help, config_file_argument, run_command
 from medens.engine.atomic import remove_stale_temporaries
+from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
-from medens.evaluate.members import IncompatibleMembersError, Member, load_member, prediction_fingerprint
+from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table
-from medens.train.common import cli_logging
-from medens.train.guards import OverwritesInputError, refuse_output_over_inputs
+from medens.train.guards import open_unit_interval, positive_int, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
-HELP = "combine fine-tuned members into an ensemble and compare them on the test split"
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2, naming the option)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {value}")
-    return value
-
-
-def _open_unit_interval(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {value}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``ensemble`` subcommand and return its parser."""
-    p = subparsers.add_parser("ensemble", help=HELP, description=HELP)
+    p = subparsers.add_parser("ensemble", help=command_help("ensemble"), description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--members", nargs="+", required=True, metavar="DIR", help="fine-tuning output folders (2 or more)"
     )
@@ -76,18 +52,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="test-time augmentation: re-run each member's model on flipped images",
     )
     p.add_argument(
-        "--bootstrap", type=_positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
+        "--bootstrap", type=positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
     )
     p.add_argument(
-        "--confidence", type=_open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
+        "--confidence", type=open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
     )
     p.add_argument(
-        "--ece-bins", type=_positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
+        "--ece-bins", type=positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size for --tta inference")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="batch size for --tta inference")
+    config_file_argument(p)
     p.set_defaults(func=main)
     return p
 
@@ -150,11 +127,15 @@ def run_ensemble(
     Raises:
         OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
+    missing = [str(d) for d in member_dirs if not Path(d).expanduser().is_dir()]
+    if missing:
+        raise UsageError(f"members: expected fine-tuning run folders, received {', '.join(missing)}, which "
+                         f"{'does' if len(missing) == 1 else 'do'} not exist")
     refuse_output_over_inputs("out", out_dir, folders=member_dirs)
     remove_stale_temporaries(out_dir)
     members: list[Member] = [load_member(d) for d in member_dirs]
     if tta:
-        from medens.train.predict import with_tta_predictions
+        from medens.inference import with_tta_predictions
 
         needs_val = calibrate or method == "weighted"
         members = [
@@ -178,38 +159,27 @@ def run_ensemble(
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand; print the comparison table.
 
-    Returns 0; 2 when the members are refused as incompatible or missing; 1 when ``--out`` would overwrite a
-    member or a member's file is unreadable or wrong.
+    Returns 0; 2 for a usage error (a missing member folder, ``--out`` over a member, a bad value); 1 when the
+    members cannot be combined or a member's file is unreadable or wrong.
     """
-    with cli_logging():
-        return _main(args)
+    return run_command("python -m medens.train ensemble", lambda: _main(args))
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        results = run_ensemble(
-            args.members,
-            args.out,
-            method=args.method,
-            calibrate=args.calibrate,
-            tta=args.tta,
-            n_boot=args.bootstrap,
-            confidence=args.confidence,
-            n_bins=args.ece_bins,
-            seed=args.seed,
-            plots=not args.no_plots,
-            device=args.device,
-            batch_size=args.batch_size,
-        )
-    except OverwritesInputError as err:
-        logger.error("ensemble refused: %s", err)
-        return 1
-    except (IncompatibleMembersError, FileNotFoundError) as err:
-        logger.error("ensemble refused: %s", err)
-        return 2
-    except ValueError as err:  # a member's file is unreadable or wrong (the message names file and line)
-        logger.error("ensemble refused: %s", err)
-        return 1
+    results = run_ensemble(
+        args.members,
+        args.out,
+        method=args.method,
+        calibrate=args.calibrate,
+        tta=args.tta,
+        n_boot=args.bootstrap,
+        confidence=args.confidence,
+        n_bins=args.ece_bins,
+        seed=args.seed,
+        plots=not args.no_plots,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     print(comparison_table(results))
     print(f"\nreport: {Path(args.out) / REPORT_FILE}")
     return 0

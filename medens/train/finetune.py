@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from medens.engine import EngineConfig, Precision, Trainer, create_optimizer, seed_everything, steps_per_epoch
+from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
 from medens.engine.atomic import atomic_write_text
+from medens.inference import load_model, sharded_probs
+from medens.layout import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    MODEL_NAME,
+    PREDICTIONS_NAME,
+    VAL_PREDICTIONS_NAME,
+    is_finetune_complete,
+)
 from medens.models import (
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
@@ -42,28 +49,15 @@ from medens.models import (
     load_weights,
     parse_init,
     save_weights,
-    split_arch,
 )
-from medens.train.common import (
-    CONFIG_NAME,
-    DATA_CLI_KEYS,
-    DATA_DEFAULTS,
-    ENGINE_CLI_KEYS,
-    ENGINE_DEFAULTS,
-    OPTIM_CLI_KEYS,
-    OPTIONS,
-    SPLITS_NAME,
-    Option,
+from medens.models.losses import class_weights, soft_cross_entropy
+from medens.train.arguments import add_stage_parser, run_stage_cli
+from medens.train.configuration import effective_lr, option_checks, resolve_config
+from medens.train.options import FINETUNE_CLI_KEYS, FINETUNE_DEFAULTS
+from medens.train.session import (
     RunContext,
-    _floats,
-    _optional_int,
-    _optional_str,
-    add_stage_parser,
-    effective_lr,
     open_data,
-    resolve_config,
     resume_and_fit,
-    run_cli,
     run_facts,
     run_session,
     split_hash,
@@ -87,95 +81,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-HELP = "fine-tune a ConvNeXt classifier (init: imagenet, mae:PATH or scratch)"
-MODEL_NAME = "model.safetensors"
-PREDICTIONS_NAME = "predictions.csv"
-VAL_PREDICTIONS_NAME = "val_predictions.csv"
-METRICS_NAME = "metrics.json"
-LOG_NAME = "log.csv"
-#: Validation metrics a run can select its best epoch by (all: higher is better).
-SELECT_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc_macro")
-IMBALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
-
-_STAGE_OPTIONS: dict[str, Option] = {
-    "init": Option(
-        "initialisation: imagenet (timm's weights for --arch), mae:PATH (an encoder.safetensors from "
-        "'pretrain') or scratch",
-        metavar="imagenet|mae:PATH|scratch",
-    ),
-    "pretrained_file": Option(
-        "local ImageNet weights for --init imagenet (a timm model.safetensors/.pth/.bin)",
-        _optional_str,
-        metavar="FILE",
-    ),
-    "allow_partial": Option(
-        "accept a --pretrained-file that lacks some of the model's tensors (they start at random, with a "
-        "warning naming them) instead of refusing it",
-        bool,
-    ),
-    "allow_random_imagenet_fallback": Option(
-        "when ImageNet weights cannot be had, train from random weights (recorded as init "
-        f"'{INIT_RANDOM_FALLBACK}') instead of failing",
-        bool,
-    ),
-    "layer_decay": Option(
-        "layer-wise lr decay factor (1: none); applied to pre-trained inits only (imagenet, mae:PATH), "
-        "never to random weights",
-        float,
-    ),
-    "label_smoothing": Option("label smoothing of the cross-entropy", float),
-    "drop_rate": Option("dropout before the classifier", float),
-    "mixup": Option("Mixup alpha (0: off)", float),
-    "cutmix": Option("CutMix alpha (0: off)", float),
-    "mixup_prob": Option("probability of applying Mixup/CutMix to a batch", float),
-    "imbalance": Option(
-        "class imbalance: none, weighted_loss (inverse-frequency class weights) or "
-        "balanced_sampler (draw classes equally often)",
-        choices=IMBALANCE_CHOICES,
-    ),
-    "select_metric": Option("validation metric that picks the best epoch", choices=SELECT_METRICS),
-    "eval_batch_size": Option(
-        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N"
-    ),
-    "vflip": Option("probability of a vertical flip", float),
-    "rotation": Option("maximum random rotation in degrees", float),
-    "color_jitter": Option("brightness,contrast,saturation jitter", _floats, metavar="B,C,S"),
-    "crop_pct": Option("evaluation: share of the resized image kept by the centre crop", float),
-}
-OPTIONS.update(_STAGE_OPTIONS)
-
-_DEFAULTS: dict[str, Any] = {
-    **DATA_DEFAULTS,
-    "arch": "convnext_tiny.fb_in1k",
-    "init": "imagenet",
-    "pretrained_file": None,
-    "allow_random_imagenet_fallback": False,
-    "allow_partial": False,
-    "image_size": 224,
-    "epochs": 100,
-    "warmup_epochs": 5.0,
-    "batch_size": 32,
-    "blr": 5e-4,
-    "betas": [0.9, 0.999],
-    "layer_decay": 0.8,
-    "label_smoothing": 0.1,
-    "drop_path": 0.1,
-    "drop_rate": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "mixup_prob": 1.0,
-    "imbalance": "weighted_loss",
-    "select_metric": "macro_f1",
-    "eval_batch_size": None,
-    "crop_scale_min": 0.75,
-    "hflip": 0.5,
-    "vflip": 0.0,
-    "rotation": 10.0,
-    "color_jitter": [0.1, 0.1, 0.05],
-    "crop_pct": 0.875,
-    **ENGINE_DEFAULTS,
-    "min_lr": 1e-6,
-}
 
 DESCRIPTION = """\
 Fine-tune timm's ConvNeXt (--arch, optionally with a pretrained tag such as convnext_tiny.fb_in1k) on the
@@ -200,42 +105,12 @@ example (CPU, a minute):
 
 def default_config() -> dict[str, Any]:
     """The resolved defaults of ``finetune`` (a fresh copy; presets and callers override keys of it)."""
-    return copy.deepcopy(_DEFAULTS)
+    return copy.deepcopy(FINETUNE_DEFAULTS)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
     """True when ``out_dir`` holds a finished fine-tuning run (``metrics.json`` is written last)."""
-    out = Path(out_dir)
-    names = (MODEL_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME, CONFIG_NAME, SPLITS_NAME, METRICS_NAME)
-    return all((out / name).is_file() for name in names)
-
-
-def load_model(
-    out_dir: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The fine-tuned classifier of a finished run, in eval mode, and the run's ``config.yaml``.
-
-    The config holds what predicting needs: ``classes``, ``image_size``, ``crop_pct`` and, in
-    ``run.mean``/``run.std``, the input normalisation.
-
-    Raises:
-        FileNotFoundError: when ``out_dir`` lacks ``model.safetensors`` or ``config.yaml``.
-    """
-    import timm
-
-    from medens.engine import load_yaml
-
-    out = Path(out_dir)
-    if not (out / CONFIG_NAME).is_file():
-        raise FileNotFoundError(
-            f"out_dir: expected a fine-tuning run folder with {CONFIG_NAME}, received {out}"
-        )
-    config = load_yaml(out / CONFIG_NAME)
-    state, meta = load_weights(out / MODEL_NAME)
-    arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
-    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), config
+    return is_finetune_complete(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,32 +130,6 @@ class _Best:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.score, self.epoch = float(state["score"]), int(state["epoch"])
-
-
-def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``N / (K * n_c)`` (mean 1 over the classes present; 0 for absent classes)."""
-    counts = torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes).double()
-    weights = torch.where(
-        counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts)
-    )
-    return weights.float()
-
-
-def soft_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy against soft targets (Mixup/CutMix), optionally class-weighted like ``F.cross_entropy``.
-
-    Args:
-        logits: ``(B, K)``.
-        target: ``(B, K)`` rows summing to 1.
-        weight: ``(K,)`` class weights, or None.
-    """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    if weight is None:
-        return -(target * logp).sum(-1).mean()
-    wt = target * weight
-    return -(wt * logp).sum() / wt.sum().clamp(min=1e-12)
 
 
 class _ClassifierStep:
@@ -311,47 +160,6 @@ class _ClassifierStep:
         return F.cross_entropy(
             logits.float(), labels, weight=weight, label_smoothing=self.smoothing
         ), images.shape[0]
-
-
-@torch.no_grad()
-def predict_probs(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    batch_size: int,
-    ctx: RunContext,
-    precision: Precision,
-    channels_last: bool = False,
-    num_workers: int = 0,
-) -> np.ndarray:
-    """Class probabilities ``(N, K)`` float64 for every item of ``dataset``, in order, on every rank.
-
-    Each rank predicts an interleaved shard; the shards are gathered so all ranks hold the full result.
-    """
-    dist = ctx.dist
-    positions = list(range(dist.rank, len(dataset), dist.world_size))
-    loader = DataLoader(
-        Subset(dataset, positions), batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for images, _ in loader:
-        images = images.to(dist.device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(images)
-        chunks.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
-    model.train(was_training)
-    local = np.concatenate(chunks) if chunks else np.zeros((0, 0))
-    gathered = dist.all_gather_object((positions, local))
-    num_classes = max(part[1].shape[1] for part in gathered if part[1].size) if len(dataset) else 0
-    probs = np.zeros((len(dataset), num_classes))
-    for idx, part in gathered:
-        if len(idx):
-            probs[idx] = part
-    return probs
 
 
 def _predictions(split_set: Any, probs: np.ndarray, classes: list[str]):
@@ -387,9 +195,10 @@ def run_finetune(config: dict[str, Any]) -> Path:
         medens.data.DatasetError: the dataset cannot be opened.
         medens.engine.TrainingInterrupted / NonFiniteLossError: see :class:`medens.engine.Trainer`.
     """
-    config = resolve_config(_DEFAULTS, config)
-    _check_options(config)
-    engine = EngineConfig.from_config(config)  # checks epochs, accum_steps, ... before any data is read
+    config = resolve_config(FINETUNE_DEFAULTS, config, stage="finetune")
+    with option_checks():  # before any data is read
+        _check_options(config)
+        engine = EngineConfig.from_config(config)
     with run_session(config, "finetune", is_complete) as ctx:
         return _finetune(ctx, engine)
 
@@ -528,11 +337,11 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     def evaluate(epoch: int, tr: Trainer) -> dict[str, Any]:
         from medens.evaluate.metrics import summary_metrics
 
-        probs = predict_probs(
+        probs = sharded_probs(
             tr.eval_module,
             val_set,
             batch_size=eval_bs,
-            ctx=ctx,
+            dist=dist,
             precision=tr.precision,
             channels_last=engine.channels_last,
             num_workers=int(config["num_workers"]),
@@ -573,13 +382,13 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     trainer.eval_module.load_state_dict(state)
     kwargs = dict(
         batch_size=eval_bs,
-        ctx=ctx,
+        dist=dist,
         precision=trainer.precision,
         channels_last=engine.channels_last,
         num_workers=int(config["num_workers"]),
     )
-    val_probs = predict_probs(trainer.eval_module, val_set, **kwargs)
-    test_probs = predict_probs(trainer.eval_module, test_set, **kwargs)
+    val_probs = sharded_probs(trainer.eval_module, val_set, **kwargs)
+    test_probs = sharded_probs(trainer.eval_module, test_set, **kwargs)
     if dist.is_main:
         _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
@@ -654,48 +463,15 @@ def _json_safe(value: Any) -> Any:
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
-_CLI_KEYS = (
-    *DATA_CLI_KEYS,
-    "arch",
-    "init",
-    "pretrained_file",
-    "allow_partial",
-    "allow_random_imagenet_fallback",
-    "image_size",
-    *OPTIM_CLI_KEYS,
-    "layer_decay",
-    "label_smoothing",
-    "drop_path",
-    "drop_rate",
-    "mixup",
-    "cutmix",
-    "mixup_prob",
-    "imbalance",
-    "select_metric",
-    "eval_batch_size",
-    "crop_scale_min",
-    "hflip",
-    "vflip",
-    "rotation",
-    "color_jitter",
-    "crop_pct",
-    *ENGINE_CLI_KEYS,
-)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``finetune`` subcommand."""
     return add_stage_parser(
-        subparsers,
-        "finetune",
-        help=HELP,
-        description=DESCRIPTION,
-        defaults=_DEFAULTS,
-        keys=_CLI_KEYS,
-        func=main,
+        subparsers, "finetune", description=DESCRIPTION, defaults=FINETUNE_DEFAULTS, keys=FINETUNE_CLI_KEYS, func=main
     )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``finetune`` from parsed arguments; returns the exit code."""
-    return run_cli(run_finetune, args, _DEFAULTS)
+    return run_stage_cli(
+        "finetune", run_finetune, lambda o: resolve_config(FINETUNE_DEFAULTS, o, "finetune"), args, FINETUNE_DEFAULTS
+    )

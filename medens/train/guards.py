@@ -1,13 +1,16 @@
-"""Checks a command makes before any work: that what it will write is none of what it reads."""
+"""Checks a command makes before any work: values in range, and that what it will write is none of what it reads."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from medens.errors import UsageError
 
-class OverwritesInputError(ValueError):
+
+class OverwritesInputError(UsageError):
     """An output path that is one of the command's inputs, or lies inside an input folder."""
 
 
@@ -46,3 +49,25 @@ def refuse_output_over_inputs(
                 f"{option}: expected a path that is not one of the inputs, received {out}, "
                 f"which is the input {file}; choose another {option}"
             )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2, naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {value}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), received {value}")
+    return value

@@ -27,97 +27,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medens.cli import command_help, config_file_argument, run_command
+from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.ensemble import REPORT_FILE
 from medens.evaluate.report import comparison_table
 from medens.evaluate.tables import text_table
+from medens.layout import (
+    CACHE_DIR,
+    CONFIG_NAME,
+    ENCODER_NAME,
+    ENSEMBLE_DIR,
+    IMAGENET_DIR,
+    MAE_DIR,
+    PRETRAIN_DIR,
+    REPORT_NAME,
+    SPLITS_NAME,
+)
+from medens.train.guards import positive_int
+from medens.train.presets import (
+    DEMO_DATASET,
+    DEMO_DATASET_OPTIONS,
+    DEMO_OUT,
+    PRESET_NAMES,
+    STAGES,
+    default_preset,
+    load_preset,
+)
 
 logger = logging.getLogger(__name__)
 
-HELP = "the whole method: pre-train, fine-tune from ImageNet and from MAE, ensemble (no arguments: the demo)"
-
-#: Stage folder names under ``--out``.
-PRETRAIN_DIR = "pretrain"
-IMAGENET_DIR = "finetune-imagenet"
-MAE_DIR = "finetune-mae"
-ENSEMBLE_DIR = "ensemble"
-#: Decode cache shared by the stages (not used for the generated synthetic images).
-CACHE_DIR = "cache"
-
-#: The demo of ``python -m medens.train`` without arguments.
-DEMO_DATASET = "synthetic"
-DEMO_OUT = "runs/demo"
-#: Synthetic images for the demo, at the small preset's resolution; fewer than BUSI's 780 so the demo stays
-#: within 10 minutes on 2 CPU cores (measured: 6 min 47 s on lightly loaded cores; 14 min 25 s while other jobs
-#: loaded them heavily).
-DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 500, "image_size": 64}
-
-#: Stage options per preset. ``paper`` names the packaged YAML presets (ConvNeXt-Tiny, 224 px, the paper-scale
-#: schedules); ``small`` is sized for a CPU (its fine-tuning regularisation was lightened for issue #13; the
-#: figures that follow are of the earlier version; real-BUSI figures: benchmarks/RESULTS.md). Measured on BreastMNIST (the 780 BUSI images, 546 for training) with
-#: 2 CPU cores: 6 min 23 s for the whole pipeline on otherwise idle cores, 23 min 30 s while other jobs loaded
-#: them; test AUROC 0.82 (random init) and 0.84 (MAE init) where the majority class alone scores 0.73 accuracy.
-#: ``smoke`` runs every stage in seconds on a CPU: for trying commands and for tests, never for results.
-PRESETS: dict[str, dict[str, str | dict[str, Any]]] = {
-    "paper": {"pretrain": "pretrain_paper", "finetune": "finetune_paper"},
-    "smoke": {
-        "pretrain": {"arch": "convnext_atto", "image_size": 64, "decoder_dim": 32, "epochs": 1,
-                     "warmup_epochs": 0, "batch_size": 8, "lr": 1.5e-3, "num_workers": 0},
-        "finetune": {"arch": "convnext_atto", "image_size": 64, "epochs": 1, "warmup_epochs": 0,
-                     "batch_size": 8, "lr": 1.0e-3, "num_workers": 0},
-    },
-    "small": {
-        "pretrain": {
-            "arch": "convnext_atto",
-            "image_size": 64,
-            "decoder_dim": 128,
-            "epochs": 50,
-            "warmup_epochs": 5,
-            "batch_size": 32,
-            "lr": 1.5e-3,
-            "num_workers": 0,
-        },
-        "finetune": {
-            "arch": "convnext_atto",
-            "image_size": 64,
-            "epochs": 40,
-            "warmup_epochs": 3,
-            "batch_size": 32,
-            "lr": 1.0e-3,
-            "layer_decay": 0.9,  # the MAE member's; never applied to random weights (finetune._layer_decay_for)
-            # At 64 px on 600 images, the paper's regularisation keeps a random-init ConvNeXt at chance: 8-epoch
-            # controlled runs on BUSI (benchmarks/RESULTS.md) learn with lighter augmentation and no smoothing.
-            "drop_path": 0.0,
-            "label_smoothing": 0.0,
-            "rotation": 0.0,
-            "color_jitter": [0.0, 0.0, 0.0],
-            "crop_scale_min": 0.8,
-            "num_workers": 0,
-        },
-    },
-}
-
-#: Options that the pipeline's flags set for every training stage.
-_SHARED_FLAGS: dict[str, str] = {
-    "dataset": "dataset",
-    "data_root": "data_root",
-    "cache_dir": "cache_dir",
-    "arch": "arch",
-    "image_size": "image_size",
-    "batch_size": "batch_size",
-    "num_workers": "num_workers",
-    "device": "device",
-    "seed": "seed",
-    "split_seed": "split_seed",
-    "val_fraction": "val_fraction",
-    "test_fraction": "test_fraction",
-    "dedupe": "dedupe",
-    "dedupe_threshold": "dedupe_threshold",
-    "keep_conflicts": "keep_conflicts",
-    "folds": "folds",
-    "fold": "fold",
-}
+#: Stage options that the pipeline's flags of the same name set for every training stage.
+SHARED_KEYS = (
+    "dataset",
+    "data_root",
+    "cache_dir",
+    "arch",
+    "image_size",
+    "batch_size",
+    "num_workers",
+    "device",
+    "seed",
+    "split_seed",
+    "val_fraction",
+    "test_fraction",
+    "dedupe",
+    "dedupe_threshold",
+    "keep_conflicts",
+    "folds",
+    "fold",
+)
 
 #: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
 _UNCHECKED_KEYS = frozenset(
@@ -149,20 +108,16 @@ class StageOutcome:
 
 
 def preset_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pre-training and fine-tuning options of a preset.
+    """The pre-training and fine-tuning options of a preset (:mod:`medens.train.presets`).
+
+    The stages get them as explicit options (so the pipeline can adjust them and check finished stages against
+    them), not as a ``preset`` name.
 
     Raises:
-        ValueError: on an unknown preset.
+        UsageError: on an unknown preset.
     """
-    from medens.engine import load_yaml
-
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, received {preset!r}")
-    out = []
-    for stage in ("pretrain", "finetune"):
-        entry = PRESETS[preset][stage]
-        out.append(load_yaml(entry) if isinstance(entry, str) else dict(entry))
-    return out[0], out[1]
+    pretrain, finetune = (load_preset(preset, stage) for stage in STAGES)
+    return pretrain, finetune
 
 
 @dataclass(frozen=True)
@@ -206,7 +161,7 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     """
     root = Path(options["out"])
     pretrain, finetune = preset_configs(options["preset"])
-    shared = {key: options[flag] for flag, key in _SHARED_FLAGS.items() if options.get(flag) is not None}
+    shared = {key: options[key] for key in SHARED_KEYS if options.get(key) is not None}
     dataset_options = dict(options.get("dataset_options") or {})
     if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
         dataset_options = dict(DEMO_DATASET_OPTIONS)
@@ -229,9 +184,7 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
             )
 
     pretrain_dir = root / variant.folder(PRETRAIN_DIR)
-    from medens.train.pretrain import ENCODER_NAME
-
-    common_ft = {**finetune, "split_file": str(pretrain_dir / "splits.json")}
+    common_ft = {**finetune, "split_file": str(pretrain_dir / SPLITS_NAME)}
     imagenet = {
         **common_ft,
         "init": "imagenet",
@@ -250,7 +203,7 @@ def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str
 
     from medens.engine import load_yaml
 
-    recorded = load_yaml(folder / "config.yaml")
+    recorded = load_yaml(folder / CONFIG_NAME)
     diffs = []
     for key, value in requested.items():
         if key in _UNCHECKED_KEYS:
@@ -276,7 +229,7 @@ def _run_stage(
     folder = Path(config["out"])
     complete = is_complete(folder)
     resume = not complete and (folder / CHECKPOINT_NAME).is_file()
-    if (complete or resume) and (folder / "config.yaml").is_file():
+    if (complete or resume) and (folder / CONFIG_NAME).is_file():
         diffs = _recorded_mismatches(folder, config)
         if diffs:
             raise ValueError(
@@ -390,15 +343,23 @@ def stage_table(outcomes: list[StageOutcome]) -> str:
     return text_table(["Stage", "Status", "Time", "Folder"], rows, align="llrl")
 
 
-def _key_values(items: list[str] | None) -> dict[str, Any]:
+def _key_values(items: list[str] | None, option: str) -> dict[str, Any]:
     from medens.engine import parse_overrides
 
-    return parse_overrides(items or [])
+    try:
+        return parse_overrides(items or [], option=option)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``pipeline`` subcommand and return its parser."""
-    p = subparsers.add_parser("pipeline", help=HELP, description=HELP)
+    p = subparsers.add_parser(
+        "pipeline",
+        help=command_help("pipeline"),
+        description=__doc__.split("\n\n")[0].strip("`"),
+        epilog="Without arguments: the demo (synthetic images, the small preset, into runs/demo).",
+    )
     add_pipeline_arguments(p)
     p.set_defaults(func=main)
     return p
@@ -439,7 +400,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True
     )
     run.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_NAMES,
         help="paper: ConvNeXt-Tiny, 224 px, paper-scale schedules; small: fits a CPU; smoke: every stage in "
         "seconds, for trying commands, never for results (default: small for synthetic, paper otherwise)",
     )
@@ -480,59 +441,48 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True
         "--calibrate", action="store_true", help="temperature-scale members on the validation split"
     )
     ens.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    ens.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples")
+    ens.add_argument(
+        "--bootstrap", type=positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples"
+    )
+    config_file_argument(p)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options of :func:`run_pipeline` from parsed flags, with the demo's defaults filled in.
 
     Raises:
-        ValueError: when a real dataset is given without ``--out``.
+        UsageError: when a real dataset is given without ``--out``, or a ``KEY=VALUE`` item is ill-formed.
     """
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    synthetic = args.dataset == DEMO_DATASET
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
     if not options.get("out"):
-        if not synthetic:
-            raise ValueError(f"out: expected --out DIR for dataset {args.dataset!r}, received none")
+        if args.dataset != DEMO_DATASET:
+            raise UsageError(f"out: expected --out DIR for dataset {args.dataset!r}, received none")
         options["out"] = DEMO_OUT
-    options["preset"] = options.get("preset") or ("small" if synthetic else "paper")
-    options["dataset_options"] = _key_values(args.dataset_options)
-    options["set_pretrain"] = _key_values(args.set_pretrain)
-    options["set_finetune"] = _key_values(args.set_finetune)
+    options["preset"] = options.get("preset") or default_preset(args.dataset)
+    options["dataset_options"] = _key_values(args.dataset_options, "--dataset-option")
+    options["set_pretrain"] = _key_values(args.set_pretrain, "--set-pretrain")
+    options["set_finetune"] = _key_values(args.set_finetune, "--set-finetune")
     return options
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the pipeline, print the stages and the comparison table. Returns 0, 1 on failure, 130/143 if stopped."""
-    from medens.train.common import cli_logging
+    """Run the pipeline, print the stages and the comparison table.
 
-    with cli_logging():
-        return _main(args)
+    Returns 0; 2 for a usage error, 1 for another error (one message, no traceback); 130/143 if stopped.
+    """
+    return run_command(
+        "python -m medens.train pipeline",
+        lambda: _main(args),
+        stopped_hint="Run the same pipeline command again to resume.",
+    )
 
 
 def _main(args: argparse.Namespace) -> int:
-    from medens.engine import TrainingInterrupted
-    from medens.evaluate.members import IncompatibleMembersError
-    from medens.train.common import interrupted_exit_code, user_errors
-
-    try:
-        options = options_from_args(args)
-        logger.info(
-            "pipeline: dataset %s, preset %s, into %s", options["dataset"], options["preset"], options["out"]
-        )
-        results, outcomes = run_pipeline(options)
-    except TrainingInterrupted as err:
-        logger.warning(
-            "pipeline stopped (%s); checkpoint saved at %s. Run the same pipeline command again to resume.",
-            err.reason,
-            err.checkpoint,
-        )
-        return interrupted_exit_code(err)
-    except (*user_errors(), IncompatibleMembersError) as err:
-        logger.error("pipeline: %s", err)
-        return 1
+    options = options_from_args(args)
+    logger.info("pipeline: dataset %s, preset %s, into %s", options["dataset"], options["preset"], options["out"])
+    results, outcomes = run_pipeline(options)
     print(stage_table(outcomes))
     print()
     print(comparison_table(results))
-    print(f"\nreport: {Path(options['out']) / ENSEMBLE_DIR / REPORT_FILE}")
+    print(f"\nreport: {Path(options['out']) / ENSEMBLE_DIR / REPORT_NAME}")
     return 0

@@ -25,25 +25,16 @@ from typing import Any
 import torch
 
 from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
+from medens.errors import UsageError
+from medens.layout import ENCODER_NAME, RECONSTRUCTIONS_NAME, is_pretrain_complete
 from medens.models import ENCODER_FORMAT, MaskedConvNeXt, save_weights
-from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
-from medens.train.common import (
-    CONFIG_NAME,
-    DATA_CLI_KEYS,
-    DATA_DEFAULTS,
-    ENGINE_CLI_KEYS,
-    ENGINE_DEFAULTS,
-    OPTIM_CLI_KEYS,
-    OPTIONS,
-    Option,
+from medens.train.arguments import add_stage_parser, run_stage_cli
+from medens.train.configuration import effective_lr, option_checks, resolve_config
+from medens.train.options import PRETRAIN_CLI_KEYS, PRETRAIN_DEFAULTS, PRETRAIN_SPLITS
+from medens.train.session import (
     RunContext,
-    _optional_int,
-    add_stage_parser,
-    effective_lr,
     open_data,
-    resolve_config,
     resume_and_fit,
-    run_cli,
     run_facts,
     run_session,
     split_hash,
@@ -56,11 +47,6 @@ __all__ = ["run_pretrain", "default_config", "is_complete", "mae_step", "add_par
 
 _logger = logging.getLogger(__name__)
 
-HELP = "entropy-guided masked-autoencoder pre-training of a ConvNeXt encoder"
-ENCODER_NAME = "encoder.safetensors"
-RECONSTRUCTIONS_NAME = "reconstructions.png"
-LOG_NAME = "log.csv"
-PRETRAIN_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
 
 DESCRIPTION = """\
 Pre-train a ConvNeXt (--arch) as a masked autoencoder on the images of the target dataset, hiding patches
@@ -70,7 +56,7 @@ Writes into --out: encoder.safetensors, config.yaml (the resolved options), log.
 checkpoint.pt (the last checkpoint; --resume continues from it), reconstructions.png (image, entropy map,
 mask and reconstruction for a few images) and splits.json.
 
-Options come from the defaults below, then --config YAML, then the flags and --set KEY=VALUE.
+Options come from the defaults (the paper's) or --preset, then --config YAML, then the flags and --set KEY=VALUE.
 Multi-GPU: torchrun --nproc_per_node=G -m medens.train pretrain ...
 
 example (CPU, a minute):
@@ -78,68 +64,14 @@ example (CPU, a minute):
       --arch convnext_atto --image-size 64 --epochs 5 --batch-size 16 --out runs/mae
 """
 
-_STAGE_OPTIONS: dict[str, Option] = {
-    "patch_size": Option(
-        "masking patch size, a multiple of 32 (none: the encoder stride, 32)", _optional_int, metavar="N"
-    ),
-    "mask_ratio": Option("share of patches hidden", float),
-    "masking": Option(
-        "entropy: the paper's entropy-guided masking; random: MAE's uniform masking (ablation)",
-        choices=MASKING_CHOICES,
-    ),
-    "mask_temperature": Option(
-        "temperature of entropy-guided sampling (0: strict top-k; inf: uniform)", float
-    ),
-    "mask_prefer": Option("hide high- or low-entropy patches preferentially", choices=PREFER_CHOICES),
-    "entropy_bins": Option("histogram bins of the patch entropy", int),
-    "decoder_dim": Option("decoder width", int),
-    "decoder_depth": Option("decoder ConvNeXt blocks", int),
-    "norm_pix_loss": Option("regress per-patch normalised pixels", bool),
-    "pretrain_split": Option(
-        "images to pre-train on: train, trainval, or all (includes the test images)",
-        choices=tuple(PRETRAIN_SPLITS),
-    ),
-    "num_reconstructions": Option("images shown in reconstructions.png", int),
-}
-OPTIONS.update(_STAGE_OPTIONS)
-
-_DEFAULTS: dict[str, Any] = {
-    **DATA_DEFAULTS,
-    "pretrain_split": "train",
-    "arch": "convnext_tiny",
-    "image_size": 224,
-    "patch_size": None,
-    "mask_ratio": 0.6,
-    "masking": "entropy",
-    "mask_temperature": 1.0,
-    "mask_prefer": "high",
-    "entropy_bins": 256,
-    "decoder_dim": 512,
-    "decoder_depth": 1,
-    "norm_pix_loss": True,
-    "drop_path": 0.0,
-    "crop_scale_min": 0.2,
-    "hflip": 0.5,
-    "epochs": 400,
-    "warmup_epochs": 40.0,
-    "batch_size": 64,
-    "blr": 1.5e-4,
-    "betas": [0.9, 0.95],
-    **ENGINE_DEFAULTS,
-    "ops_backend": "auto",
-    "num_reconstructions": 4,
-}
-
-
 def default_config() -> dict[str, Any]:
     """The resolved defaults of ``pretrain`` (a fresh copy; presets and callers override keys of it)."""
-    return copy.deepcopy(_DEFAULTS)
+    return copy.deepcopy(PRETRAIN_DEFAULTS)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
     """True when ``out_dir`` holds a finished pre-training run (``encoder.safetensors`` is written last)."""
-    out = Path(out_dir)
-    return all((out / name).is_file() for name in (ENCODER_NAME, CONFIG_NAME, LOG_NAME))
+    return is_pretrain_complete(out_dir)
 
 
 def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
@@ -178,10 +110,10 @@ def _check_ops_backend(name: str) -> None:
     if name == "auto":
         return
     if name not in available:
-        raise ValueError(f"ops_backend: expected 'auto' or one of {sorted(available)}, received {name!r}")
+        raise UsageError(f"ops_backend: expected 'auto' or one of {sorted(available)}, received {name!r}")
     if not available[name]:
         usable = ["auto", *sorted(k for k, ok in available.items() if ok)]
-        raise ValueError(f"ops_backend: expected a backend that can run on this machine ({usable}), received {name!r}")
+        raise UsageError(f"ops_backend: expected a backend that can run on this machine ({usable}), received {name!r}")
 
 
 def run_pretrain(config: dict[str, Any]) -> Path:
@@ -196,21 +128,22 @@ def run_pretrain(config: dict[str, Any]) -> Path:
         The output folder.
 
     Raises:
-        ValueError: bad options (unknown key, wrong type, mask ratio, image size, arch, ...) or an output folder
-            that holds another run without ``resume``.
+        medens.errors.UsageError: bad options (unknown key, wrong type, mask ratio, image size, arch, ...) or an
+            output folder that holds another run without ``resume``.
         medens.data.DatasetError: the dataset cannot be opened.
         medens.engine.TrainingInterrupted: stopped by SIGTERM/SIGINT after saving a checkpoint.
         medens.engine.NonFiniteLossError: too many non-finite steps in a row, after saving a checkpoint.
     """
-    config = resolve_config(_DEFAULTS, config)
-    if config["pretrain_split"] not in PRETRAIN_SPLITS:
-        raise ValueError(
-            f"pretrain_split: expected one of {tuple(PRETRAIN_SPLITS)}, received {config['pretrain_split']!r}"
-        )
-    _check_ops_backend(config["ops_backend"])
-    seed_everything(int(config["seed"]))
-    model = build_model(config)  # validates arch, sizes and masking before anything slow happens
-    engine = EngineConfig.from_config(config)
+    config = resolve_config(PRETRAIN_DEFAULTS, config, stage="pretrain")
+    with option_checks():  # arch, sizes, masking, schedule: before anything slow happens
+        if config["pretrain_split"] not in PRETRAIN_SPLITS:
+            raise ValueError(
+                f"pretrain_split: expected one of {tuple(PRETRAIN_SPLITS)}, received {config['pretrain_split']!r}"
+            )
+        _check_ops_backend(config["ops_backend"])
+        seed_everything(int(config["seed"]))
+        model = build_model(config)
+        engine = EngineConfig.from_config(config)
     with run_session(config, "pretrain", is_complete) as ctx:
         return _pretrain(ctx, model, engine)
 
@@ -304,43 +237,15 @@ def _save_reconstructions(model: MaskedConvNeXt, dataset: Any, splits: dict, con
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
-_CLI_KEYS = (
-    *DATA_CLI_KEYS,
-    "pretrain_split",
-    "arch",
-    "image_size",
-    "patch_size",
-    "mask_ratio",
-    "masking",
-    "mask_temperature",
-    "mask_prefer",
-    "entropy_bins",
-    "decoder_dim",
-    "decoder_depth",
-    "norm_pix_loss",
-    "drop_path",
-    "crop_scale_min",
-    "hflip",
-    *OPTIM_CLI_KEYS,
-    "ops_backend",
-    "num_reconstructions",
-    *ENGINE_CLI_KEYS,
-)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``pretrain`` subcommand."""
     return add_stage_parser(
-        subparsers,
-        "pretrain",
-        help=HELP,
-        description=DESCRIPTION,
-        defaults=_DEFAULTS,
-        keys=_CLI_KEYS,
-        func=main,
+        subparsers, "pretrain", description=DESCRIPTION, defaults=PRETRAIN_DEFAULTS, keys=PRETRAIN_CLI_KEYS, func=main
     )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``pretrain`` from parsed arguments; returns the exit code."""
-    return run_cli(run_pretrain, args, _DEFAULTS)
+    return run_stage_cli(
+        "pretrain", run_pretrain, lambda o: resolve_config(PRETRAIN_DEFAULTS, o, "pretrain"), args, PRETRAIN_DEFAULTS
+    )

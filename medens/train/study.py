@@ -28,12 +28,21 @@ from typing import Any
 
 import numpy as np
 
+from medens.cli import command_help, run_command
+from medens.errors import UsageError
+from medens.layout import (
+    ENSEMBLE_DIR,
+    METRICS_NAME,
+    PREDICTIONS_NAME,
+    PRETRAIN_DIR,
+    REPORT_NAME,
+    SPLITS_NAME,
+    STUDY_NAME,
+    study_run_folder,
+)
+
 logger = logging.getLogger(__name__)
 
-HELP = "cross-validate the whole method over folds and seeds, with pre-training ablations (--vary)"
-
-#: Files the study writes into ``--out``.
-STUDY_FILE = "study.json"
 STUDY_FORMAT = "medens.study/1"
 #: The metrics every run reports and the report compares.
 STUDY_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
@@ -43,27 +52,22 @@ DEFAULT_FOLDS = 5
 DEFAULT_SEEDS = 3
 
 
-def run_folder(out: str | Path, fold: int, seed: int) -> Path:
-    """Where the pipeline of one fold and seed runs."""
-    return Path(out) / f"fold-{fold}" / f"seed-{seed}"
-
-
 def parse_seeds(text: str) -> list[int]:
     """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list (``0,1,7``).
 
     Raises:
-        ValueError: not a positive count or a list of distinct integers.
+        UsageError: not a positive count or a list of distinct integers.
     """
     try:
         values = [int(v) for v in str(text).split(",")]
     except ValueError:
-        raise ValueError(f"seeds: expected a count (3) or a list (0,1,7), received {text!r}") from None
+        raise UsageError(f"seeds: expected a count (3) or a list (0,1,7), received {text!r}") from None
     if "," not in str(text):
         if values[0] < 1:
-            raise ValueError(f"seeds: expected a count of at least 1, received {values[0]}")
+            raise UsageError(f"seeds: expected a count of at least 1, received {values[0]}")
         return list(range(values[0]))
     if len(set(values)) != len(values):
-        raise ValueError(f"seeds: expected distinct seeds, received {text!r}")
+        raise UsageError(f"seeds: expected distinct seeds, received {text!r}")
     return values
 
 
@@ -71,7 +75,7 @@ def parse_variants(items: Sequence[str] | None) -> list[Any]:
     """The pre-training variants of ``--vary KEY=V1,V2`` items: every combination of the values, in order.
 
     Raises:
-        ValueError: an item without ``=`` or values, a key repeated, or a key pre-training does not have.
+        UsageError: an item without ``=`` or values, a key repeated, or a key pre-training does not have.
     """
     from medens.engine import parse_overrides
     from medens.train.pipeline import DEFAULT_VARIANT, Variant
@@ -85,11 +89,11 @@ def parse_variants(items: Sequence[str] | None) -> list[Any]:
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key or not values.strip():
-            raise ValueError(f"vary: expected KEY=V1,V2,..., received {item!r}")
+            raise UsageError(f"vary: expected KEY=V1,V2,..., received {item!r}")
         if key not in known:
-            raise ValueError(f"vary: {key!r} is not a pre-training option; expected one of {sorted(known)}")
+            raise UsageError(f"vary: {key!r} is not a pre-training option; expected one of {sorted(known)}")
         if key in axes:
-            raise ValueError(f"vary: {key!r} is given twice; list all its values in one --vary")
+            raise UsageError(f"vary: {key!r} is given twice; list all its values in one --vary")
         axes[key] = [parse_overrides([f"{key}={v.strip()}"])[key] for v in values.split(",")]
     variants = []
     for combo in itertools.product(*axes.values()):
@@ -133,17 +137,15 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
         ``(runs, pooled)``: ``runs`` as ``study.json`` lists them; ``pooled[(seed, variant, model)]`` is
         ``(paths, labels, probs)`` over all folds. The ImageNet member's entries carry ``variant: None``.
     """
-    from medens.train.pipeline import ENSEMBLE_DIR
-
     runs: list[dict] = []
     pooled: dict[tuple, list] = {}
     for fold, seed in itertools.product(range(folds), seeds):
-        root = run_folder(out, fold, seed)
+        root = study_run_folder(out, fold, seed)
         for v_index, variant in enumerate(variants):
-            results = json.loads((root / variant.folder(ENSEMBLE_DIR) / "metrics.json").read_text("utf-8"))
+            results = json.loads((root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME).read_text("utf-8"))
             names = [m["name"] for m in results["members"]] + ["ensemble"]
             labels = [m["label"] for m in results["members"]] + [results["models"]["ensemble"]["label"]]
-            paths, truth, probs = _ensemble_table(root / variant.folder(ENSEMBLE_DIR) / "predictions.csv")
+            paths, truth, probs = _ensemble_table(root / variant.folder(ENSEMBLE_DIR) / PREDICTIONS_NAME)
             for model, name, label in zip(MODELS, names, labels, strict=True):
                 if model == "imagenet" and v_index > 0:
                     continue  # the same member in every variant
@@ -166,11 +168,9 @@ def _concat(parts: list) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> float:
     """Test images over training images in one run, averaged over the folds (for the corrected t-test)."""
-    from medens.train.pipeline import PRETRAIN_DIR
-
     ratios = []
     for fold in range(folds):
-        record = json.loads((run_folder(out, fold, seeds[0]) / variants[0].folder(PRETRAIN_DIR) / "splits.json")
+        record = json.loads((study_run_folder(out, fold, seeds[0]) / variants[0].folder(PRETRAIN_DIR) / SPLITS_NAME)
                             .read_text("utf-8"))
         n = {name: len(ids) for name, ids in record["splits"].items()}
         ratios.append(n["test"] / max(1, n["train"]))
@@ -205,7 +205,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     from medens.train.pipeline import run_variants
 
     if int(folds) < 2:
-        raise ValueError(f"folds: expected at least 2 folds, received {folds}")
+        raise UsageError(f"folds: expected at least 2 folds, received {folds}")
     if not seeds:
         raise ValueError("seeds: expected at least one seed, received none")
     out = Path(options["out"])
@@ -213,7 +213,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     with tqdm(total=len(todo), desc="study", unit="run") as bar:
         for fold, seed in todo:
             bar.set_postfix_str(f"fold {fold}, seed {seed}")
-            run_options = {**options, "out": str(run_folder(out, fold, seed)), "folds": int(folds),
+            run_options = {**options, "out": str(study_run_folder(out, fold, seed)), "folds": int(folds),
                            "fold": fold, "seed": int(seed)}
             run_variants(run_options, variants)
             bar.update()
@@ -227,7 +227,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
               "dedupe": options.get("dedupe") or "on",
               "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
               "test_train_ratio": ratio, "runs": runs, **summary}
-    atomic_write_text(out / STUDY_FILE, json.dumps(record, indent=1, default=float) + "\n")
+    atomic_write_text(out / STUDY_NAME, json.dumps(record, indent=1, default=float) + "\n")
     write_report(record, out)
     return record
 
@@ -236,7 +236,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register the ``study`` subcommand and return its parser."""
     from medens.train.pipeline import add_pipeline_arguments
 
-    p = subparsers.add_parser("study", help=HELP, description=__doc__.split("\n\n")[1],
+    p = subparsers.add_parser("study", help=command_help("study"), description=__doc__.split("\n\n")[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_arguments(p, with_seed=False)
     cv = p.add_argument_group("study")
@@ -252,38 +252,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the study, print where the results are. Returns 0, 1 on a user error, 130/143 if stopped."""
-    from medens.train.common import cli_logging
+    """Run the study, print where the results are.
 
-    with cli_logging():
-        return _main(args)
+    Returns 0; 2 for a usage error, 1 for another error (one message, no traceback); 130/143 if stopped.
+    """
+    return run_command(
+        "python -m medens.train study",
+        lambda: _main(args),
+        stopped_hint="Run the same study command again to continue.",
+    )
 
 
 def _main(args: argparse.Namespace) -> int:
-    from medens.engine import TrainingInterrupted
-    from medens.evaluate.members import IncompatibleMembersError
-    from medens.evaluate.study_report import REPORT_FILE, headline_table
-    from medens.train.common import interrupted_exit_code, user_errors
+    from medens.evaluate.study_report import headline_table
     from medens.train.pipeline import options_from_args
 
-    try:
-        if not args.out:
-            raise ValueError("out: expected --out DIR for the study, received none")
-        seeds = parse_seeds(args.seeds)
-        variants = parse_variants(args.vary)
-        options = options_from_args(args)
-        for key in ("seeds", "vary"):  # the study's own flags, not pipeline options
-            options.pop(key, None)
-        logger.info("study: %s, %d folds x %d seeds x %d variants into %s", options["dataset"], args.folds,
-                    len(seeds), len(variants), options["out"])
-        record = run_study(options, args.folds, seeds, variants)
-    except TrainingInterrupted as err:
-        logger.warning("study stopped (%s); checkpoint saved at %s. Run the same command again to continue.",
-                       err.reason, err.checkpoint)
-        return interrupted_exit_code(err)
-    except (*user_errors(), IncompatibleMembersError) as err:
-        logger.error("study: %s", err)
-        return 1
+    if not args.out:
+        raise UsageError("out: expected --out DIR for the study, received none")
+    seeds = parse_seeds(args.seeds)
+    variants = parse_variants(args.vary)
+    options = options_from_args(args)
+    for key in ("seeds", "vary"):  # the study's own flags, not pipeline options
+        options.pop(key, None)
+    logger.info("study: %s, %d folds x %d seeds x %d variants into %s", options["dataset"], args.folds,
+                len(seeds), len(variants), options["out"])
+    record = run_study(options, args.folds, seeds, variants)
     print(headline_table(record))
-    print(f"\nstudy: {Path(args.out) / STUDY_FILE}\nreport: {Path(args.out) / REPORT_FILE}")
+    print(f"\nstudy: {Path(args.out) / STUDY_NAME}\nreport: {Path(args.out) / REPORT_NAME}")
     return 0

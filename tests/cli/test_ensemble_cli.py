@@ -114,44 +114,47 @@ def test_weighted_calibrated(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ],
 )
 def test_incompatible_members_are_refused_with_a_message(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, kwargs: dict, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture, kwargs: dict, message: str
 ) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
     b = member(tmp_path, "b", "mae:x", 1, **kwargs)
     code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e")])
-    assert code == 2
-    assert message in caplog.text
+    assert code == 1  # the members' files disagree: a user error, not a usage error
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 
-def test_missing_member_folder_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_member_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
-    with caplog.at_level(logging.ERROR, logger="medens"):
-        assert (
-            run_cli(["ensemble", "--members", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
-            == 2
-        )
-    assert "expected config.yaml in member folder" in caplog.text
+    argv = ["ensemble", "--members", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "e")]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"members: expected fine-tuning run folders, received {tmp_path / 'nope'}, which does not exist" in err
+    # A folder that exists but is no run is a bad input, named with what it lacks.
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["ensemble", "--members", str(a), str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 1
+    assert "expected config.yaml in member folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["member", "inside_member"])
 def test_out_over_a_member_is_refused_and_the_member_is_unchanged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
 ) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
     b = member(tmp_path, "b", "mae:x", 1)
     before = {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()}
     out = a if where == "member" else a / "ens"
-    with caplog.at_level(logging.ERROR, logger="medens"):
-        assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots"]) == 1
-    assert "out: expected a path outside the input folder" in caplog.text and str(a) in caplog.text
-    assert "Traceback" not in caplog.text
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "out: expected a path outside the input folder" in err and str(a) in err
+    assert "Traceback" not in err
     assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
     assert not (a / "ens").exists()
 
 
 def test_member_probabilities_outside_0_1_are_refused_by_file_and_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
     b = member(tmp_path, "b", "mae:x", 1)
@@ -160,11 +163,11 @@ def test_member_probabilities_outside_0_1_are_refused_by_file_and_line(
     fields[2], fields[3] = "1.7", "-0.7"
     lines[3] = ",".join(fields)
     (b / "predictions.csv").write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.ERROR, logger="medens"):
-        code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), "--no-plots"])
+    code = run_cli(["ensemble", "--members", str(a), str(b), "--out", str(tmp_path / "e"), "--no-plots"])
     assert code == 1
-    assert f"{b / 'predictions.csv'}:4: expected probabilities in [0, 1], received 1.7" in caplog.text
-    assert "Traceback" not in caplog.text
+    err = capsys.readouterr().err
+    assert f"{b / 'predictions.csv'}:4: expected probabilities in [0, 1], received 1.7" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 

@@ -17,8 +17,8 @@ TINY = [
 ]  # fmt: skip
 
 
-def _fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
-    assert main(argv) == 1
+def _fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], *needles: str, code: int = 1) -> str:
+    assert main(argv) == code
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     for needle in needles:
@@ -106,7 +106,6 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(
         raise KeyError("an internal key")
 
     monkeypatch.setattr(pretrain, "run_pretrain", broken)
-    monkeypatch.setattr(pretrain, "main", lambda args: pretrain.run_cli(broken, args, pretrain._DEFAULTS))
     assert main(["pretrain", *TINY, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError" in err and "this is a bug in medens" in err
@@ -122,7 +121,9 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
-    _fails_cleanly(capsys, ["pretrain", *TINY, *flags, "--out", str(tmp_path / "run")], needle)
+    """A bad option value is a usage error: exit 2, the option named, a pointer to --help, no traceback."""
+    err = _fails_cleanly(capsys, ["pretrain", *TINY, *flags, "--out", str(tmp_path / "run")], needle, code=2)
+    assert "--help" in err
 
 
 def test_an_ops_backend_this_machine_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -132,4 +133,4 @@ def test_an_ops_backend_this_machine_cannot_run(tmp_path: Path, capsys: pytest.C
     if not missing:
         pytest.skip("every ops backend can run on this machine")
     _fails_cleanly(capsys, ["pretrain", *TINY, "--ops-backend", missing[0], "--out", str(tmp_path / "run")],
-                   "ops_backend: expected a backend that can run on this machine", repr(missing[0]))
+                   "ops_backend: expected a backend that can run on this machine", repr(missing[0]), code=2)

@@ -193,10 +193,10 @@ def test_options_for_imbalance_mixup_ema_and_resume(tmp_path: Path) -> None:
 
 
 def test_bad_finetune_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["finetune", *TINY, "--init", "imagenet1k", "--out", str(tmp_path / "a")]) == 1
+    assert main(["finetune", *TINY, "--init", "imagenet1k", "--out", str(tmp_path / "a")]) == 2
     assert "init: expected 'imagenet', 'scratch' or 'mae:PATH'" in capsys.readouterr().err
     assert main(["finetune", *TINY, "--init", "scratch", "--mixup", "0.2", "--batch-size", "7",
-                 "--out", str(tmp_path / "b")]) == 1  # fmt: skip
+                 "--out", str(tmp_path / "b")]) == 2  # fmt: skip
     assert "Mixup/CutMix need an even batch size" in capsys.readouterr().err
 
 
@@ -215,12 +215,21 @@ def test_help_and_defaults(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_each_option_is_documented_once() -> None:
-    """An option both stages take lives in the shared table, so its help does not depend on import order."""
-    from medens.train import finetune, pretrain
-    from medens.train.common import OPTIONS
+    """One table documents every option, complete at import: importing the stages adds and changes nothing."""
+    import subprocess
+    import sys
 
-    assert not set(pretrain._STAGE_OPTIONS) & set(finetune._STAGE_OPTIONS)
-    assert all(OPTIONS[k] is v for stage in (pretrain, finetune) for k, v in stage._STAGE_OPTIONS.items())
+    code = (
+        "from medens.train import options as o; before = dict(o.OPTIONS); "
+        "import medens.train.pretrain, medens.train.finetune; "
+        "assert o.OPTIONS == before and all(o.OPTIONS[k] is v for k, v in before.items()); "
+        "keys = set(o.PRETRAIN_DEFAULTS) | set(o.FINETUNE_DEFAULTS); "
+        "assert set(o.OPTIONS) == keys, set(o.OPTIONS) ^ keys; "
+        "flags = set(o.PRETRAIN_CLI_KEYS) | set(o.FINETUNE_CLI_KEYS); "
+        "assert flags <= keys and set(o.PRETRAIN_CLI_KEYS) <= set(o.PRETRAIN_DEFAULTS)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def test_bad_options_fail_at_start_with_a_message(
 ) -> None:
     out = tmp_path / "never"
     start = time.perf_counter()
-    assert main(["pretrain", *TINY, *flags, "--out", str(out)]) == 1
+    assert main(["pretrain", *TINY, *flags, "--out", str(out)]) == 2  # a usage error
     assert time.perf_counter() - start < 10
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -127,7 +127,7 @@ def test_bad_options_fail_at_start_with_a_message(
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"")
-    assert main(["pretrain", *TINY, "--out", str(tmp_path)]) == 1
+    assert main(["pretrain", *TINY, "--out", str(tmp_path)]) == 2
     assert "already holds a pretrain run; pass --resume" in capsys.readouterr().err
 
 
@@ -144,7 +144,7 @@ def test_resume_refuses_options_that_would_make_the_record_false(
         (["--dataset-option", "num_images=20"], "dataset_options: expected the value recorded in"),
         (["--arch", "convnext_femto"], "arch: expected the value recorded in"),  # not a wall of size mismatches
     ]:
-        assert main(["pretrain", "--resume", *flags, "--out", str(out)]) == 1, flags
+        assert main(["pretrain", "--resume", *flags, "--out", str(out)]) == 2, flags
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert (out / "config.yaml").read_bytes() == recorded
@@ -155,18 +155,18 @@ def test_resume_refuses_options_that_would_make_the_record_false(
 def test_image_size_beyond_the_machine_is_refused_with_the_estimate(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medens.train.common as common
+    import medens.train.session as session
 
-    monkeypatch.setattr(common, "device_memory_bytes", lambda device: 64 * 2**30)
+    monkeypatch.setattr(session, "device_memory_bytes", lambda device: 64 * 2**30)
     argv = ["pretrain", *TINY, "--image-size", "32000", "--out", str(tmp_path / "run")]
-    assert main(argv) == 1
+    assert main(argv) == 2  # a value no machine of this size can train with: a usage error
     err = capsys.readouterr().err
     assert "image_size: expected a size whose batch fits on cpu (64.0 GiB), received 32000" in err
     assert "a batch of 8 needs at least 167.8 GiB" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
     # The estimate is a lower bound: the sizes people train with pass on a small machine.
     for size, batch in [(224, 256), (512, 64), (1024, 16)]:
-        common.check_fits_in_memory({"image_size": size, "batch_size": batch}, torch.device("cpu"))
+        session.check_fits_in_memory({"image_size": size, "batch_size": batch}, torch.device("cpu"))
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
@@ -215,20 +215,34 @@ def test_print_config_resolves_yaml_then_flags(tmp_path: Path, capsys: pytest.Ca
     assert main([*argv, "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert (config["epochs"], config["mask_ratio"], config["lr"]) == (7, 0.5, 1e-3)
-    assert config["arch"] == default_config()["arch"]
+    # No --dataset: the generated demo images, with the CPU-sized preset under the YAML and the flags.
+    assert (config["dataset"], config["preset"], config["arch"]) == ("synthetic", "small", "convnext_atto")
+    assert main([*argv, "--preset", "paper", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["preset"], config["arch"], config["epochs"]) == ("paper", default_config()["arch"], 7)
+    assert main([*argv, "--dataset", "busi", "--data-root", str(tmp_path), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["preset"] == "paper"  # a real dataset: the paper's settings
 
 
 def test_packaged_presets_resolve() -> None:
-    from medens.engine import load_yaml
     from medens.engine.config import list_presets
     from medens.train import finetune, pretrain
-    from medens.train.common import resolve_config
+    from medens.train.configuration import resolve_config
+    from medens.train.presets import PRESET_NAMES, STAGES, load_config_file, load_preset
 
     presets = list_presets()
     assert {"pretrain_paper", "finetune_paper", "pretrain_cpu_demo", "finetune_cpu_demo"} <= set(presets)
+    assert {f"{stage}_{name}" for stage in STAGES for name in PRESET_NAMES} <= set(presets)
     for name in presets:
         stage = pretrain if name.startswith("pretrain") else finetune
-        resolve_config(stage.default_config(), {**load_yaml(name), "out": "x"})
+        resolve_config(stage.default_config(), {**load_config_file(name), "out": "x"})
+    # The paper's settings are the defaults, written once (in the paper presets).
+    for stage, module in (("pretrain", pretrain), ("finetune", finetune)):
+        paper = load_preset("paper", stage)
+        assert paper and all(module.default_config()[k] == v for k, v in paper.items())
+    # A preset file may start from another: the CPU demo is the smoke preset on generated images.
+    demo = load_config_file("pretrain_cpu_demo")
+    assert demo == {**load_preset("smoke", "pretrain"), "dataset": "synthetic", "dataset_options": demo["dataset_options"]}
 
 
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
@@ -343,7 +357,7 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> Non
 
 
 def test_resume_accepts_the_requested_or_recorded_init_and_repeated_values(tmp_path: Path) -> None:
-    from medens.train.common import refuse_changes_on_resume
+    from medens.train.configuration import refuse_changes_on_resume
 
     saved = {"init": "imagenet-unavailable-random-init", "init_requested": "imagenet", "betas": [0.9, 0.999],
              "epochs": 4, "seed": 0}

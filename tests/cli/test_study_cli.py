@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,11 @@ def test_seeds_and_variants_parse_and_refuse_by_name():
         parse_variants(["masking"])
 
 
-def test_bad_study_options_exit_1_naming_them(tmp_path, caplog):
-    logging.getLogger("medens").addHandler(caplog.handler)
-    try:
-        assert train_main(["study", "--out", str(tmp_path), "--folds", "1"]) == 1
-        assert train_main(["study", "--out", str(tmp_path), "--vary", "colour=red"]) == 1
-    finally:
-        logging.getLogger("medens").removeHandler(caplog.handler)
-    assert "folds: expected at least 2 folds, received 1" in caplog.text
-    assert "'colour' is not a pre-training option" in caplog.text
+def test_bad_study_options_exit_2_naming_them(tmp_path, capsys):
+    assert train_main(["study", "--out", str(tmp_path), "--folds", "1"]) == 2
+    assert "folds: expected at least 2 folds, received 1" in capsys.readouterr().err
+    assert train_main(["study", "--out", str(tmp_path), "--vary", "colour=red"]) == 2
+    assert "'colour' is not a pre-training option" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran
 
 

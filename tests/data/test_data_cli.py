@@ -39,13 +39,15 @@ def test_json_output(tmp_path, layouts, capsys):
 def test_strict_flag_turns_a_corrupt_file_into_an_error(tmp_path, layouts, capsys):
     root = layouts.busi(tmp_path)
     (root / "Dataset_BUSI_with_GT" / "normal" / "normal (1).png").write_bytes(b"")
-    assert main(["--dataset", "busi", "--data-root", str(root), "--strict"]) == 2
+    assert main(["--dataset", "busi", "--data-root", str(root), "--strict"]) == 1
     assert "normal (1).png" in capsys.readouterr().err
 
 
-def test_missing_root_exits_2_with_the_reason(tmp_path, capsys):
-    assert main(["--dataset", "kvasir", "--data-root", str(tmp_path / "absent")]) == 2
+def test_missing_root_exits_1_and_an_unknown_dataset_2_with_the_reason(tmp_path, capsys):
+    assert main(["--dataset", "kvasir", "--data-root", str(tmp_path / "absent")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--dataset", "kvasirr", "--data-root", str(tmp_path)]) == 2  # a usage error
+    assert "unknown dataset 'kvasirr'" in capsys.readouterr().err
 
 
 def test_runs_as_a_module_with_options():

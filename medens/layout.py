@@ -1,0 +1,109 @@
+"""The run-folder layout: every file a stage writes or reads, and every folder a pipeline or study makes.
+
+One place names them; the stages, the ensemble, ``predict``, the pipeline and ``study`` all import from here.
+
+A **pre-training run** (``pretrain --out DIR``)::
+
+    DIR/encoder.safetensors   the encoder, for ``finetune --init mae:DIR/encoder.safetensors``
+    DIR/reconstructions.png   image, entropy map, mask and reconstruction of a few images
+    DIR/config.yaml, splits.json, log.csv, train.log, checkpoint.pt
+
+A **fine-tuning run** (``finetune --out DIR``), also an ensemble **member**::
+
+    DIR/model.safetensors     the best epoch's classifier
+    DIR/predictions.csv       test split: path, label, one probability column per class
+    DIR/val_predictions.csv   validation split, same columns
+    DIR/metrics.json          test and validation metrics of the best epoch (written last: marks a finished run)
+    DIR/config.yaml, splits.json, log.csv, train.log, checkpoint.pt
+
+An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md`` and PNG plots.
+
+A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-imagenet/``, ``ROOT/finetune-mae/``,
+``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/``; a pre-training variant ``V`` of a study adds
+``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
+
+A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
+``ROOT/study.json``, ``ROOT/report.md`` with its plots.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CONFIG_NAME",
+    "SPLITS_NAME",
+    "LOG_NAME",
+    "TRAIN_LOG_NAME",
+    "CHECKPOINT_NAME",
+    "ENCODER_NAME",
+    "RECONSTRUCTIONS_NAME",
+    "MODEL_NAME",
+    "PREDICTIONS_NAME",
+    "VAL_PREDICTIONS_NAME",
+    "METRICS_NAME",
+    "REPORT_NAME",
+    "STUDY_NAME",
+    "PRETRAIN_DIR",
+    "IMAGENET_DIR",
+    "MAE_DIR",
+    "ENSEMBLE_DIR",
+    "CACHE_DIR",
+    "PRETRAIN_OUTPUTS",
+    "FINETUNE_OUTPUTS",
+    "is_pretrain_complete",
+    "is_finetune_complete",
+    "study_run_folder",
+]
+
+# Every stage
+CONFIG_NAME = "config.yaml"
+SPLITS_NAME = "splits.json"
+LOG_NAME = "log.csv"
+TRAIN_LOG_NAME = "train.log"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+# Pre-training
+ENCODER_NAME = "encoder.safetensors"
+RECONSTRUCTIONS_NAME = "reconstructions.png"
+
+# Fine-tuning (a member) and the ensemble
+MODEL_NAME = "model.safetensors"
+PREDICTIONS_NAME = "predictions.csv"
+VAL_PREDICTIONS_NAME = "val_predictions.csv"
+METRICS_NAME = "metrics.json"
+REPORT_NAME = "report.md"
+
+# Pipeline and study folders
+PRETRAIN_DIR = "pretrain"
+IMAGENET_DIR = "finetune-imagenet"
+MAE_DIR = "finetune-mae"
+ENSEMBLE_DIR = "ensemble"
+CACHE_DIR = "cache"
+STUDY_NAME = "study.json"
+
+#: What a finished pre-training run holds (``encoder.safetensors`` is written last).
+PRETRAIN_OUTPUTS = (ENCODER_NAME, CONFIG_NAME, LOG_NAME)
+#: What a finished fine-tuning run holds (``metrics.json`` is written last).
+FINETUNE_OUTPUTS = (MODEL_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME, CONFIG_NAME, SPLITS_NAME, METRICS_NAME)
+
+
+def _holds_all(folder: str | os.PathLike, names: tuple[str, ...]) -> bool:
+    out = Path(folder)
+    return all((out / name).is_file() for name in names)
+
+
+def is_pretrain_complete(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a finished pre-training run."""
+    return _holds_all(folder, PRETRAIN_OUTPUTS)
+
+
+def is_finetune_complete(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a finished fine-tuning run."""
+    return _holds_all(folder, FINETUNE_OUTPUTS)
+
+
+def study_run_folder(root: str | os.PathLike, fold: int, seed: int) -> Path:
+    """Where a study runs the pipeline of one fold and seed."""
+    return Path(root) / f"fold-{fold}" / f"seed-{seed}"

@@ -1,0 +1,436 @@
+"""The options of the training stages: every key, its help text, its type and its default, in one table.
+
+Options are declared once, as :class:`Option` entries keyed by config name; each stage's defaults list the keys
+it uses. The command line, a YAML preset or file and the Python entry points (``run_pretrain(config)``,
+``run_finetune(config)``) all go through the same keys, so a preset, a ``--set key=value`` and a flag are
+interchangeable, and ``config.yaml`` in the output folder repeats a run. The defaults are the paper's settings;
+the packaged presets (:mod:`medens.train.presets`) change some of them.
+
+Importing this module has no side effects: the table is complete at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from medens.data.duplicates import DEFAULT_THRESHOLD
+from medens.engine.config import PRESET_DIR, load_yaml, yaml_value
+from medens.engine.precision import AMP_CHOICES
+from medens.models.classifier import INIT_RANDOM_FALLBACK
+from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
+
+__all__ = [
+    "Option",
+    "OPTIONS",
+    "DATA_DEFAULTS",
+    "ENGINE_DEFAULTS",
+    "PRETRAIN_DEFAULTS",
+    "FINETUNE_DEFAULTS",
+    "DATA_CLI_KEYS",
+    "OPTIM_CLI_KEYS",
+    "ENGINE_CLI_KEYS",
+    "PRETRAIN_CLI_KEYS",
+    "FINETUNE_CLI_KEYS",
+    "PRETRAIN_SPLITS",
+    "SELECT_METRICS",
+    "IMBALANCE_CHOICES",
+    "BOOKKEEPING_KEYS",
+    "RESUME_MUTABLE_KEYS",
+]
+
+#: Images a pre-training run may learn from, by ``pretrain_split``.
+PRETRAIN_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
+#: Validation metrics a run can select its best epoch by (all: higher is better).
+SELECT_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc_macro")
+IMBALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
+
+#: Keys a run adds to its ``config.yaml`` that are facts about the run, not options (ignored when read back).
+BOOKKEEPING_KEYS = ("classes", "num_classes", "split_hash", "init_requested", "run", "encoder")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key as a command-line flag.
+
+    Attributes:
+        help: what it does (the default is appended from the stage's defaults).
+        type: parser for the flag's value; ``bool`` makes a ``--flag/--no-flag`` pair.
+        choices: allowed values.
+        metavar: placeholder in ``--help``.
+        flag: the flag, when not ``--`` + the key with dashes.
+    """
+
+    help: str
+    type: Callable[[str], Any] | type = str
+    choices: tuple[Any, ...] | None = None
+    metavar: str | None = None
+    flag: str | None = None
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "") else int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "") else text
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "") else int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "") else text
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+#: Every option of the training stages, with its help text (a stage lists the keys it uses in its defaults).
+OPTIONS: dict[str, Option] = {
+    # the starting point
+    "preset": Option(
+        "packaged preset the options start from: paper, small or smoke (none: the defaults, the paper's)",
+        _optional_str,
+        metavar="NAME",
+    ),
+    # data
+    "dataset": Option(
+        "dataset name: busi, isic2018, kvasir, covid, medmnist:<flag>, folder or synthetic", metavar="NAME"
+    ),
+    "data_root": Option(
+        "folder the dataset was unpacked in (not needed for synthetic)", _optional_str, metavar="PATH"
+    ),
+    "dataset_options": Option(
+        "reader options for medens.data.load_dataset as KEY=VALUE, repeatable (e.g. num_images=64 for synthetic)",
+        metavar="KEY=VALUE",
+        flag="--dataset-option",
+    ),
+    "cache_dir": Option(
+        "decode images once into a memory-mapped cache in this folder", _optional_str, metavar="DIR"
+    ),
+    "split_seed": Option("seed of the train/val/test split", int),
+    "val_fraction": Option("share of images for validation (when the dataset has no official split)", float),
+    "test_fraction": Option("share of images for testing (when the dataset has no official split)", float),
+    "folds": Option("k-fold cross-validation: number of folds", _optional_int, metavar="K"),
+    "fold": Option(
+        "k-fold cross-validation: which fold (0-based) is the test split", _optional_int, metavar="I"
+    ),
+    "use_official_split": Option("keep the publisher's split where the dataset ships one", bool),
+    "split_file": Option("reuse the split recorded in this splits.json", _optional_str, metavar="FILE"),
+    "dedupe": Option(
+        "keep near-duplicate images on one side of every split (off: plain stratified splits, a leaky protocol)",
+        choices=("on", "off"),
+    ),
+    "dedupe_threshold": Option("dHash bits up to which two images are candidate copies", int, metavar="BITS"),
+    "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
+    "num_workers": Option("data-loading worker processes per rank", int),
+    # model geometry
+    "arch": Option(
+        "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines)"
+    ),
+    "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),
+    "drop_path": Option("stochastic depth of the encoder", float),
+    # augmentation
+    "crop_scale_min": Option("smallest random-resized-crop area (share of the image)", float),
+    "hflip": Option("probability of a horizontal flip", float),
+    # optimisation
+    "epochs": Option("training epochs", int),
+    "warmup_epochs": Option("epochs of linear lr warm-up", float),
+    "batch_size": Option("images per batch and rank", int),
+    "accum_steps": Option("batches accumulated per optimiser step", int),
+    "blr": Option("base learning rate: lr = blr * effective batch / 256", float),
+    "lr": Option("absolute learning rate (overrides --blr)", _optional_float),
+    "min_lr": Option("final learning rate of the cosine schedule", float),
+    "weight_decay": Option("AdamW weight decay", float),
+    "betas": Option("AdamW betas as B1,B2", _floats, metavar="B1,B2"),
+    "clip_grad": Option("clip the global gradient norm to this (none: no clipping)", _optional_float),
+    "amp": Option(
+        "mixed precision: auto (bf16 on capable GPUs, fp16 on older, fp32 on CPU), bf16, fp16, off",
+        choices=AMP_CHOICES,
+    ),
+    "channels_last": Option("NHWC memory format (faster convolutions on GPUs)", bool),
+    "compile": Option("torch.compile the model", bool),
+    "ema_decay": Option("keep an exponential moving average of the weights with this decay", _optional_float),
+    "max_nonfinite": Option("stop after this many non-finite loss steps in a row", int),
+    # run
+    "seed": Option("random seed", int),
+    "deterministic": Option("deterministic kernels (bit-identical reruns and resumes; slower)", bool),
+    "device": Option("auto, cpu or cuda (under torchrun each rank takes its LOCAL_RANK GPU)"),
+    "ops_backend": Option("medens.ops backend: auto, reference, cpp, cuda or triton"),
+    "progress": Option("show progress bars", bool),
+    "tensorboard": Option(
+        "write TensorBoard events (auto: when tensorboard is installed)",
+        yaml_value,
+        metavar="auto|true|false",
+    ),
+    "dist_timeout_s": Option("seconds a rank waits for the others before failing", float),
+    # pre-training
+
+    "patch_size": Option(
+        "masking patch size, a multiple of 32 (none: the encoder stride, 32)", _optional_int, metavar="N"
+    ),
+    "mask_ratio": Option("share of patches hidden", float),
+    "masking": Option(
+        "entropy: the paper's entropy-guided masking; random: MAE's uniform masking (ablation)",
+        choices=MASKING_CHOICES,
+    ),
+    "mask_temperature": Option(
+        "temperature of entropy-guided sampling (0: strict top-k; inf: uniform)", float
+    ),
+    "mask_prefer": Option("hide high- or low-entropy patches preferentially", choices=PREFER_CHOICES),
+    "entropy_bins": Option("histogram bins of the patch entropy", int),
+    "decoder_dim": Option("decoder width", int),
+    "decoder_depth": Option("decoder ConvNeXt blocks", int),
+    "norm_pix_loss": Option("regress per-patch normalised pixels", bool),
+    "pretrain_split": Option(
+        "images to pre-train on: train, trainval, or all (includes the test images)",
+        choices=tuple(PRETRAIN_SPLITS),
+    ),
+    "num_reconstructions": Option("images shown in reconstructions.png", int),
+    # fine-tuning
+
+    "init": Option(
+        "initialisation: imagenet (timm's weights for --arch), mae:PATH (an encoder.safetensors from "
+        "'pretrain') or scratch",
+        metavar="imagenet|mae:PATH|scratch",
+    ),
+    "pretrained_file": Option(
+        "local ImageNet weights for --init imagenet (a timm model.safetensors/.pth/.bin)",
+        _optional_str,
+        metavar="FILE",
+    ),
+    "allow_partial": Option(
+        "accept a --pretrained-file that lacks some of the model's tensors (they start at random, with a "
+        "warning naming them) instead of refusing it",
+        bool,
+    ),
+    "allow_random_imagenet_fallback": Option(
+        "when ImageNet weights cannot be had, train from random weights (recorded as init "
+        f"'{INIT_RANDOM_FALLBACK}') instead of failing",
+        bool,
+    ),
+    "layer_decay": Option(
+        "layer-wise lr decay factor (1: none); applied to pre-trained inits only (imagenet, mae:PATH), "
+        "never to random weights",
+        float,
+    ),
+    "label_smoothing": Option("label smoothing of the cross-entropy", float),
+    "drop_rate": Option("dropout before the classifier", float),
+    "mixup": Option("Mixup alpha (0: off)", float),
+    "cutmix": Option("CutMix alpha (0: off)", float),
+    "mixup_prob": Option("probability of applying Mixup/CutMix to a batch", float),
+    "imbalance": Option(
+        "class imbalance: none, weighted_loss (inverse-frequency class weights) or "
+        "balanced_sampler (draw classes equally often)",
+        choices=IMBALANCE_CHOICES,
+    ),
+    "select_metric": Option("validation metric that picks the best epoch", choices=SELECT_METRICS),
+    "eval_batch_size": Option(
+        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N"
+    ),
+    "vflip": Option("probability of a vertical flip", float),
+    "rotation": Option("maximum random rotation in degrees", float),
+    "color_jitter": Option("brightness,contrast,saturation jitter", _floats, metavar="B,C,S"),
+    "crop_pct": Option("evaluation: share of the resized image kept by the centre crop", float),
+}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "dataset": "synthetic",
+    "data_root": None,
+    "dataset_options": {},
+    "cache_dir": None,
+    "split_seed": 0,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "folds": None,
+    "fold": None,
+    "use_official_split": True,
+    "split_file": None,
+    "dedupe": "on",
+    "dedupe_threshold": DEFAULT_THRESHOLD,
+    "keep_conflicts": False,
+    "num_workers": 4,
+}
+
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "accum_steps": 1,
+    "lr": None,
+    "min_lr": 0.0,
+    "weight_decay": 0.05,
+    "clip_grad": None,
+    "amp": "auto",
+    "channels_last": True,
+    "compile": False,
+    "ema_decay": None,
+    "max_nonfinite": 5,
+    "seed": 0,
+    "deterministic": False,
+    "device": "auto",
+    "progress": True,
+    "tensorboard": "auto",
+    "dist_timeout_s": 1800.0,
+}
+
+#: The data options every training command exposes on its command line, in help order.
+DATA_CLI_KEYS = tuple(DATA_DEFAULTS)
+
+#: The optimisation options every training command exposes on its command line, in help order.
+OPTIM_CLI_KEYS = (
+    "epochs",
+    "warmup_epochs",
+    "batch_size",
+    "accum_steps",
+    "blr",
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "betas",
+)
+
+#: The engine options every training command exposes on its command line, in help order.
+ENGINE_CLI_KEYS = (
+    "clip_grad",
+    "amp",
+    "channels_last",
+    "compile",
+    "ema_decay",
+    "max_nonfinite",
+    "seed",
+    "deterministic",
+    "device",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+)
+
+def _paper_settings(stage: str) -> dict[str, Any]:
+    """The paper's settings of ``stage``: the packaged preset ``<stage>_paper.yaml``, the one place they are written."""
+    return load_yaml(PRESET_DIR / f"{stage}_paper.yaml")
+
+
+#: ``pretrain``'s defaults: the paper's pre-training (ConvNeXt-Tiny, 224 px, 400 epochs; ``pretrain_paper.yaml``).
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "preset": None,
+    **DATA_DEFAULTS,
+    "pretrain_split": "train",
+    "patch_size": None,
+    "entropy_bins": 256,
+    "drop_path": 0.0,
+    "crop_scale_min": 0.2,
+    "hflip": 0.5,
+    **ENGINE_DEFAULTS,
+    "ops_backend": "auto",
+    "num_reconstructions": 4,
+    **_paper_settings("pretrain"),
+}
+
+#: ``finetune``'s defaults: the paper's fine-tuning (ConvNeXt-Tiny from ImageNet, 224 px, 100 epochs;
+#: ``finetune_paper.yaml``).
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "preset": None,
+    **DATA_DEFAULTS,
+    "init": "imagenet",
+    "pretrained_file": None,
+    "allow_random_imagenet_fallback": False,
+    "allow_partial": False,
+    "betas": [0.9, 0.999],
+    "drop_rate": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "mixup_prob": 1.0,
+    "eval_batch_size": None,
+    "crop_scale_min": 0.75,
+    "hflip": 0.5,
+    "vflip": 0.0,
+    "rotation": 10.0,
+    "color_jitter": [0.1, 0.1, 0.05],
+    "crop_pct": 0.875,
+    **ENGINE_DEFAULTS,
+    "min_lr": 1e-6,
+    **_paper_settings("finetune"),
+}
+
+#: ``pretrain``'s flags, in help order.
+PRETRAIN_CLI_KEYS = (
+    *DATA_CLI_KEYS,
+    "pretrain_split",
+    "arch",
+    "image_size",
+    "patch_size",
+    "mask_ratio",
+    "masking",
+    "mask_temperature",
+    "mask_prefer",
+    "entropy_bins",
+    "decoder_dim",
+    "decoder_depth",
+    "norm_pix_loss",
+    "drop_path",
+    "crop_scale_min",
+    "hflip",
+    *OPTIM_CLI_KEYS,
+    "ops_backend",
+    "num_reconstructions",
+    *ENGINE_CLI_KEYS,
+)
+
+#: ``finetune``'s flags, in help order.
+FINETUNE_CLI_KEYS = (
+    *DATA_CLI_KEYS,
+    "arch",
+    "init",
+    "pretrained_file",
+    "allow_partial",
+    "allow_random_imagenet_fallback",
+    "image_size",
+    *OPTIM_CLI_KEYS,
+    "layer_decay",
+    "label_smoothing",
+    "drop_path",
+    "drop_rate",
+    "mixup",
+    "cutmix",
+    "mixup_prob",
+    "imbalance",
+    "select_metric",
+    "eval_batch_size",
+    "crop_scale_min",
+    "hflip",
+    "vflip",
+    "rotation",
+    "color_jitter",
+    "crop_pct",
+    *ENGINE_CLI_KEYS,
+)
+
+#: Options a resumed run may change: where and how it runs, not what it trains (``epochs`` may only grow).
+RESUME_MUTABLE_KEYS = (
+    "out",
+    "resume",
+    "epochs",
+    "data_root",
+    "cache_dir",
+    "num_workers",
+    "eval_batch_size",
+    "compile",
+    "device",
+    "progress",
+    "tensorboard",
+    "dist_timeout_s",
+)

@@ -1,0 +1,86 @@
+"""The packaged presets and the demo: named sets of stage options, written once, as YAML in ``medens/configs``.
+
+A preset ``P`` is the pair ``pretrain_P.yaml`` / ``finetune_P.yaml``:
+
+- ``paper``: the paper's settings (ConvNeXt-Tiny, 224 px, paper-scale schedules); they are also the defaults.
+- ``small``: sized for a CPU (ConvNeXt-Atto, 64 px).
+- ``smoke``: every stage in seconds on a CPU, for trying commands and for tests, never for results.
+
+Every command loads them the same way (timm's pattern: the preset sets defaults, ``--config`` YAML and flags
+override it): ``pretrain --preset small``, ``finetune --preset small``, ``pipeline --preset small`` and ``study
+--preset small``. Without ``--preset`` a command on the generated ``synthetic`` images (the demo data, and the
+dataset when none is named) uses ``small``; on a real dataset, ``paper``.
+
+A YAML file may start from another with ``base: NAME`` (a preset file name or a path).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medens.engine.config import list_presets, load_yaml, resolve_config_path
+from medens.errors import UsageError
+
+__all__ = [
+    "PRESET_NAMES",
+    "STAGES",
+    "DEMO_DATASET",
+    "DEMO_OUT",
+    "DEMO_DATASET_OPTIONS",
+    "default_preset",
+    "load_config_file",
+    "load_preset",
+]
+
+#: The presets, each a pair of packaged YAML files.
+PRESET_NAMES = ("paper", "small", "smoke")
+STAGES = ("pretrain", "finetune")
+
+#: The demo of ``python -m medens.train`` without arguments, and the data of a stage run without ``--dataset``.
+DEMO_DATASET = "synthetic"
+DEMO_OUT = "runs/demo"
+#: Synthetic images for the demo, at the small preset's resolution; fewer than BUSI's 780 so the demo stays
+#: within 10 minutes on 2 CPU cores (benchmarks/RESULTS.md).
+DEMO_DATASET_OPTIONS: dict[str, Any] = {"num_images": 500, "image_size": 64}
+
+_BASE_KEY = "base"
+
+
+def default_preset(dataset: str | None) -> str:
+    """``small`` for the generated demo images (or no dataset), ``paper`` for a real dataset."""
+    return "small" if dataset in (None, DEMO_DATASET) else "paper"
+
+
+def load_config_file(name_or_path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file of options (a path or a packaged preset file name), with its ``base`` chain applied.
+
+    Raises:
+        FileNotFoundError: no such file or preset (the message lists the presets).
+        ValueError: not a YAML mapping, or a ``base`` chain that loops.
+    """
+    path = resolve_config_path(name_or_path).resolve()
+    if path in _seen:
+        raise ValueError(f"config: {path} is its own base ({' -> '.join(str(p) for p in (*_seen, path))})")
+    values = load_yaml(path)
+    base = values.pop(_BASE_KEY, None)
+    if base is None:
+        return values
+    return {**load_config_file(base, (*_seen, path)), **values}
+
+
+def load_preset(preset: str, stage: str) -> dict[str, Any]:
+    """The options preset ``preset`` sets for ``stage`` (``pretrain`` or ``finetune``).
+
+    Raises:
+        UsageError: an unknown preset or stage.
+    """
+    if preset not in PRESET_NAMES:
+        raise UsageError(f"preset: expected one of {list(PRESET_NAMES)}, received {preset!r}")
+    if stage not in STAGES:
+        raise UsageError(f"stage: expected one of {list(STAGES)}, received {stage!r}")
+    name = f"{stage}_{preset}"
+    if name not in list_presets():  # pragma: no cover - a broken installation
+        raise FileNotFoundError(f"preset: {name}.yaml is missing from this installation of medens")
+    return load_config_file(name)
