@@ -32,7 +32,6 @@ void register_cuda_bindings(py::module_& m) {
   m.attr("CUDA_ERROR_BASE") = cuda::kCudaErrorBase;
   m.attr("CUDA_MAX_SHARED_KEYS") = cuda::kMaxSharedKeys;
   m.attr("CUDA_MAX_TABULATED_PATCH") = cuda::kMaxTabulatedPatch;
-  m.attr("CUDA_MAX_BINS") = cuda::kMaxBins;
 
   m.def(
       "cuda_error_string",
@@ -42,8 +41,6 @@ void register_cuda_bindings(py::module_& m) {
         return std::string(cudaGetErrorName(error)) + ": " + cudaGetErrorString(error);
       },
       "The CUDA error behind a status >= CUDA_ERROR_BASE.");
-
-  m.def("cuda_runtime_version", []() { return CUDART_VERSION; }, "CUDA runtime version medens._C was built with.");
 
   m.def(
       "patch_entropy_cuda",

@@ -20,7 +20,6 @@ STATUS_MESSAGES = {
     1: "unsupported dtype",
     2: "a patch index is out of range",
     3: "invalid argument",
-    4: "kernel not compiled",
 }
 
 

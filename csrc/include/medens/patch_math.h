@@ -33,7 +33,6 @@ enum Status : int {
   kBadDType = 1,
   kIndexOutOfRange = 2,
   kBadArgument = 3,
-  kNotCompiled = 4,
 };
 
 // ---- bit casts and 16-bit float conversions ---------------------------------------------------------------------
