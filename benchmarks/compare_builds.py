@@ -21,7 +21,7 @@ from types import ModuleType
 
 import torch
 
-FLOAT32 = 3  # dtype code of medens/ops/_dtypes.py
+FLOAT32 = 3  # dtype code of medens/ops/_launch.py (DTYPE_CODES)
 
 
 def load_extension(path: Path, name: str) -> ModuleType:

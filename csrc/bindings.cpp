@@ -1,5 +1,7 @@
 // medens._C: thin pybind11 bindings over the kernels. Tensors cross as raw data pointers (Python ints), sizes,
 // element strides and dtype codes; no torch headers. Kernels run with the GIL released and return a status code.
+// Every argument is named (py::arg, the C++ parameter's name) and medens/ops/_launch.py passes them by keyword, so
+// a swapped pair of sizes is a TypeError, never a silent wrong result.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -180,6 +182,9 @@ PYBIND11_MODULE(_C, m) {
                                           strides.data(), patch, bins, lo, range_width, as_ptr<float>(out),
                                           num_threads);
       },
+      py::arg("images"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("patch"), py::arg("bins"), py::arg("lo"), py::arg("range_width"),
+      py::arg("out"), py::arg("num_threads"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -193,6 +198,10 @@ PYBIND11_MODULE(_C, m) {
             noise_strides.data(), batch, num_patches, num_keep, temperature, prefer_high, as_ptr<bool>(mask),
             as_ptr<int64_t>(ids_keep), as_ptr<int64_t>(ids_mask), as_ptr<int64_t>(ids_restore), num_threads);
       },
+      py::arg("scores"), py::arg("scores_dtype"), py::arg("scores_strides"), py::arg("noise"),
+      py::arg("noise_dtype"), py::arg("noise_strides"), py::arg("batch"), py::arg("num_patches"),
+      py::arg("num_keep"), py::arg("temperature"), py::arg("prefer_high"), py::arg("mask"), py::arg("ids_keep"),
+      py::arg("ids_mask"), py::arg("ids_restore"), py::arg("num_threads"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -204,6 +213,9 @@ PYBIND11_MODULE(_C, m) {
                                            strides.data(), as_ptr<const int64_t>(ids), ids_strides.data(), num_ids,
                                            patch, normalize, eps, as_ptr<void>(out), num_threads);
       },
+      py::arg("images"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("ids"), py::arg("ids_strides"), py::arg("num_ids"),
+      py::arg("patch"), py::arg("normalize"), py::arg("eps"), py::arg("out"), py::arg("num_threads"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -216,18 +228,24 @@ PYBIND11_MODULE(_C, m) {
             height, width, as_ptr<const int64_t>(ids), ids_strides.data(), num_ids, patch, normalize, eps,
             as_ptr<void>(grad_images), num_threads);
       },
+      py::arg("grad"), py::arg("dtype"), py::arg("images"), py::arg("image_strides"), py::arg("batch"),
+      py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("ids"), py::arg("ids_strides"),
+      py::arg("num_ids"), py::arg("patch"), py::arg("normalize"), py::arg("eps"), py::arg("grad_images"),
+      py::arg("num_threads"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
       "apply_patch_mask_cpu",
       [](std::uintptr_t images, int64_t element_size, int64_t batch, int64_t channels, int64_t height,
          int64_t width, const Strides& strides, std::uintptr_t mask, const Strides& mask_strides, int64_t patch,
-         std::uintptr_t fill, std::uintptr_t out, const Strides& out_strides, int num_threads) {
+         uint64_t fill_bits, std::uintptr_t out, const Strides& out_strides, int num_threads) {
         return medens::cpu::apply_patch_mask(as_ptr<const void>(images), element_size, batch, channels, height,
                                              width, strides.data(), as_ptr<const bool>(mask), mask_strides.data(),
-                                             patch, as_ptr<const void>(fill), as_ptr<void>(out), out_strides.data(),
-                                             num_threads);
+                                             patch, fill_bits, as_ptr<void>(out), out_strides.data(), num_threads);
       },
+      py::arg("images"), py::arg("element_size"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("mask"), py::arg("mask_strides"), py::arg("patch"),
+      py::arg("fill_bits"), py::arg("out"), py::arg("out_strides"), py::arg("num_threads"),
       py::call_guard<py::gil_scoped_release>());
 
 #if defined(MEDENS_WITH_CUDA)

@@ -1,7 +1,8 @@
 // medens._C entry points of the CUDA kernels: thin wrappers over the launchers in kernels/cuda, in the style of
 // bindings.cpp. Tensors cross as device data pointers (Python ints), sizes, element strides and dtype codes; the
 // caller passes the device index and PyTorch's current stream for it. Launchers run with the GIL released, return
-// without synchronising, and return a status code (see kernels/cuda/cuda_kernels.h).
+// without synchronising, and return a status code (see kernels/cuda/cuda_kernels.h). Arguments are named as in
+// bindings.cpp (the CPU entry point's names, plus workspaces, device and stream) and passed by keyword.
 #include "medens/cuda_bindings.h"
 
 #include <pybind11/stl.h>
@@ -32,7 +33,6 @@ void register_cuda_bindings(py::module_& m) {
   m.attr("CUDA_ERROR_BASE") = cuda::kCudaErrorBase;
   m.attr("CUDA_MAX_SHARED_KEYS") = cuda::kMaxSharedKeys;
   m.attr("CUDA_MAX_TABULATED_PATCH") = cuda::kMaxTabulatedPatch;
-  m.attr("CUDA_MAX_BINS") = cuda::kMaxBins;
 
   m.def(
       "cuda_error_string",
@@ -41,9 +41,7 @@ void register_cuda_bindings(py::module_& m) {
         const auto error = static_cast<cudaError_t>(status - cuda::kCudaErrorBase);
         return std::string(cudaGetErrorName(error)) + ": " + cudaGetErrorString(error);
       },
-      "The CUDA error behind a status >= CUDA_ERROR_BASE.");
-
-  m.def("cuda_runtime_version", []() { return CUDART_VERSION; }, "CUDA runtime version medens._C was built with.");
+      py::arg("status"), "The CUDA error behind a status >= CUDA_ERROR_BASE.");
 
   m.def(
       "patch_entropy_cuda",
@@ -54,6 +52,9 @@ void register_cuda_bindings(py::module_& m) {
                                    patch, bins, lo, range_width, as_ptr<double>(terms), as_ptr<float>(out), device,
                                    as_stream(stream));
       },
+      py::arg("images"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("patch"), py::arg("bins"), py::arg("lo"), py::arg("range_width"),
+      py::arg("terms"), py::arg("out"), py::arg("device"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -69,6 +70,10 @@ void register_cuda_bindings(py::module_& m) {
             as_ptr<uint64_t>(key_workspace), as_ptr<bool>(mask), as_ptr<int64_t>(ids_keep),
             as_ptr<int64_t>(ids_mask), as_ptr<int64_t>(ids_restore), device, as_stream(stream));
       },
+      py::arg("scores"), py::arg("scores_dtype"), py::arg("scores_strides"), py::arg("noise"),
+      py::arg("noise_dtype"), py::arg("noise_strides"), py::arg("batch"), py::arg("num_patches"),
+      py::arg("num_keep"), py::arg("temperature"), py::arg("prefer_high"), py::arg("key_workspace"), py::arg("mask"),
+      py::arg("ids_keep"), py::arg("ids_mask"), py::arg("ids_restore"), py::arg("device"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -82,6 +87,10 @@ void register_cuda_bindings(py::module_& m) {
                                     normalize, eps, as_ptr<void>(out), as_ptr<int>(index_error), device,
                                     as_stream(stream));
       },
+      py::arg("images"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("ids"), py::arg("ids_strides"), py::arg("num_ids"),
+      py::arg("patch"), py::arg("normalize"), py::arg("eps"), py::arg("out"), py::arg("index_error"),
+      py::arg("device"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -95,6 +104,10 @@ void register_cuda_bindings(py::module_& m) {
             width, as_ptr<const int64_t>(ids), ids_strides.data(), num_ids, patch, normalize, eps,
             as_ptr<void>(grad_images), as_ptr<int>(index_error), device, as_stream(stream));
       },
+      py::arg("grad"), py::arg("dtype"), py::arg("images"), py::arg("image_strides"), py::arg("batch"),
+      py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("ids"), py::arg("ids_strides"),
+      py::arg("num_ids"), py::arg("patch"), py::arg("normalize"), py::arg("eps"), py::arg("grad_images"),
+      py::arg("index_error"), py::arg("device"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 
   m.def(
@@ -106,6 +119,9 @@ void register_cuda_bindings(py::module_& m) {
                                       strides.data(), as_ptr<const bool>(mask), mask_strides.data(), patch,
                                       fill_bits, as_ptr<void>(out), out_strides.data(), device, as_stream(stream));
       },
+      py::arg("images"), py::arg("element_size"), py::arg("batch"), py::arg("channels"), py::arg("height"),
+      py::arg("width"), py::arg("strides"), py::arg("mask"), py::arg("mask_strides"), py::arg("patch"),
+      py::arg("fill_bits"), py::arg("out"), py::arg("out_strides"), py::arg("device"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 }
 

@@ -294,12 +294,11 @@ bool gather_backward_impl(const T* grad, const T* images, const int64_t* image_s
 
 template <typename Raw>
 void apply_mask_impl(const void* images, const int64_t* strides, const Geometry& g, const bool* mask,
-                     const int64_t* mask_strides, const void* fill, void* out, const int64_t* out_strides,
+                     const int64_t* mask_strides, uint64_t fill_bits, void* out, const int64_t* out_strides,
                      int num_threads) {
   const Raw* src = static_cast<const Raw*>(images);
   Raw* dst = static_cast<Raw*>(out);
-  Raw value;
-  std::memcpy(&value, fill, sizeof(Raw));
+  const Raw value = static_cast<Raw>(fill_bits);  // the low sizeof(Raw) bytes: the element's bit pattern
   const int64_t p = g.patch, wp = g.patches_per_row(), bands = g.height / p, C = g.channels;
   const bool contiguous_rows = strides[3] == 1 && out_strides[3] == 1;
   advise_huge_pages(out, g.batch * C * g.height * g.width * static_cast<int64_t>(sizeof(Raw)));
@@ -397,14 +396,17 @@ int gather_patches_backward(const void* grad, int dtype, const void* images, con
 
 int apply_patch_mask(const void* images, int64_t element_size, int64_t batch, int64_t channels, int64_t height,
                      int64_t width, const int64_t* strides, const bool* mask, const int64_t* mask_strides,
-                     int64_t patch, const void* fill, void* out, const int64_t* out_strides, int num_threads) {
+                     int64_t patch, uint64_t fill_bits, void* out, const int64_t* out_strides, int num_threads) {
   const Geometry g{batch, channels, height, width, patch};
   if (patch < 1) return kBadArgument;
+  const auto fill = [&](auto raw) {
+    apply_mask_impl<decltype(raw)>(images, strides, g, mask, mask_strides, fill_bits, out, out_strides, num_threads);
+  };
   switch (element_size) {
-    case 1: apply_mask_impl<uint8_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
-    case 2: apply_mask_impl<uint16_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
-    case 4: apply_mask_impl<uint32_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
-    case 8: apply_mask_impl<uint64_t>(images, strides, g, mask, mask_strides, fill, out, out_strides, num_threads); break;
+    case 1: fill(uint8_t{}); break;
+    case 2: fill(uint16_t{}); break;
+    case 4: fill(uint32_t{}); break;
+    case 8: fill(uint64_t{}); break;
     default: return kBadDType;
   }
   return kOk;

@@ -1,9 +1,11 @@
 """Triton kernels of the medens ops, one module per op family (``entropy``, ``masking``, ``patches``).
 
 Each module holds ``@triton.jit`` kernels and plain-Python launchers that take tensors already validated by the
-public ops in :mod:`medens.ops` and return new tensors; :mod:`medens.ops._triton` registers the launchers as the
-``triton`` backend. They run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the interpreter,
-how the test suite checks them on machines without a GPU).
+public ops in :mod:`medens.ops`, already in the dtypes the kernels read, and the outputs to write (allocated by
+the caller, as for the other backends); :mod:`medens.ops._triton` registers the launchers as the ``triton``
+backend. The launchers pass the kernels their arguments by keyword. Nothing here imports :mod:`medens.ops`: what
+a kernel needs from it is passed in. They run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
+(the interpreter, how the test suite checks them on machines without a GPU).
 
 Rounding follows :mod:`medens.ops.reference` exactly where the CUDA and CPU kernels do:
 
@@ -28,6 +30,13 @@ FP_OPTIONS = {"enable_fp_fusion": False}
 def float64_bits(value: float) -> int:
     """The bit pattern of ``value`` as a float64, as a signed int64 (kernels bitcast it back)."""
     return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def strides(tensor: torch.Tensor, *names: str) -> dict[str, int]:
+    """The element strides of ``tensor`` as keyword arguments of a kernel, one name per dimension in order."""
+    if len(names) != tensor.dim():
+        raise ValueError(f"strides: {len(names)} names {names} for a tensor of {tensor.dim()} dimensions")
+    return dict(zip(names, tensor.stride(), strict=True))
 
 
 def next_power_of_2(n: int) -> int:

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
+from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2, strides
 
 TILE_ELEMENTS = 4096
 """Pixels a program loads at once (rows of a patch, padded to powers of two)."""
@@ -74,24 +74,23 @@ def _is_power_of_two(width: float) -> bool:
     return mantissa == 0.5 and -125 <= exponent - 1 <= 125
 
 
-def patch_entropy(images: torch.Tensor, patch_size: int, bins: int, lo: float, range_width: float) -> torch.Tensor:
-    """(B, C, H, W) images, C in {1, 3}, any strides -> (B, N) float32 entropies (bits)."""
+def patch_entropy(images: torch.Tensor, patch_size: int, bins: int, lo: float, range_width: float,
+                  out: torch.Tensor) -> None:
+    """Entropies (bits) of (B, C, H, W) images, C in {1, 3}, any strides, written to ``out``: (B, N) float32
+    contiguous."""
     b, c, h, w = images.shape
     p = patch_size
     num_patches = (h // p) * (w // p)
-    out = torch.empty(b, num_patches, dtype=torch.float32, device=images.device)
     if out.numel() == 0:
-        return out
+        return
     pow2 = _is_power_of_two(range_width)
     block_w = next_power_of_2(p)
     rows = min(block_w, max(1, TILE_ELEMENTS // block_w))
     with ieee_quiet(images.device):
         _patch_entropy_kernel[(b * num_patches,)](
-            images, out, num_patches, w // p, *images.stride(), lo, range_width,
-            1.0 / range_width if pow2 else 0.0, float(bins),
-            float64_bits(math.log2(p * p)),
-            PATCH=p, CHANNELS=c, BLOCK_W=block_w, ROWS=rows, NUM_BINS=next_power_of_2(bins),
-            POW2=pow2,
-            num_warps=4 if rows * block_w >= 1024 else 2, **FP_OPTIONS,
+            images=images, out=out, num_patches=num_patches, patches_per_row=w // p,
+            **strides(images, "stride_b", "stride_c", "stride_h", "stride_w"), lo=lo, range_width=range_width,
+            inv_width=1.0 / range_width if pow2 else 0.0, bins_f=float(bins),
+            log2_n_bits=float64_bits(math.log2(p * p)), PATCH=p, CHANNELS=c, BLOCK_W=block_w, ROWS=rows,
+            NUM_BINS=next_power_of_2(bins), POW2=pow2, num_warps=4 if rows * block_w >= 1024 else 2, **FP_OPTIONS,
         )
-    return out

@@ -17,9 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from medens.ops._dtypes import kernel_float
-
-from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
+from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2, strides
 
 MAX_FUSED_ROW = 4096
 """Longest row selected inside one program (its keys are sorted in registers)."""
@@ -93,42 +91,39 @@ def _keys_kernel(
     tl.store(keys + row * n + idx, key, mask=valid)
 
 
-
 def entropy_guided_mask(
-    scores: torch.Tensor, noise: torch.Tensor | None, num_keep: int, temperature: float, prefer_high: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, N) scores (and noise unless T = 0), any float dtype and strides -> (mask, ids_keep, ids_mask, ids_restore)."""
+    scores: torch.Tensor, noise: torch.Tensor | None, num_keep: int, temperature: float, prefer_high: bool,
+    mask: torch.Tensor, ids_keep: torch.Tensor, ids_mask: torch.Tensor, ids_restore: torch.Tensor,
+) -> None:
+    """Select the patches to hide, writing mask (B, N) bool, ids_keep (B, K), ids_mask (B, N - K) and
+    ids_restore (B, N) int64 (all contiguous). scores and noise (unless T = 0): (B, N) float32 or float64, any
+    strides."""
     b, n = scores.shape
     device = scores.device
-    scores = kernel_float(scores)
-    noise = None if noise is None else kernel_float(noise)
     plain = temperature == 0
     uniform = math.isinf(temperature)
     scale = 0.0 if plain or uniform else (1.0 if prefer_high else -1.0) / temperature
     source = scores if noise is None else noise
     constants = dict(PLAIN=plain, PREFER_HIGH=prefer_high, UNIFORM=uniform)
-    mask = torch.empty(b, n, dtype=torch.bool, device=device)
-    ids_keep = torch.empty(b, num_keep, dtype=torch.int64, device=device)
-    ids_mask = torch.empty(b, n - num_keep, dtype=torch.int64, device=device)
-    ids_restore = torch.empty(b, n, dtype=torch.int64, device=device)
     if b == 0:
-        return mask, ids_keep, ids_mask, ids_restore
+        return
     if n <= MAX_FUSED_ROW:
         block_n = max(16, next_power_of_2(n))
         with ieee_quiet(device):
             _select_kernel[(b,)](
-                scores, source, mask.view(torch.uint8), ids_keep, ids_mask, ids_restore, n, num_keep,
-                *scores.stride(), *source.stride(), float64_bits(scale), **constants, BLOCK_N=block_n,
-                num_warps=8 if block_n >= 1024 else 4,
-                **FP_OPTIONS,
+                scores=scores, noise=source, mask=mask.view(torch.uint8), ids_keep=ids_keep, ids_mask=ids_mask,
+                ids_restore=ids_restore, n=n, keep=num_keep, **strides(scores, "ss0", "ss1"),
+                **strides(source, "ns0", "ns1"), scale_bits=float64_bits(scale), **constants, BLOCK_N=block_n,
+                num_warps=8 if block_n >= 1024 else 4, **FP_OPTIONS,
             )
-        return mask, ids_keep, ids_mask, ids_restore
+        return
     keys = torch.empty(b, n, dtype=torch.int64, device=device)
     block = 1024
     with ieee_quiet(device):
         _keys_kernel[(b, triton.cdiv(n, block))](
-            scores, source, keys, n, *scores.stride(), *source.stride(), float64_bits(scale), **constants,
-            BLOCK=block, **FP_OPTIONS,
+            scores=scores, noise=source, keys=keys, n=n, **strides(scores, "ss0", "ss1"),
+            **strides(source, "ns0", "ns1"), scale_bits=float64_bits(scale), **constants, BLOCK=block,
+            **FP_OPTIONS,
         )
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices  # ties: lower index first
     hidden = n - num_keep
@@ -137,4 +132,3 @@ def entropy_guided_mask(
     mask.zero_().scatter_(1, ids_mask, True)
     ids_restore.scatter_(1, torch.cat([ids_keep, ids_mask], dim=1),
                          torch.arange(n, device=device).expand(b, n).contiguous())
-    return mask, ids_keep, ids_mask, ids_restore

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2
+from . import FP_OPTIONS, float64_bits, ieee_quiet, next_power_of_2, strides
 
 TILE_ELEMENTS = 4096
 """Values a gather program holds at once; a patch with more is processed in tiles of whole rows."""
@@ -164,10 +164,14 @@ def _gather_backward_kernel(
             tl.atomic_add(target + c * (height * width) + r * width + px, g, mask=valid & ~bad)
 
 
-@triton.jit
+UNSIGNED_OF_SIZE = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}
+"""The unsigned integer type of each element size: the type a fill's bit pattern is cut to before its bitcast."""
+
+
+@triton.jit(do_not_specialize=["fill_bits"])
 def _apply_mask_kernel(
-    images, mask, fill, out, channels, height, width, patches_per_row, sb, sc, sh, sw, ob, oc, oh, ow, ms0, ms1,
-    PATCH: tl.constexpr, BLOCK: tl.constexpr,
+    images, mask, out, fill_bits, channels, height, width, patches_per_row, sb, sc, sh, sw, ob, oc, oh, ow, ms0, ms1,
+    PATCH: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
 ):
     line = tl.program_id(0).to(tl.int64)  # (b * C + c) * H + y
     y = line % height
@@ -176,9 +180,11 @@ def _apply_mask_kernel(
     b = bc // channels
     x = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = x < width
+    # fill_bits arrives as an int32, int64 or uint64 scalar (whichever holds it): its low bytes are the element
+    fill = fill_bits.to(tl.uint64).to(BITS).to(out.dtype.element_ty, bitcast=True)
     hidden = tl.load(mask + b * ms0 + ((y // PATCH) * patches_per_row + x // PATCH) * ms1, mask=valid, other=0) != 0
     values = tl.load(images + b * sb + c * sc + y * sh + x * sw, mask=valid & ~hidden)  # hidden pixels: not read
-    tl.store(out + b * ob + c * oc + y * oh + x * ow, tl.where(hidden, tl.load(fill), values), mask=valid)
+    tl.store(out + b * ob + c * oc + y * oh + x * ow, tl.where(hidden, fill, values), mask=valid)
 
 
 def _tiling(patch_size: int, channels: int) -> tuple[int, int]:
@@ -188,56 +194,61 @@ def _tiling(patch_size: int, channels: int) -> tuple[int, int]:
 
 
 def gather_patches(
-    images: torch.Tensor, ids: torch.Tensor, patch_size: int, normalize: bool, eps: float, index_error: torch.Tensor
-) -> torch.Tensor:
-    """(B, C, H, W) floating images, (B, K) int64 ids -> (B, K, p*p*C) patches; index_error: (1,) int32, zeroed."""
+    images: torch.Tensor, ids: torch.Tensor, patch_size: int, normalize: bool, eps: float, out: torch.Tensor,
+    index_error: torch.Tensor,
+) -> None:
+    """Patches ``ids`` (B, K) int64 of (B, C, H, W) floating images, any strides, written to ``out``
+    (B, K, p*p*C) contiguous in the images' dtype; ``index_error``: (1,) int32 zero, set to 1 by an
+    out-of-range id."""
     b, c, h, w = images.shape
     p = patch_size
     k = ids.shape[1]
-    out = torch.empty(b, k, p * p * c, dtype=images.dtype, device=images.device)
     if out.numel() == 0:
-        return out
+        return
     rows, block_q = _tiling(p, c)
     with ieee_quiet(images.device):
         _gather_kernel[(b * k,)](
-            images, ids, out, index_error, float64_bits(eps), k, (h // p) * (w // p), w // p, *images.stride(),
-            *ids.stride(), PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q, NORMALIZE=normalize,
+            images=images, ids=ids, out=out, index_error=index_error, eps_bits=float64_bits(eps), num_ids=k,
+            num_patches=(h // p) * (w // p), patches_per_row=w // p, **strides(images, "sb", "sc", "sh", "sw"),
+            **strides(ids, "is0", "is1"), PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q, NORMALIZE=normalize,
             IS_FLOAT64=images.dtype == torch.float64, num_warps=4, **FP_OPTIONS,
         )
-    return out
 
 
 def gather_patches_backward(
     grad: torch.Tensor, images: torch.Tensor, ids: torch.Tensor, patch_size: int, normalize: bool, eps: float,
-    index_error: torch.Tensor,
-) -> torch.Tensor:
-    """Gradient of gather_patches: grad (B, K, p*p*C) contiguous, images and result float32 or float64."""
+    grad_images: torch.Tensor, index_error: torch.Tensor,
+) -> None:
+    """Gradient of gather_patches, added into ``grad_images`` (B, C, H, W) contiguous zeros. grad (B, K, p*p*C)
+    contiguous; grad, images and grad_images float32 or float64 (images are read only when normalize)."""
     b, c, h, w = images.shape
     p = patch_size
     k = ids.shape[1]
-    grad_images = torch.zeros(b, c, h, w, dtype=grad.dtype, device=grad.device)
     if b * k == 0:
-        return grad_images
+        return
     rows, block_q = _tiling(p, c)
     with ieee_quiet(grad.device):
         _gather_backward_kernel[(b * k,)](
-            grad, images, ids, grad_images, index_error, float64_bits(eps), k, (h // p) * (w // p), w // p, h, w,
-            *images.stride(), *ids.stride(), PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q,
-            NORMALIZE=normalize, IS_FLOAT64=grad.dtype == torch.float64, num_warps=4, **FP_OPTIONS,
+            grad=grad, images=images, ids=ids, grad_images=grad_images, index_error=index_error,
+            eps_bits=float64_bits(eps), num_ids=k, num_patches=(h // p) * (w // p), patches_per_row=w // p,
+            height=h, width=w, **strides(images, "sb", "sc", "sh", "sw"), **strides(ids, "is0", "is1"),
+            PATCH=p, CHANNELS=c, ROWS=rows, BLOCK_Q=block_q, NORMALIZE=normalize,
+            IS_FLOAT64=grad.dtype == torch.float64, num_warps=4, **FP_OPTIONS,
         )
-    return grad_images
 
 
-def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch_size: int, fill: float) -> torch.Tensor:
-    """A copy of images (same strides when dense) with every pixel of a hidden patch set to ``fill``."""
+def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch_size: int, fill_bits: int,
+                     out: torch.Tensor) -> None:
+    """Write to ``out`` (the shape and dtype of ``images``, any strides) the images with every pixel of a hidden
+    patch set to the element whose bit pattern is ``fill_bits`` (the encoding of ``medens.ops._launch.fill_bits``:
+    an integer in [0, 2 ** (8 * itemsize)))."""
     b, c, h, w = images.shape
-    out = torch.empty_like(images)
     if out.numel() == 0:
-        return out
-    fill_value = torch.full((1,), fill, dtype=images.dtype, device=images.device)
+        return
     block = min(MASK_BLOCK, next_power_of_2(w))
     _apply_mask_kernel[(b * c * h, triton.cdiv(w, block))](
-        images, mask.view(torch.uint8), fill_value, out, c, h, w, w // patch_size, *images.stride(), *out.stride(),
-        *mask.stride(), PATCH=patch_size, BLOCK=block, num_warps=4,
+        images=images, mask=mask.view(torch.uint8), out=out, fill_bits=fill_bits, channels=c, height=h, width=w,
+        patches_per_row=w // patch_size, **strides(images, "sb", "sc", "sh", "sw"),
+        **strides(out, "ob", "oc", "oh", "ow"), **strides(mask, "ms0", "ms1"), PATCH=patch_size, BLOCK=block,
+        BITS=UNSIGNED_OF_SIZE[images.element_size()], num_warps=4,
     )
-    return out

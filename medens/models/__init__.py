@@ -15,7 +15,6 @@ from medens.models.classifier import (
 from medens.models.masked_convnext import (
     MaskedConvNeXt,
     MaskedOutput,
-    mask_from_ids,
     masked_convnext_atto,
     masked_convnext_femto,
     masked_convnext_nano,
@@ -47,7 +46,6 @@ __all__ = [
     "create_classifier",
     "load_encoder_into",
     "load_weights",
-    "mask_from_ids",
     "masked_convnext_atto",
     "masked_convnext_femto",
     "masked_convnext_nano",

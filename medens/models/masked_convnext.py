@@ -39,7 +39,6 @@ __all__ = [
     "MaskedConvNeXt",
     "MaskedOutput",
     "FCMAEDecoder",
-    "mask_from_ids",
     "masked_convnext_atto",
     "masked_convnext_femto",
     "masked_convnext_pico",
@@ -70,12 +69,6 @@ class MaskedOutput(NamedTuple):
     loss: torch.Tensor
     pred: torch.Tensor
     mask: torch.Tensor
-
-
-def mask_from_ids(ids_mask: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Turn ``(B, M)`` indices of hidden patches into a ``(B, N)`` bool mask (True = hidden)."""
-    mask = torch.zeros(ids_mask.shape[0], num_patches, dtype=torch.bool, device=ids_mask.device)
-    return mask.scatter_(1, ids_mask, True)
 
 
 def _hidden_ids(mask: torch.Tensor) -> torch.Tensor:

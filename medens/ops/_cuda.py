@@ -1,11 +1,12 @@
 """CUDA kernels of ``medens._C`` (kernels/cuda), registered as the ``cuda`` backend.
 
 Each launcher receives tensors already validated by the public op, all on one CUDA device, allocates its outputs
-(and small workspaces) there, and passes data pointers, sizes, element strides, the device index and PyTorch's
-current stream of that device to C++. The C++ launcher selects the device, enqueues its kernels on that stream
-and checks every launch; nothing synchronises, except reading gather's index-error flag (see
-:func:`raise_on_index_error`) where the public op could not check the ids first (under torch.compile). A failed launch raises RuntimeError naming the op and the
-CUDA error.
+(and small workspaces) there, and calls the entry point ``medens._C.<op>_cuda`` by keyword with the arguments
+:mod:`._launch` builds (the same as the CPU entry point's), its workspaces, the device index and PyTorch's current
+stream of that device. The C++ launcher selects the device, enqueues its kernels on that stream and checks every
+launch; nothing synchronises, except reading gather's index-error flag (see :func:`._launch.raise_on_index_error`)
+where the public op could not check the ids first (under torch.compile). A failed launch raises RuntimeError
+naming the op and the CUDA error.
 """
 
 from __future__ import annotations
@@ -14,94 +15,82 @@ import torch
 from torch import Tensor
 
 from ._backends import extension
-from ._dtypes import (
+from ._launch import (
+    apply_patch_mask_arguments,
     backward_operands,
     check_status,
-    dtype_code,
-    kernel_float,
+    entropy_guided_mask_arguments,
+    entropy_output,
+    gather_backward_output,
+    gather_output,
+    gather_patches_arguments,
+    gather_patches_backward_arguments,
+    index_error_flag,
+    mask_output,
+    masking_operands,
     masking_outputs,
-    noise_arguments,
+    patch_entropy_arguments,
+    pointer,
+    raise_on_index_error,
 )
 from ._registry import register_kernel
 
 BACKEND = "cuda"
-INDEX_OUT_OF_RANGE = 2  # medens::kIndexOutOfRange (csrc/include/medens/patch_math.h, _dtypes.STATUS_MESSAGES)
-
-
-def raise_on_index_error(index_error: Tensor, op: str, backend: str) -> None:
-    """Raise ValueError if a kernel flagged an out-of-range id (it stayed in bounds, writing NaN or skipping).
-
-    The public ops reject such ids before any kernel in eager mode; this catches them where those checks are not
-    traced (torch.compile). Reading the flag waits for the kernel; during CUDA graph capture it cannot be read,
-    and the check is skipped.
-    """
-    if index_error.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return
-    if int(index_error.item()):
-        check_status(INDEX_OUT_OF_RANGE, op, backend)
 
 
 def check_cuda_status(status: int, op: str) -> None:
     """Raise for a failed launcher status: RuntimeError naming the op and the CUDA error, or as check_status."""
     ext = extension()
     if status >= ext.CUDA_ERROR_BASE:
-        raise RuntimeError(f"{op} ({BACKEND}): CUDA error {ext.cuda_error_string(status)}")
+        raise RuntimeError(f"{op} ({BACKEND}): CUDA error {ext.cuda_error_string(status=status)}")
     check_status(status, op, BACKEND)
 
 
-def _launch(op: str, entry_point: str, device: torch.device, *args) -> None:
-    """Call ``medens._C.<entry_point>(*args, device index, current stream)`` and raise on a failed status."""
+def device_and_stream(device: torch.device) -> tuple[int, int]:
+    """The device index of ``device`` (the current device when it has none) and its current stream's handle."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(index).cuda_stream
-    check_cuda_status(getattr(extension(), entry_point)(*args, index, stream), op)
+    return index, torch.cuda.current_stream(index).cuda_stream
 
 
-def _pointer(tensor: Tensor | None) -> int:
-    return 0 if tensor is None else tensor.data_ptr()
+def _run(op: str, device: torch.device, arguments: dict[str, object], **workspaces: int) -> None:
+    """Call ``medens._C.<op>_cuda(**arguments, **workspaces, device=..., stream=...)``; raise on a failed status."""
+    index, stream = device_and_stream(device)
+    check_cuda_status(getattr(extension(), f"{op}_cuda")(**arguments, **workspaces, device=index, stream=stream), op)
 
 
 @register_kernel("patch_entropy", BACKEND)
 def patch_entropy(images: Tensor, patch_size: int, bins: int, lo: float, range_width: float) -> Tensor:
-    b, c, h, w = images.shape
-    device = images.device
-    out = torch.empty(b, (h // patch_size) * (w // patch_size), dtype=torch.float32, device=device)
+    out = entropy_output(images, patch_size)
     pixels = patch_size * patch_size
-    terms = torch.empty(pixels + 1, dtype=torch.float64, device=device) if (
+    terms = torch.empty(pixels + 1, dtype=torch.float64, device=images.device) if (
         pixels <= extension().CUDA_MAX_TABULATED_PATCH) else None
-    _launch("patch_entropy", "patch_entropy_cuda", device, images.data_ptr(), dtype_code(images.dtype), b, c, h, w,
-            list(images.stride()), patch_size, bins, lo, range_width, _pointer(terms), out.data_ptr())
+    _run("patch_entropy", images.device, patch_entropy_arguments(images, patch_size, bins, lo, range_width, out),
+         terms=pointer(terms))
     return out
-
 
 
 @register_kernel("entropy_guided_mask", BACKEND)
 def entropy_guided_mask(
     scores: Tensor, noise: Tensor | None, num_keep: int, temperature: float, prefer_high: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    scores, noise = masking_operands(scores, noise)
+    outputs = masking_outputs(scores, num_keep)
     b, n = scores.shape
-    device = scores.device
-    scores = kernel_float(scores)
-    mask, ids_keep, ids_mask, ids_restore = masking_outputs(b, n, num_keep, device)
-    workspace = torch.empty(b, n, dtype=torch.int64, device=device) if n > extension().CUDA_MAX_SHARED_KEYS else None
-    noise = None if noise is None else kernel_float(noise)
-    noise_ptr, noise_code, noise_strides = noise_arguments(noise)
-    _launch("entropy_guided_mask", "entropy_guided_mask_cuda", device, scores.data_ptr(), dtype_code(scores.dtype),
-            list(scores.stride()), noise_ptr, noise_code, noise_strides, b, n, num_keep, temperature, prefer_high,
-            _pointer(workspace), mask.data_ptr(), _pointer(ids_keep), _pointer(ids_mask), ids_restore.data_ptr())
-    return mask, ids_keep, ids_mask, ids_restore
+    workspace = torch.empty(b, n, dtype=torch.int64, device=scores.device) if (
+        n > extension().CUDA_MAX_SHARED_KEYS) else None
+    _run("entropy_guided_mask", scores.device,
+         entropy_guided_mask_arguments(scores, noise, num_keep, temperature, prefer_high, outputs),
+         key_workspace=pointer(workspace))
+    return outputs
 
 
 @register_kernel("gather_patches", BACKEND)
 def gather_patches(images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
                    ids_checked: bool = False) -> Tensor:
-    b, c, h, w = images.shape
-    device = images.device
-    k = ids.shape[1]
-    out = torch.empty(b, k, patch_size * patch_size * c, dtype=images.dtype, device=device)
-    index_error = torch.zeros(1, dtype=torch.int32, device=device)
-    _launch("gather_patches", "gather_patches_cuda", device, images.data_ptr(), dtype_code(images.dtype), b, c, h, w,
-            list(images.stride()), ids.data_ptr(), list(ids.stride()), k, patch_size, normalize, eps,
-            _pointer(out), index_error.data_ptr())
+    out = gather_output(images, ids, patch_size)
+    index_error = index_error_flag(images.device)
+    _run("gather_patches", images.device, gather_patches_arguments(images, ids, patch_size, normalize, eps, out),
+         index_error=index_error.data_ptr())
     if not ids_checked:
         raise_on_index_error(index_error, "gather_patches", BACKEND)
     return out
@@ -112,14 +101,12 @@ def gather_patches_backward(
     grad: Tensor, images: Tensor, ids: Tensor, patch_size: int, normalize: bool, eps: float,
     ids_checked: bool = False,
 ) -> Tensor:
-    device = images.device
     compute, grad, source = backward_operands(grad, images, normalize)
-    b, c, h, w = images.shape
-    grad_images = torch.zeros(b, c, h, w, dtype=compute, device=device)
-    index_error = torch.zeros(1, dtype=torch.int32, device=device)
-    _launch("gather_patches_backward", "gather_patches_backward_cuda", device, _pointer(grad), dtype_code(compute),
-            source.data_ptr(), list(source.stride()), b, c, h, w, ids.data_ptr(), list(ids.stride()), ids.shape[1],
-            patch_size, normalize, eps, grad_images.data_ptr(), index_error.data_ptr())
+    grad_images = gather_backward_output(images, compute)  # zeros: the kernel adds into it
+    index_error = index_error_flag(images.device)
+    _run("gather_patches_backward", images.device,
+         gather_patches_backward_arguments(grad, source, ids, patch_size, normalize, eps, grad_images),
+         index_error=index_error.data_ptr())
     if not ids_checked:
         raise_on_index_error(index_error, "gather_patches_backward", BACKEND)
     return grad_images.to(images.dtype)
@@ -127,10 +114,6 @@ def gather_patches_backward(
 
 @register_kernel("apply_patch_mask", BACKEND)
 def apply_patch_mask(images: Tensor, mask: Tensor, patch_size: int, fill: float) -> Tensor:
-    b, c, h, w = images.shape
-    out = torch.empty_like(images)
-    fill_bits = int.from_bytes(bytes(torch.tensor([fill], dtype=images.dtype).view(torch.uint8).tolist()), "little")
-    _launch("apply_patch_mask", "apply_patch_mask_cuda", images.device, images.data_ptr(), images.element_size(), b,
-            c, h, w, list(images.stride()), mask.data_ptr(), list(mask.stride()), patch_size, fill_bits,
-            out.data_ptr(), list(out.stride()))
+    out = mask_output(images)
+    _run("apply_patch_mask", images.device, apply_patch_mask_arguments(images, mask, patch_size, fill, out))
     return out

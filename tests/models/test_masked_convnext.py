@@ -10,7 +10,7 @@ import torch
 
 import medens.models.masked_convnext as mc
 from medens import ops
-from medens.models import MaskedConvNeXt, mask_from_ids
+from medens.models import MaskedConvNeXt
 
 IMAGE = 64
 PATCH = 32
@@ -19,7 +19,7 @@ PATCH = 32
 def _mask(batch: int, grid: int, hidden: list[list[int]]) -> torch.Tensor:
     ids = torch.tensor(hidden, dtype=torch.int64)
     assert ids.shape[0] == batch
-    return mask_from_ids(ids, grid * grid)
+    return torch.zeros(batch, grid * grid, dtype=torch.bool).scatter_(1, ids, True)
 
 
 def _hidden_pixels(mask: torch.Tensor, patch: int, size: int) -> torch.Tensor:

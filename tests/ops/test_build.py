@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 import medens
 from medens.ops import build_info
+from medens.ops import reference as R
 
 from .helpers import run_python
 
@@ -147,3 +151,70 @@ def test_compare_builds_times_a_build_against_itself(capsys):
         compare_builds.main([path, path, "--op", op, "--rounds", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and all("B/A" in line and line.endswith("differ by at most 0") for line in lines)
+
+
+# ---- the bindings check their own arguments ----------------------------------------------------------------------
+
+
+def _extension():
+    if not build_info()["extension"]:
+        pytest.skip("medens._C is not built")
+    return importlib.import_module("medens._C")
+
+
+def _parameters(function) -> list[str]:
+    """Parameter names of a pybind11 function, from the signature line pybind11 writes into its docstring."""
+    signature = function.__doc__.splitlines()[0]
+    assert signature.startswith(function.__name__ + "("), signature
+    return re.findall(r"(?:\(|, )(\w+): ", signature[: signature.rindex(") ->")])
+
+
+def test_every_binding_names_its_arguments():
+    # Unnamed pybind11 arguments are called arg0, arg1, ...: a caller could then only pass them by position.
+    ext = _extension()
+    functions = [function for _, function in inspect.getmembers(ext, inspect.isbuiltin)]
+    assert any(f.__name__ == "patch_entropy_cpu" for f in functions)
+    for function in functions:
+        names = _parameters(function)
+        assert not [n for n in names if re.fullmatch(r"arg\d+", n)], f"{function.__name__}: {names}"
+        assert len(names) == len(set(names)), f"{function.__name__}: {names}"
+
+
+def test_an_entry_point_refuses_a_wrong_keyword_and_takes_keywords_in_any_order():
+    from medens.ops._launch import entropy_output, patch_entropy_arguments
+
+    ext = _extension()
+    images = torch.rand(1, 1, 8, 16)
+    out = entropy_output(images, 4)
+    arguments = {**patch_entropy_arguments(images, 4, 256, 0.0, 1.0, out), "num_threads": 1}
+    misspelt = {("h" if k == "height" else k): v for k, v in arguments.items()}
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ext.patch_entropy_cpu(**misspelt)
+    assert ext.patch_entropy_cpu(**dict(reversed(list(arguments.items())))) == 0
+    torch.testing.assert_close(out, R.patch_entropy(images, 4), atol=1e-4, rtol=0)
+
+
+CUDA_LAUNCHES = {  # op -> arguments of its cuda launcher, small CPU tensors
+    "patch_entropy": lambda: (torch.rand(1, 3, 8, 8), 4, 256, 0.0, 1.0),
+    "entropy_guided_mask": lambda: (torch.rand(2, 8), torch.rand(2, 8), 3, 1.0, True),
+    "gather_patches": lambda: (torch.rand(1, 3, 8, 8), torch.tensor([[0, 3]]), 4, True, 1e-6),
+    "gather_patches_backward": lambda: (torch.rand(1, 2, 48), torch.rand(1, 3, 8, 8), torch.tensor([[0, 3]]), 4,
+                                        True, 1e-6),
+    "apply_patch_mask": lambda: (torch.rand(1, 3, 8, 8).half(), torch.tensor([[True, False, True, False]]), 4, -1.0),
+}
+
+
+@pytest.mark.parametrize("op", sorted(CUDA_LAUNCHES))
+def test_cuda_launchers_pass_every_argument_by_its_name(op, monkeypatch):
+    # Needs a CUDA build, not a GPU: the launcher runs on CPU tensors up to the entry point, called on a device
+    # index that does not exist, so the C++ launcher returns a CUDA error before it touches any pointer. A keyword
+    # the binding does not know, or one it misses, would raise TypeError instead.
+    if not build_info()["cuda_compiled"]:
+        pytest.skip("medens._C was built without CUDA")
+    from medens.ops import _cuda
+    from medens.ops._registry import kernel
+
+    absent = torch.cuda.device_count() + 3 if torch.cuda.is_available() else 0
+    monkeypatch.setattr(_cuda, "device_and_stream", lambda device: (absent, 0))
+    with pytest.raises(RuntimeError, match=rf"{op} \(cuda\): CUDA error cuda\w+: "):
+        kernel(op, "cuda")(*CUDA_LAUNCHES[op]())

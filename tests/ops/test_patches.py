@@ -135,6 +135,43 @@ def test_apply_patch_mask_float16_edge_fills_agree(backend, fill):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("fill", [-0.0, float("nan"), -1.5], ids=str)
+def test_apply_patch_mask_keeps_the_bits_of_the_fill(backend, dtype, fill):
+    # torch.equal cannot tell -0.0 from 0.0 and is false for NaN: compare the bit patterns
+    images = torch.rand(1, 2, 8, 8).to(dtype)
+    mask = torch.tensor([[True, False, False, True]])
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    got = apply_patch_mask(images, mask, 4, fill=fill, backend=backend)
+    assert torch.equal(got.view(bits), R.apply_patch_mask(images, mask, 4, fill=fill).view(bits))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_kernel_refuses_an_overflowing_fill_as_the_reference_does(backend):
+    # The registered op skips the public check (as a caller of torch.ops.medens would): the fill's encoding itself
+    # refuses a value float16 cannot hold, with the reference's own error, instead of filling inf.
+    images = torch.rand(1, 1, 8, 8).half()
+    mask = torch.tensor([[True, False, False, True]])
+    with pytest.raises(RuntimeError, match="overflow") as expected:
+        R.apply_patch_mask(images, mask, 4, fill=1e6)
+    with pytest.raises(RuntimeError, match="overflow") as got:
+        torch.ops.medens.apply_patch_mask(images, mask, 4, 1e6, backend)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill", "expected"),
+    [(torch.uint8, 255.0, 0xFF), (torch.float16, -2.0, 0xC000), (torch.bfloat16, 1.0, 0x3F80),
+     (torch.float32, -0.0, 0x8000_0000), (torch.float64, float("-inf"), 0xFFF0_0000_0000_0000)],
+    ids=str,
+)
+def test_fill_is_encoded_as_the_unsigned_bit_pattern_of_one_element(dtype, fill, expected):
+    from medens.ops._launch import fill_bits
+
+    assert fill_bits(fill, dtype) == expected
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_apply_patch_mask_gradcheck(backend):
     images = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[True, False, False, True], [False, False, True, False]])

@@ -284,7 +284,9 @@ def test_out_of_range_ids_stay_in_bounds_and_raise(op):
 def test_out_of_range_rows_are_nan():
     images = on_device(torch.rand(1, 1, 8, 8))
     index_error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    out = triton_patches.gather_patches(images, on_device(torch.tensor([[1, 99]])), 4, False, 1e-6, index_error)
+    out = torch.empty(1, 2, 16, device=DEVICE)
+    triton_patches.gather_patches(images=images, ids=on_device(torch.tensor([[1, 99]])), patch_size=4,
+                                  normalize=False, eps=1e-6, out=out, index_error=index_error)
     assert index_error.item() == 1
     assert torch.equal(out[0, 0].cpu(), R.gather_patches(images.cpu(), torch.tensor([[1]]), 4)[0, 0])
     assert out[0, 1].isnan().all()
@@ -311,6 +313,27 @@ def test_apply_mask_any_strides(layout):
     assert torch.equal(got.cpu(), R.apply_patch_mask(images, mask, 4))
     if layout == "channels_last":
         assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("fill", [-0.0, float("nan"), float("-inf")], ids=str)
+def test_apply_mask_keeps_the_bits_of_the_fill(dtype, fill):
+    # The kernel receives the fill as its bit pattern (an int32, int64 or uint64 scalar by size and sign) and
+    # bitcasts it: compare bits, which torch.equal cannot do for -0.0 and NaN.
+    images = torch.rand(1, 2, 8, 8).to(dtype)
+    mask = torch.tensor([[True, False, False, True]])
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    got = apply_patch_mask(*on_device(images, mask), 4, fill=fill, backend=BACKEND)
+    assert torch.equal(got.cpu().view(bits), R.apply_patch_mask(images, mask, 4, fill=fill).view(bits))
+
+
+def test_apply_mask_kernel_refuses_an_overflowing_fill_as_the_reference_does():
+    images, mask = torch.rand(1, 1, 8, 8).half(), torch.tensor([[True, False, False, True]])
+    with pytest.raises(RuntimeError, match="overflow") as expected:
+        R.apply_patch_mask(images, mask, 4, fill=1e6)
+    with pytest.raises(RuntimeError, match="overflow") as got:
+        _triton.apply_patch_mask(*on_device(images, mask), 4, 1e6)
+    assert str(got.value) == str(expected.value)
 
 
 def test_apply_mask_gradient():

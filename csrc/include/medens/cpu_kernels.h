@@ -34,11 +34,12 @@ int gather_patches_backward(const void* grad, int dtype, const void* images, con
                             const int64_t* ids_strides, int64_t num_ids, int64_t patch, bool normalize, double eps,
                             void* grad_images, int num_threads);
 
-/// out = images with every pixel of a hidden patch set to *fill. Elements are copied as raw bytes of size
-/// element_size (1, 2, 4 or 8). mask: (B, N) bool with strides; images/out: (B, C, H, W) with strides.
+/// out = images with every pixel of a hidden patch set to the element whose bit pattern is `fill_bits` (as the
+/// CUDA launcher takes it). Elements are copied as raw values of element_size bytes (1, 2, 4 or 8).
+/// mask: (B, N) bool with strides; images/out: (B, C, H, W) with strides.
 int apply_patch_mask(const void* images, int64_t element_size, int64_t batch, int64_t channels, int64_t height,
                      int64_t width, const int64_t* strides, const bool* mask, const int64_t* mask_strides,
-                     int64_t patch, const void* fill, void* out, const int64_t* out_strides, int num_threads);
+                     int64_t patch, uint64_t fill_bits, void* out, const int64_t* out_strides, int num_threads);
 
 /// True when the hand-written AVX-512 kernels run in this process: the machine has AVX-512 (F, BW and VL) and
 /// MEDENS_DISABLE_AVX512 is not set. Otherwise the portable loops run.

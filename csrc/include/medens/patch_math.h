@@ -18,7 +18,7 @@
 
 namespace medens {
 
-// ---- dtype codes (must match medens/ops/_dtypes.py) ----------------------------------------------------------
+// ---- dtype codes (must match DTYPE_CODES in medens/ops/_launch.py) -------------------------------------------
 enum DType : int {
   kUInt8 = 0,
   kFloat16 = 1,
@@ -27,13 +27,12 @@ enum DType : int {
   kFloat64 = 4,
 };
 
-// ---- status codes returned by the kernels ---------------------------------------------------------------------
+// ---- status codes returned by the kernels (STATUS_MESSAGES in medens/ops/_launch.py) --------------------------
 enum Status : int {
   kOk = 0,
   kBadDType = 1,
   kIndexOutOfRange = 2,
   kBadArgument = 3,
-  kNotCompiled = 4,
 };
 
 // ---- bit casts and 16-bit float conversions ---------------------------------------------------------------------

@@ -475,7 +475,7 @@ void check_apply_mask(int dtype, int64_t channels, int layout, bool channels_las
   std::memcpy(&fill_bits, fill.data, es);
   Buffer expected(B * channels * H * W * es), actual(B * channels * H * W * es);
   const int cpu = cpu::apply_patch_mask(image.ptr(), es, B, channels, H, W, image.strides, mask.as<bool>(),
-                                        mask_strides, patch, fill.data, expected.data, out_strides, 1);
+                                        mask_strides, patch, fill_bits, expected.data, out_strides, 1);
   const int gpu = cuda::apply_patch_mask(image.ptr(), es, B, channels, H, W, image.strides, mask.as<bool>(),
                                          mask_strides, patch, fill_bits, actual.data, out_strides, 0, nullptr);
   char what[256];
