@@ -106,6 +106,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("medens: speed-up over the reference (median times)")
+    if config.getoption("--benchmark-reference-only"):
+        write("--benchmark-reference-only: the reference backend alone was timed (no compiled-backend rows)")
     for (op, case), rows in sorted(_RESULTS.items()):
         ref = rows.get("reference", {}).get("median")
         read = rows.get("read-pass", {}).get("median")
@@ -141,9 +143,11 @@ def _write_bottlenecks(write) -> None:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    """``device`` runs a benchmark on every device here; ``device, backend`` on every backend timed there."""
+    """``device`` runs a benchmark on every device here; ``device, backend`` on every backend timed there (the
+    reference alone with ``--benchmark-reference-only``)."""
     if "backend" in metafunc.fixturenames and "device" in metafunc.fixturenames:
-        pairs = [(d, b) for d in bench_devices() for b in backends_for(d)]
+        reference_only = metafunc.config.getoption("--benchmark-reference-only")
+        pairs = [(d, b) for d in bench_devices() for b in backends_for(d) if not reference_only or b == "reference"]
         metafunc.parametrize(("device", "backend"), pairs, ids=[f"{d.type}-{b}" for d, b in pairs])
     elif "device" in metafunc.fixturenames:
         metafunc.parametrize("device", bench_devices(), ids=lambda d: d.type)

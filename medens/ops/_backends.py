@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import warnings
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -26,13 +28,38 @@ BACKENDS = ("reference", "cpp", "cuda", "triton")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
+class MissingCompiledCoreWarning(RuntimeWarning):
+    """medens runs without its compiled core: ``medens._C`` is not there (a source tree), only the reference runs."""
+
+
+def _missing_core_message() -> str:
+    package = Path(medens.__file__).resolve().parent
+    root = package.parent
+    if (root / "pyproject.toml").is_file() and (root / "CMakeLists.txt").is_file():
+        how = (f"This is the source tree of a checkout ({root}), imported because Python runs from it or finds it "
+               f"on PYTHONPATH. Build and install medens with `pip install .` in {root} (or `pip install -e .` "
+               "for an editable install), then run from another folder, and run the tests with `pytest`, not "
+               "`python -m pytest`.")
+    else:
+        how = "Reinstall medens (`pip install .` from its source) to build it."
+    return (f"medens._C, the compiled core of medens, is missing from {package}: only the slow pure-PyTorch "
+            f"reference backend will run. {how}")
+
+
 @functools.cache
 def extension() -> ModuleType | None:
-    """``medens._C``, or None when it cannot be imported (the reason is logged once)."""
+    """``medens._C``, or None when it cannot be imported (said once per process).
+
+    A missing module (a source tree, which has no build) warns with :class:`MissingCompiledCoreWarning`, shown by
+    default; a module that is there but fails to load is logged.
+    """
     try:
         return importlib.import_module("medens._C")
     except ImportError as error:
-        logger.warning("medens._C could not be imported (%s); only the reference backend is available", error)
+        if isinstance(error, ModuleNotFoundError) and error.name == "medens._C":
+            warnings.warn(_missing_core_message(), MissingCompiledCoreWarning, stacklevel=2)
+        else:
+            logger.warning("medens._C could not be imported (%s); only the reference backend is available", error)
         return None
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from medens.models import ENCODER_FORMAT, INIT_RANDOM_FALLBACK, MaskedConvNeXt, save_weights
 from medens.train.__main__ import main
 from medens.train.finetune import default_config, is_complete, load_model
+from tests._installed import installed
 
 #: A fine-tuning run small enough for a CPU test (72 synthetic 64x64 images, ConvNeXt-Atto, 2 epochs).
 TINY = [
@@ -234,16 +235,11 @@ def test_each_option_is_documented_once() -> None:
 
 @pytest.mark.slow
 def test_two_process_torchrun_finetuning(tmp_path: Path) -> None:
-    import os
     import subprocess
-    import sys
 
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "medens.train", "finetune", *TINY, "--init", "scratch", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    args = ["finetune", *TINY, "--init", "scratch", "--device", "cpu", "--out", str(tmp_path)]
+    child = installed("-m", "medens.train", *args, nproc=2, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    result = subprocess.run(**child, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert is_complete(tmp_path)
     splits = json.loads((tmp_path / "splits.json").read_text())["splits"]

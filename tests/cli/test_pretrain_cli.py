@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,7 @@ from safetensors.torch import load_file
 
 from medens.train.__main__ import main
 from medens.train.pretrain import default_config, is_complete, run_pretrain
-
-REPO = Path(__file__).resolve().parents[2]
+from tests._installed import installed
 
 #: A pre-training run small enough for a CPU test (48 synthetic 64x64 images, ConvNeXt-Atto).
 TINY = [
@@ -245,12 +243,10 @@ def test_packaged_presets_resolve() -> None:
     assert demo == {**load_preset("smoke", "pretrain"), "dataset": "synthetic", "dataset_options": demo["dataset_options"]}
 
 
-def _cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+def _cli(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "medens.train", *args], cwd=REPO, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+        **installed("-m", "medens.train", *args, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive"), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
@@ -287,27 +283,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_two_process_torchrun_pretraining(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "medens.train",
-        "pretrain",
-        *TINY,
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path),
-    ]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = ["pretrain", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)]
+    child = installed("-m", "medens.train", *args, nproc=2, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    result = subprocess.run(**child, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert is_complete(tmp_path)
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())

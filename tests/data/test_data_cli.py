@@ -1,14 +1,10 @@
 """python -m medens.data: classes, counts per class and split, sizes, skipped files; JSON; errors."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 from medens.data.__main__ import main
-
-REPO = Path(__file__).resolve().parents[2]
+from tests._installed import installed
 
 
 def test_tables_show_classes_splits_sizes_and_skipped_files(tmp_path, layouts, capsys):
@@ -51,11 +47,10 @@ def test_missing_root_exits_1_and_an_unknown_dataset_2_with_the_reason(tmp_path,
 
 
 def test_runs_as_a_module_with_options():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "medens.data", "--dataset", "synthetic", "--option", "num_images=40",
-         "--option", "image_size=[8, 12]", "--option", "num_classes=4", "--json"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
+        **installed("-m", "medens.data", "--dataset", "synthetic", "--option", "num_images=40",
+                    "--option", "image_size=[8, 12]", "--option", "num_classes=4", "--json"),
+        capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["per_class"] == {"normal": 10, "benign": 10, "malignant": 10, "cyst": 10}

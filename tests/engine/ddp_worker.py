@@ -1,6 +1,7 @@
 """One rank of a two-process CPU run, launched by ``torchrun`` from test_distributed.py.
 
-Usage: ``torchrun --standalone --nproc_per_node 2 tests/engine/ddp_worker.py OUT MODE`` where MODE is
+Run as ``torchrun --standalone --nproc_per_node 2 tests/engine/ddp_worker.py OUT MODE``, through
+``tests._installed`` (the installed medens, and ``tests`` importable), where MODE is
 ``poison-rank1`` (rank 1's first batch is NaN) or ``raise-rank1`` (rank 1 fails at its second step).
 Each rank saves its final weights and history to ``OUT/rank{r}.pt``.
 """

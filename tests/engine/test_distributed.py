@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests._installed import installed
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def _torchrun(out: Path, mode: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.run(
-        [*cmd, str(WORKER), str(out), mode],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    child = installed(str(WORKER), str(out), mode, nproc=2, tests=True, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    return subprocess.run(**child, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

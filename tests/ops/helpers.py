@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 
 import torch
 
@@ -17,6 +15,7 @@ from medens.ops import (
     gather_patches,
     patch_entropy,
 )
+from tests._installed import installed
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -136,12 +135,7 @@ def check_compiled_masking_step(backend: str, device: str, compile_backend: str 
 
 
 def run_python(code: str, cwd, **environment: str) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh interpreter with medens._C loaded, for settings read once per process (environment
-    variables). It runs outside the checkout (`cwd`) so that the installed medens is imported; a relative
-    PYTHONPATH (a development checkout) is made absolute."""
-    env = {**os.environ, **environment}
-    if env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
-    prelude = "from medens.ops import available_backends\nassert available_backends()['cpp'], 'no medens._C'\n"
-    return subprocess.run([sys.executable, "-c", prelude + code], env=env, cwd=cwd, capture_output=True, text=True,
+    """Runs `code` in a fresh interpreter with the installed medens and its medens._C loaded (tests/_installed.py),
+    for settings read once per process (environment variables), in the folder `cwd` outside the checkout."""
+    return subprocess.run(**installed("-c", code, cwd=cwd, **environment), capture_output=True, text=True,
                           timeout=120)
