@@ -16,11 +16,6 @@ from medens.models.masked_convnext import (
     MaskedConvNeXt,
     MaskedOutput,
     mask_from_ids,
-    masked_convnext_atto,
-    masked_convnext_femto,
-    masked_convnext_nano,
-    masked_convnext_pico,
-    masked_convnext_tiny,
 )
 from medens.models.weights import (
     ENCODER_FORMAT,
@@ -48,11 +43,6 @@ __all__ = [
     "load_encoder_into",
     "load_weights",
     "mask_from_ids",
-    "masked_convnext_atto",
-    "masked_convnext_femto",
-    "masked_convnext_nano",
-    "masked_convnext_pico",
-    "masked_convnext_tiny",
     "parse_init",
     "read_metadata",
     "save_weights",
