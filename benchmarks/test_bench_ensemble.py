@@ -14,7 +14,7 @@ from medens.evaluate.bootstrap import bootstrap_samples
 from medens.evaluate.calibration import fit_temperature, softmax
 from medens.evaluate.combine import combine, fit_weights
 from medens.evaluate.ensemble import evaluate_ensemble
-from medens.evaluate.members import load_member, write_member
+from medens.evaluate.members import Member, member_name_and_label
 from medens.evaluate.metrics import summary_metrics
 from medens.evaluate.predictions import Predictions
 
@@ -55,18 +55,21 @@ def test_bench_fit_temperature_and_weights(benchmark) -> None:
 
 @pytest.mark.benchmark
 def test_bench_evaluate_ensemble_end_to_end(benchmark, tmp_path: Path) -> None:
-    dirs = []
+    # Members as load_member returns them, built in memory: reading the folders is not what is timed.
+    members = []
     for i, init in enumerate(["imagenet", "mae:x"]):
         test, tl = _probs(10 + i, N_TEST)
         val, vl = _probs(20 + i, N_VAL)
-        dirs.append(
-            write_member(
-                tmp_path / init.split(":")[0],
-                {"classes": CLASSES, "init": init, "split_hash": "h"},
-                Predictions([f"t{j}" for j in range(N_TEST)], [CLASSES[j] for j in tl], CLASSES, test),
-                Predictions([f"v{j}" for j in range(N_VAL)], [CLASSES[j] for j in vl], CLASSES, val),
+        directory = tmp_path / init.split(":")[0]
+        config = {"classes": CLASSES, "init": init, "split_hash": "h"}
+        members.append(
+            Member(
+                *member_name_and_label(config, directory),
+                directory=directory,
+                config=config,
+                test=Predictions([f"t{j}" for j in range(N_TEST)], [CLASSES[j] for j in tl], CLASSES, test),
+                val=Predictions([f"v{j}" for j in range(N_VAL)], [CLASSES[j] for j in vl], CLASSES, val),
             )
         )
-    members = [load_member(d) for d in dirs]
     results = benchmark.pedantic(evaluate_ensemble, args=(members, tmp_path / "ens"), rounds=2)
     assert results["n_test"] == N_TEST

@@ -28,7 +28,6 @@ __all__ = [
     "merge_config",
     "parse_overrides",
     "write_config",
-    "read_config",
 ]
 
 
@@ -179,8 +178,3 @@ def write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     """Write ``config`` as YAML, atomically, keys in the given order."""
     text = yaml.safe_dump(_plain(dict(config)), sort_keys=False, default_flow_style=None, width=110)
     return atomic_write_text(path, text)
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a config written by :func:`write_config`."""
-    return load_yaml(path)

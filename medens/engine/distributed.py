@@ -94,14 +94,6 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """``obj`` from rank ``src`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-
     def close(self) -> None:
         """Leave the process group (never blocks on other ranks)."""
         if self.initialized and dist.is_initialized():

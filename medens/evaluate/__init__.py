@@ -14,7 +14,9 @@ fine-tuning run writes (``predictions.csv``, ``val_predictions.csv``, ``config.y
 - :mod:`~medens.evaluate.report`       comparison tables and ``report.md``
 - :mod:`~medens.evaluate.ensemble`     all of the above for a set of members, written to a folder
 
-``evaluate_ensemble`` is imported on first use, so importing the metrics does not load matplotlib.
+The metrics are scikit-learn's (:mod:`sklearn.metrics`) and the statistical tests scipy's
+(:mod:`scipy.stats`), both imported on first use; so is ``evaluate_ensemble``, so importing the metrics loads
+neither matplotlib nor scikit-learn.
 """
 
 from medens.evaluate.bootstrap import bootstrap_samples, confidence_intervals, difference_intervals

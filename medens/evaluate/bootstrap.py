@@ -2,6 +2,12 @@
 
 All models are scored on the same resamples of the test images, so the interval of a difference between two
 models (``ensemble - member``) is taken over paired draws and reflects that they share their hard and easy cases.
+Each resample is scored by :func:`~medens.evaluate.metrics.summary_metrics`, i.e. by scikit-learn.
+
+The resampling is written here because :func:`scipy.stats.bootstrap` does not fit: its percentile interval is
+NaN as soon as one resample leaves the metric undefined (an AUROC on a resample that misses a class, common on
+small test sets), where these intervals skip such resamples; and one set of draws must score every model and
+every metric, so that the intervals of differences are taken over the very same draws.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 Only the discordant pairs matter: ``b`` images that model A gets right and model B wrong, ``c`` the reverse.
 Under the null hypothesis each discordant image is equally likely to fall either way, so ``b ~ Binomial(b + c, 1/2)``.
+The p-values come from :mod:`scipy.stats` (``binomtest``, ``chi2``), imported on first use; scipy has no
+McNemar test as such, so the discordant counts and the continuity-corrected statistic are computed here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,25 +40,31 @@ class McNemarResult:
 
 
 def exact_binomial_p(b: int, c: int) -> float:
-    """Two-sided exact p-value: ``min(1, 2 * P(X <= min(b, c)))`` for ``X ~ Binomial(b + c, 1/2)``.
+    """Two-sided exact p-value of ``min(b, c)`` under ``Binomial(b + c, 1/2)`` (:func:`scipy.stats.binomtest`).
 
-    Uses exact integer arithmetic, so it stays accurate for any number of discordant pairs.
+    For this symmetric null it is ``min(1, 2 * P(X <= min(b, c)))``; 1.0 when there is no discordant pair.
     """
+    from scipy import stats
+
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2**n)
+    return float(stats.binomtest(min(b, c), n, 0.5).pvalue)
 
 
 def chi2_continuity(b: int, c: int) -> tuple[float, float]:
-    """Edwards' continuity-corrected statistic ``max(|b - c| - 1, 0)^2 / (b + c)`` and its chi-square(1) p-value."""
+    """Edwards' continuity-corrected statistic and its chi-square(1) p-value.
+
+    The statistic is ``max(|b - c| - 1, 0)^2 / (b + c)``; the p-value is the survival function of
+    :data:`scipy.stats.chi2` with one degree of freedom. ``(0, 1)`` when there is no discordant pair.
+    """
+    from scipy import stats
+
     n = b + c
     if n == 0:
         return 0.0, 1.0
     stat = max(abs(b - c) - 1, 0) ** 2 / n
-    # Survival function of chi-square with one degree of freedom.
-    return float(stat), float(math.erfc(math.sqrt(stat / 2.0)))
+    return float(stat), float(stats.chi2.sf(stat, df=1))
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, method: str = "exact") -> McNemarResult:

@@ -19,8 +19,7 @@ from typing import Any
 
 import yaml
 
-from medens.engine.atomic import atomic_write_text
-from medens.evaluate.predictions import Predictions, read_predictions, write_predictions
+from medens.evaluate.predictions import Predictions, read_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -151,41 +150,6 @@ def load_member(directory: str | os.PathLike[str]) -> Member:
         test=_read(test_path),
         val=_read(val_path) if val_path.is_file() else None,
     )
-
-
-def write_member(
-    directory: str | os.PathLike[str],
-    config: dict[str, Any],
-    test: Predictions,
-    val: Predictions | None = None,
-) -> Path:
-    """Write a member folder from predictions made elsewhere (another tool, a hand-made baseline).
-
-    Args:
-        directory: folder to write ``config.yaml``, ``predictions.csv`` and, with ``val``, ``val_predictions.csv``.
-        config: at least ``classes``; ``init``, ``split_hash`` and ``dataset`` are recommended.
-        test: test-split predictions.
-        val: validation-split predictions, needed for ``--calibrate`` and ``--method weighted``.
-
-    Returns:
-        ``directory``.
-
-    Raises:
-        ValueError: if ``config`` lacks ``classes`` or they differ from the predictions' classes.
-    """
-    directory = Path(directory)
-    classes = config.get("classes")
-    for split, preds in (("test", test), ("val", val)):
-        if preds is not None and list(preds.classes) != list(classes or []):
-            raise ValueError(
-                f"{split}: expected class columns {classes} from config, received {preds.classes}"
-            )
-    directory.mkdir(parents=True, exist_ok=True)
-    write_predictions(directory / TEST_PREDICTIONS_FILE, test)
-    if val is not None:
-        write_predictions(directory / VAL_PREDICTIONS_FILE, val)
-    atomic_write_text(directory / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
-    return directory
 
 
 def _unique_names(members: Sequence[Member]) -> list[Member]:

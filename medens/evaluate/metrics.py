@@ -1,16 +1,33 @@
-"""Classification metrics over predicted probabilities, in plain numpy.
+"""Classification metrics over predicted probabilities, computed with scikit-learn where it has them.
 
 Every function takes ``probs`` of shape ``(N, K)`` (rows are probability vectors over the K classes, float) and/or
 ``labels`` of shape ``(N,)`` (integer class indices in ``[0, K)``). The predicted class is the arg-max of a row.
 
-Conventions (chosen to match scikit-learn where it has the metric, so the tests can check against it):
+What comes from :mod:`sklearn.metrics` and how it is called:
 
-- Macro precision, recall and F1 average over all K classes; a class whose denominator is zero scores 0
-  (scikit-learn's ``zero_division=0`` with ``labels=range(K)``).
-- Balanced accuracy is the mean recall over the classes that occur in ``labels``.
-- AUROC is one-vs-rest per class, averaged over the classes (macro). A class with no positive or no negative
-  example has no AUROC; the macro value is then NaN (scikit-learn raises instead).
-- Expected calibration error bins the top-class confidence into equal-width bins ``(lo, hi]``.
+- the confusion matrix: ``confusion_matrix(labels, preds, labels=range(K))``;
+- per-class precision, recall (sensitivity), F1 and support: ``precision_recall_fscore_support`` with
+  ``labels=range(K)`` and ``zero_division=0``, so a class whose denominator is zero scores 0; the macro values
+  average over all K classes;
+- specificity (which scikit-learn does not name): TN / (TN + FP) from ``multilabel_confusion_matrix``, 0 when
+  TN + FP is 0;
+- AUROC: ``roc_auc_score`` one-vs-rest per class, averaged over the classes (macro), and the ROC curve from
+  ``roc_curve``. A class with no positive or no negative example has no AUROC: its value, and then the macro value,
+  is NaN (scikit-learn raises or warns instead).
+
+Kept here, with the same definitions as before:
+
+- balanced accuracy: the mean recall over the classes that occur in ``labels`` (``balanced_accuracy_score``'s
+  definition, taken from the recalls above without that function's warning about predicted classes absent from
+  ``labels``, which a bootstrap resample meets all the time);
+- expected calibration error (scikit-learn has none for K classes), binning the top-class confidence into
+  equal-width bins ``(lo, hi]``;
+- negative log-likelihood with probabilities clipped at :data:`PROB_EPS` (``log_loss`` renormalises the rows and
+  clips at the machine epsilon, which would change the values).
+
+Empty inputs (N = 0), which scikit-learn refuses, give an all-zero confusion matrix and rates, and NaN for the
+accuracies, AUROC, ECE and NLL. scikit-learn is imported on first use: importing it takes over a second, which
+the command line's ``--help`` would otherwise pay.
 """
 
 from __future__ import annotations
@@ -81,7 +98,7 @@ def predict(probs: np.ndarray) -> np.ndarray:
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts of (true class, predicted class) pairs.
+    """Counts of (true class, predicted class) pairs (:func:`sklearn.metrics.confusion_matrix`).
 
     Args:
         labels: ``(N,)`` true class indices.
@@ -91,44 +108,65 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     Returns:
         ``(K, K)`` int64 matrix; rows are true classes, columns predicted classes.
     """
+    from sklearn import metrics as skm
+
     labels = np.asarray(labels, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
-    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    if labels.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return skm.confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
+def _class_rates(
+    labels: np.ndarray, preds: np.ndarray, num_classes: int, specificity: bool
+) -> dict[str, np.ndarray]:
+    """Per-class rates of predictions (see :func:`per_class_rates`); ``specificity`` only when asked for."""
+    from sklearn import metrics as skm
+
+    k = num_classes
+    if labels.size == 0:
+        zeros = np.zeros(k)
+        rates = {"precision": zeros, "sensitivity": zeros, "f1": zeros, "support": np.zeros(k, dtype=np.int64)}
+        return {**rates, "specificity": zeros} if specificity else rates
+    classes = np.arange(k)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, preds, labels=classes, average=None, zero_division=0
+    )
+    rates = {"precision": precision, "sensitivity": recall, "f1": f1, "support": support.astype(np.int64)}
+    if specificity:
+        # One 2x2 matrix [[TN, FP], [FN, TP]] per class, "class k" against the rest.
+        per_class = skm.multilabel_confusion_matrix(labels, preds, labels=classes)
+        tn, fp = per_class[:, 0, 0].astype(np.float64), per_class[:, 0, 1]
+        rates["specificity"] = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
+    return rates
 
 
 def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class rates from a confusion matrix.
+    """Per-class rates from a confusion matrix, computed by scikit-learn on the pairs it counts.
 
     Args:
-        cm: ``(K, K)`` confusion matrix (rows true, columns predicted).
+        cm: ``(K, K)`` confusion matrix (rows true, columns predicted) of non-negative integer counts.
 
     Returns:
-        ``precision``, ``sensitivity`` (recall), ``specificity``, ``f1`` and ``support``, each ``(K,)``.
-        Rates with a zero denominator are 0.
+        ``precision``, ``sensitivity`` (recall), ``specificity``, ``f1`` (float64) and ``support`` (int64), each
+        ``(K,)``. Rates with a zero denominator are 0.
+
+    Raises:
+        ValueError: if ``cm`` is not a square matrix of non-negative integer counts.
     """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    fp = predicted - tp
-    fn = support - tp
-    tn = cm.sum() - tp - fp - fn
-    return {
-        "precision": _safe_div(tp, predicted),
-        "sensitivity": _safe_div(tp, support),
-        "specificity": _safe_div(tn, tn + fp),
-        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
-        "support": support.astype(np.int64),
-    }
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm: expected a square (K, K) matrix, received shape {cm.shape}")
+    values = cm.astype(np.float64)
+    bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"cm: expected non-negative integer counts, received {cm[i, j]} at row {i}, column {j}")
+    counts = cm.astype(np.int64)
+    k = cm.shape[0]
+    labels, preds = np.divmod(np.repeat(np.arange(k * k), counts.ravel()), k)
+    rates = _class_rates(labels, preds, k, specificity=True)
+    return {name: rates[name] for name in ("precision", "sensitivity", "specificity", "f1", "support")}
 
 
 def _accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
@@ -149,42 +187,26 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean per-class recall over the classes present in ``labels``."""
     probs, labels = check_probs_labels(probs, labels)
-    return _balanced_accuracy(per_class_rates(confusion_matrix(labels, predict(probs), probs.shape[1])))
+    return _balanced_accuracy(_class_rates(labels, predict(probs), probs.shape[1], specificity=False))
 
 
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values`` with ties given their average rank, shape ``(N,)`` float64."""
-    values = np.asarray(values)
-    order = np.argsort(values, kind="mergesort")
-    sorted_vals = values[order]
-    n = values.shape[0]
-    # Start index of each run of equal values in the sorted order.
-    new_run = np.empty(n, dtype=bool)
-    if n:
-        new_run[0] = True
-        new_run[1:] = sorted_vals[1:] != sorted_vals[:-1]
-    starts = np.flatnonzero(new_run)
-    ends = np.append(starts[1:], n)  # exclusive
-    avg_rank = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1 .. ends
-    run_id = np.cumsum(new_run) - 1
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = avg_rank[run_id]
-    return ranks
+def _both_outcomes(positive: np.ndarray) -> tuple[int, int]:
+    n_pos = int(positive.sum())
+    return n_pos, positive.size - n_pos
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for the boolean target ``positive``.
 
-    Computed as the Mann-Whitney U statistic (ties count one half). NaN when either class is absent.
+    :func:`sklearn.metrics.roc_auc_score`; tied scores count one half. NaN when either outcome is absent.
     """
+    from sklearn import metrics as skm
+
     positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
+    n_pos, n_neg = _both_outcomes(positive)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(skm.roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def auroc_per_class(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -211,6 +233,8 @@ def auroc_macro(probs: np.ndarray, labels: np.ndarray) -> float:
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1).
 
+    :func:`sklearn.metrics.roc_curve` with ``drop_intermediate=False``.
+
     Args:
         scores: ``(N,)`` scores, higher meaning more likely positive.
         positive: ``(N,)`` boolean targets.
@@ -221,22 +245,15 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     Raises:
         ValueError: if ``positive`` has no positive or no negative example.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    from sklearn import metrics as skm
+
     positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
+    n_pos, n_neg = _both_outcomes(positive)
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
             f"positive: expected both positive and negative examples, received {n_pos} and {n_neg}"
         )
-    order = np.argsort(-scores, kind="mergesort")
-    s = scores[order]
-    y = positive[order]
-    tps = np.cumsum(y)
-    fps = np.cumsum(~y)
-    last_of_run = np.append(s[1:] != s[:-1], True)
-    tpr = np.concatenate([[0.0], tps[last_of_run] / n_pos])
-    fpr = np.concatenate([[0.0], fps[last_of_run] / n_neg])
+    fpr, tpr, _ = skm.roc_curve(positive, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
     return fpr, tpr
 
 
@@ -307,7 +324,7 @@ def summary_metrics(
     """
     probs, labels = check_probs_labels(probs, labels)
     preds = predict(probs)
-    rates = per_class_rates(confusion_matrix(labels, preds, probs.shape[1]))
+    rates = _class_rates(labels, preds, probs.shape[1], specificity=False)
     return _summary(probs, labels, preds, rates, auroc_per_class(probs, labels), n_bins)
 
 
@@ -346,7 +363,7 @@ def classification_report(
         raise ValueError(f"classes: expected {probs.shape[1]} names to match probs, received {len(classes)}")
     preds = predict(probs)
     cm = confusion_matrix(labels, preds, probs.shape[1])
-    rates = per_class_rates(cm)
+    rates = _class_rates(labels, preds, probs.shape[1], specificity=True)
     aucs = auroc_per_class(probs, labels)
     out: dict[str, Any] = _summary(probs, labels, preds, rates, aucs, n_bins)
     out["per_class"] = {

@@ -15,11 +15,6 @@ from medens.models.classifier import (
 from medens.models.masked_convnext import (
     MaskedConvNeXt,
     MaskedOutput,
-    masked_convnext_atto,
-    masked_convnext_femto,
-    masked_convnext_nano,
-    masked_convnext_pico,
-    masked_convnext_tiny,
 )
 from medens.models.weights import (
     ENCODER_FORMAT,
@@ -46,11 +41,6 @@ __all__ = [
     "create_classifier",
     "load_encoder_into",
     "load_weights",
-    "masked_convnext_atto",
-    "masked_convnext_femto",
-    "masked_convnext_nano",
-    "masked_convnext_pico",
-    "masked_convnext_tiny",
     "parse_init",
     "read_metadata",
     "save_weights",

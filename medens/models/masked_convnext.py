@@ -39,11 +39,6 @@ __all__ = [
     "MaskedConvNeXt",
     "MaskedOutput",
     "FCMAEDecoder",
-    "masked_convnext_atto",
-    "masked_convnext_femto",
-    "masked_convnext_pico",
-    "masked_convnext_nano",
-    "masked_convnext_tiny",
 ]
 
 Masking = Literal["entropy", "random"]
@@ -498,33 +493,3 @@ def _check_geometry(image_size: int, patch_size: int, mask_ratio: float) -> None
             f"{image_size} and patch_size {patch_size}; expected at least one visible and one hidden patch "
             f"(use larger images or another ratio)"
         )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Factory functions
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def masked_convnext_atto(**kwargs: Any) -> MaskedConvNeXt:
-    """ConvNeXt-Atto masked autoencoder (3.4M encoder parameters)."""
-    return MaskedConvNeXt(arch="convnext_atto", **kwargs)
-
-
-def masked_convnext_femto(**kwargs: Any) -> MaskedConvNeXt:
-    """ConvNeXt-Femto masked autoencoder (4.8M encoder parameters)."""
-    return MaskedConvNeXt(arch="convnext_femto", **kwargs)
-
-
-def masked_convnext_pico(**kwargs: Any) -> MaskedConvNeXt:
-    """ConvNeXt-Pico masked autoencoder (8.5M encoder parameters)."""
-    return MaskedConvNeXt(arch="convnext_pico", **kwargs)
-
-
-def masked_convnext_nano(**kwargs: Any) -> MaskedConvNeXt:
-    """ConvNeXt-Nano masked autoencoder (15M encoder parameters)."""
-    return MaskedConvNeXt(arch="convnext_nano", **kwargs)
-
-
-def masked_convnext_tiny(**kwargs: Any) -> MaskedConvNeXt:
-    """ConvNeXt-Tiny masked autoencoder (28M encoder parameters), the paper's model."""
-    return MaskedConvNeXt(arch="convnext_tiny", **kwargs)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from medens.evaluate.calibration import softmax
-from medens.evaluate.members import write_member
 from medens.evaluate.predictions import Predictions, read_predictions
 from medens.train import ensemble as ensemble_cli
+from tests.evaluate.helpers import write_member
 
 CLASSES = ["benign", "malignant", "normal"]
 

@@ -13,12 +13,13 @@ import torch
 
 from medens import inference
 from medens.data import SplitDataset, build_transforms, load_dataset
-from medens.evaluate.members import load_member, write_member
+from medens.evaluate.members import load_member
 from medens.evaluate.predictions import Predictions
 from medens.models import create_classifier
 from medens.models.weights import save_weights
 from medens.train import ensemble as ensemble_cli
 from medens.train import predict as predict_cli
+from tests.evaluate.helpers import write_member
 
 SIZE = 32
 DATASET_OPTIONS = {"num_images": 18, "image_size": SIZE, "num_classes": 3}

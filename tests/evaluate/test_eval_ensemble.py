@@ -12,9 +12,10 @@ from PIL import Image
 
 from medens.evaluate.calibration import softmax
 from medens.evaluate.ensemble import evaluate_ensemble
-from medens.evaluate.members import load_member, write_member
+from medens.evaluate.members import load_member
 from medens.evaluate.metrics import classification_report
 from medens.evaluate.predictions import Predictions
+from tests.evaluate.helpers import write_member
 
 CLASSES = ["benign", "malignant", "normal"]
 

@@ -7,18 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medens.evaluate.members import (
-    IncompatibleMembersError,
-    align_members,
-    load_member,
-    write_member,
-)
+from medens.evaluate.members import IncompatibleMembersError, align_members, load_member
 from medens.evaluate.predictions import (
     Predictions,
     read_predictions,
     write_prediction_table,
     write_predictions,
 )
+from tests.evaluate.helpers import write_member
 
 CLASSES = ["benign", "malignant", "normal"]
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -81,11 +85,75 @@ def test_auroc_is_nan_when_a_class_is_missing() -> None:
     assert np.isnan(M.auroc_macro(probs, labels))
 
 
-def test_rankdata_matches_scipy() -> None:
-    from scipy.stats import rankdata
+def test_one_outcome_has_no_auroc_and_no_roc_curve() -> None:
+    scores = np.array([0.2, 0.9, 0.4])
+    assert np.isnan(M.binary_auroc(scores, np.ones(3, dtype=bool)))
+    assert np.isnan(M.binary_auroc(scores, np.zeros(3, dtype=bool)))
+    with pytest.raises(ValueError, match="positive: expected both positive and negative examples, received 3 and 0"):
+        M.roc_curve(scores, np.ones(3, dtype=bool))
 
-    x = np.random.default_rng(4).integers(0, 5, size=100).astype(float)
-    np.testing.assert_allclose(M.rankdata(x), rankdata(x))
+
+def test_per_class_rates_by_hand_with_empty_rows_and_columns() -> None:
+    # Class 1 is never true, class 2 never predicted.
+    cm = np.array([[3, 1, 0], [0, 0, 0], [2, 0, 0]])
+    rates = M.per_class_rates(cm)
+    np.testing.assert_allclose(rates["precision"], [3 / 5, 0.0, 0.0])
+    np.testing.assert_allclose(rates["sensitivity"], [3 / 4, 0.0, 0.0])
+    np.testing.assert_allclose(rates["specificity"], [0 / 2, 5 / 6, 4 / 4])
+    np.testing.assert_allclose(rates["f1"], [2 * 3 / (2 * 3 + 2 + 1), 0.0, 0.0])
+    np.testing.assert_array_equal(rates["support"], [4, 0, 2])
+    assert rates["support"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("cm", "match"),
+    [
+        (np.ones((2, 3), dtype=int), r"cm: expected a square \(K, K\) matrix, received shape \(2, 3\)"),
+        (np.array([[1, -1], [0, 2]]), "cm: expected non-negative integer counts, received -1 at row 0, column 1"),
+        (np.array([[1.0, 0.0], [0.0, 2.5]]), "cm: expected non-negative integer counts, received 2.5 at row 1"),
+        (np.array([[1.0, np.nan], [0.0, 2.0]]), "cm: expected non-negative integer counts, received nan at row 0"),
+    ],
+)
+def test_per_class_rates_rejects_a_bad_matrix(cm: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.per_class_rates(cm)
+
+
+def test_empty_input_keeps_its_values() -> None:
+    # scikit-learn refuses empty arrays; here they give zero counts and rates, NaN where a mean is undefined.
+    probs, labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    got = M.summary_metrics(probs, labels)
+    assert got["macro_precision"] == got["macro_recall"] == got["macro_f1"] == 0.0
+    assert all(np.isnan(got[k]) for k in ("accuracy", "balanced_accuracy", "auroc_macro", "ece", "nll"))
+    report = M.classification_report(probs, labels, ["a", "b", "c"])
+    assert report["confusion_matrix"] == [[0, 0, 0]] * 3
+    assert report["per_class"]["a"]["support"] == 0 and report["per_class"]["a"]["specificity"] == 0.0
+
+
+def test_a_class_absent_from_the_labels() -> None:
+    # Class 2 never occurs: no AUROC for it (nor a macro AUROC); balanced accuracy averages classes 0 and 1 only.
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.2, 0.2, 0.6], [0.3, 0.6, 0.1]])
+    labels = np.array([0, 1, 0, 1])
+    report = M.classification_report(probs, labels, ["a", "b", "c"])
+    assert np.isnan(report["per_class"]["c"]["auroc"]) and np.isnan(report["auroc_macro"])
+    assert report["per_class"]["a"]["auroc"] == pytest.approx(skm.roc_auc_score(labels == 0, probs[:, 0]))
+    assert report["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert report["macro_recall"] == pytest.approx((1 / 2 + 2 / 2 + 0) / 3)
+    assert report["per_class"]["c"]["specificity"] == pytest.approx(3 / 4)
+
+
+def test_importing_the_evaluation_loads_no_scikit_learn(tmp_path: Path) -> None:
+    # scikit-learn takes over a second to import; the command line's --help must not pay it. Run outside the
+    # checkout, so the installed build (with its compiled core) is what gets imported.
+    code = (
+        "import importlib.util, sys\n"
+        "import medens.evaluate, medens.evaluate.ensemble\n"
+        "assert importlib.util.find_spec('medens._C') is not None, 'no medens._C: not the installed build'\n"
+        "loaded = sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules)\n"
+        "assert not loaded, f'imported with medens.evaluate: {loaded}'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def ece_reference(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:

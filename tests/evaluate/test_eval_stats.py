@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -79,16 +81,21 @@ def test_bootstrap_rejects_unknown_metric() -> None:
 
 
 @pytest.mark.parametrize(("b", "c"), [(0, 0), (0, 1), (3, 3), (1, 9), (12, 30), (200, 170), (0, 25)])
-def test_exact_mcnemar_matches_scipy_binomtest(b: int, c: int) -> None:
-    expected = 1.0 if b + c == 0 else stats.binomtest(min(b, c), b + c, 0.5).pvalue
+def test_exact_mcnemar_matches_integer_binomial_tail(b: int, c: int) -> None:
+    # Written independently of scipy: min(1, 2 P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2), in exact integers.
+    n = b + c
+    expected = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
     assert exact_binomial_p(b, c) == pytest.approx(expected, rel=1e-9)
+    assert exact_binomial_p(c, b) == exact_binomial_p(b, c)
 
 
-@pytest.mark.parametrize(("b", "c"), [(5, 15), (40, 22), (7, 7), (10, 11)])
-def test_chi2_mcnemar_matches_scipy(b: int, c: int) -> None:
+@pytest.mark.parametrize(("b", "c"), [(5, 15), (40, 22), (7, 7), (10, 11), (0, 0)])
+def test_chi2_mcnemar_matches_closed_form(b: int, c: int) -> None:
     stat, p = chi2_continuity(b, c)
-    assert stat == pytest.approx(max(abs(b - c) - 1, 0) ** 2 / (b + c))
-    assert p == pytest.approx(stats.chi2.sf(stat, df=1), rel=1e-9)
+    expected = max(abs(b - c) - 1, 0) ** 2 / (b + c) if b + c else 0.0
+    assert stat == pytest.approx(expected)
+    # The chi-square(1) survival function is erfc(sqrt(x / 2)).
+    assert p == pytest.approx(math.erfc(math.sqrt(expected / 2)), rel=1e-9)
 
 
 def test_mcnemar_counts_discordant_pairs() -> None:
