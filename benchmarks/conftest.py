@@ -2,7 +2,7 @@
 
 Every benchmark records (op, case, backend, median seconds, bytes moved) in ``benchmark.extra_info``; the
 terminal summary prints, per case, each backend's median and its speed-up over the reference, and
-``benchmarks/report.py`` turns ``--benchmark-json`` output into the README's tables.
+``benchmarks/report.py`` turns ``--benchmark-json`` output into the tables of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations

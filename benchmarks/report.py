@@ -1,11 +1,11 @@
-"""Turn pytest-benchmark JSON into the Markdown tables of the README.
+"""Turn pytest-benchmark JSON into the Markdown tables of benchmarks/RESULTS.md.
 
 Usage::
 
     pytest --benchmark --benchmark-json=bench.json
     python benchmarks/report.py bench.json                    # print the tables
-    python benchmarks/report.py bench.json --readme README.md # replace the block between the bench markers
-    python benchmarks/report.py cpu.json gpu.json --kernel-times gpu_kernel_times.json --readme README.md \
+    python benchmarks/report.py bench.json --readme benchmarks/RESULTS.md # replace the block between the bench markers
+    python benchmarks/report.py cpu.json gpu.json --kernel-times gpu_kernel_times.json --readme benchmarks/RESULTS.md \
         --kernel-plot benchmarks/results/gpu-kernel-times-h200.png
 
 Every row is one benchmark: median time, the interquartile range, the speed-up over the reference in the same
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="pytest-benchmark JSON files (pytest --benchmark --benchmark-json=FILE), one per machine")
     parser.add_argument("--kernel-times", type=Path, help="output of benchmarks/gpu_kernel_times.py --out FILE")
     parser.add_argument("--kernel-plot", type=Path, help="draw the --kernel-times results into this PNG")
-    parser.add_argument("--readme", type=Path, help="README whose bench (and gpu-kernels) blocks are replaced")
+    parser.add_argument("--readme", type=Path, help="Markdown file (benchmarks/RESULTS.md) whose bench (and gpu-kernels) blocks are replaced")
     args = parser.parse_args(argv)
     rows, metas = [], []
     for path in args.json:
