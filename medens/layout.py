@@ -16,14 +16,15 @@ A **fine-tuning run** (``finetune --out DIR``), also an ensemble **member**::
     DIR/metrics.json          test and validation metrics of the best epoch (written last: marks a finished run)
     DIR/config.yaml, splits.json, log.csv, train.log, checkpoint.pt
 
-An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md`` and PNG plots.
+An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md`` and the PNG plots
+``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``.
 
 A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-imagenet/``, ``ROOT/finetune-mae/``,
 ``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/``; a pre-training variant ``V`` of a study adds
 ``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
 
 A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
-``ROOT/study.json``, ``ROOT/report.md`` with its plots.
+``ROOT/study.json``, ``ROOT/report.md`` with its plots ``study_runs.png`` and ``study_differences.png``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ __all__ = [
     "VAL_PREDICTIONS_NAME",
     "METRICS_NAME",
     "REPORT_NAME",
+    "ENSEMBLE_PLOT_NAMES",
+    "STUDY_RUNS_PLOT",
+    "STUDY_DIFFERENCES_PLOT",
     "STUDY_NAME",
     "PRETRAIN_DIR",
     "IMAGENET_DIR",
@@ -55,6 +59,7 @@ __all__ = [
     "is_pretrain_complete",
     "is_finetune_complete",
     "study_run_folder",
+    "recorded_stage",
 ]
 
 # Every stage
@@ -74,6 +79,12 @@ PREDICTIONS_NAME = "predictions.csv"
 VAL_PREDICTIONS_NAME = "val_predictions.csv"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
+#: The ensemble's plots, by what they show.
+ENSEMBLE_PLOT_NAMES = {
+    "confusion_matrices": "confusion_matrices.png",
+    "roc_curves": "roc_curves.png",
+    "reliability": "reliability.png",
+}
 
 # Pipeline and study folders
 PRETRAIN_DIR = "pretrain"
@@ -82,6 +93,8 @@ MAE_DIR = "finetune-mae"
 ENSEMBLE_DIR = "ensemble"
 CACHE_DIR = "cache"
 STUDY_NAME = "study.json"
+STUDY_RUNS_PLOT = "study_runs.png"
+STUDY_DIFFERENCES_PLOT = "study_differences.png"
 
 #: What a finished pre-training run holds (``encoder.safetensors`` is written last).
 PRETRAIN_OUTPUTS = (ENCODER_NAME, CONFIG_NAME, LOG_NAME)
@@ -107,3 +120,30 @@ def is_finetune_complete(folder: str | os.PathLike) -> bool:
 def study_run_folder(root: str | os.PathLike, fold: int, seed: int) -> Path:
     """Where a study runs the pipeline of one fold and seed."""
     return Path(root) / f"fold-{fold}" / f"seed-{seed}"
+
+
+#: A key only that stage's ``config.yaml`` records, by stage.
+_STAGE_MARKS = {"pretrain": "mask_ratio", "finetune": "init"}
+
+
+def recorded_stage(folder: str | os.PathLike) -> str | None:
+    """Which training stage (``pretrain`` or ``finetune``) the run in ``folder`` is, or None when unknown.
+
+    Read from the files it holds (an encoder or a classifier), else from the keys of its ``config.yaml``.
+    """
+    out = Path(folder)
+    if (out / ENCODER_NAME).is_file():
+        return "pretrain"
+    if (out / MODEL_NAME).is_file():
+        return "finetune"
+    try:
+        import yaml
+
+        recorded = yaml.safe_load((out / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if isinstance(recorded, dict):
+        for stage, key in _STAGE_MARKS.items():
+            if key in recorded:
+                return stage
+    return None

@@ -154,6 +154,8 @@ def _read_isic2018(base: Path) -> tuple[list[Sample], list[Skipped]]:
                     f"{NAME}: {str(gt)!r} line {line} names image {image!r}, but {str(input_dir)!r} holds no "
                     f"{image}.jpg (expected every ground-truth row to have its image)"
                 )
+            if image in used:
+                raise DatasetError(f"{NAME}: {str(gt)!r} line {line}: image {image!r} is listed twice")
             used.add(image)
             samples.append(Sample(images[image], _one_hot_label(row, gt, line), split, groups.get(image)))
         skipped += _left_out(images, used, f"no row in {gt.name}")

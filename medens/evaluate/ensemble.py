@@ -33,17 +33,10 @@ from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classific
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
 from medens.evaluate.report import ENSEMBLE_NAME, render_report
+from medens.layout import ENSEMBLE_PLOT_NAMES, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-REPORT_FILE = "report.md"
-PLOT_FILES = {
-    "confusion_matrices": "confusion_matrices.png",
-    "roc_curves": "roc_curves.png",
-    "reliability": "reliability.png",
-}
 
 
 def _treatments(calibrate: bool, tta: bool) -> list[str]:
@@ -80,7 +73,7 @@ def skipped_test_images(directory: str | os.PathLike[str]) -> list[str]:
     A member folder without that record (written before it existed, or by hand) has none.
     """
     try:
-        record = json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8"))
+        record = json.loads((Path(directory) / METRICS_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     skipped = record.get("skipped") if isinstance(record, dict) else None
@@ -206,21 +199,21 @@ def evaluate_ensemble(
         "ece_bins": n_bins,
         # Test images a member's fine-tuning could not decode: in no prediction and no metric here.
         "skipped_test": sorted({path for m in members for path in skipped_test_images(m.directory)}),
-        "files": {"predictions": PREDICTIONS_FILE, "report": REPORT_FILE, **(PLOT_FILES if plots else {})},
+        "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
     }
     results = _json_ready(results)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_prediction_table(
-        out / PREDICTIONS_FILE, first.test.paths, first.test.label_names, classes, probs_by_name
+        out / PREDICTIONS_NAME, first.test.paths, first.test.label_names, classes, probs_by_name
     )
     if plots:
         shown = {labels_by_name[n]: p for n, p in probs_by_name.items()}
-        plot_confusion_matrices(shown, labels, classes, out / PLOT_FILES["confusion_matrices"])
-        plot_roc_curves(shown, labels, classes, out / PLOT_FILES["roc_curves"])
-        plot_reliability(shown, labels, out / PLOT_FILES["reliability"], n_bins)
-    atomic_write_text(out / REPORT_FILE, render_report(results))
+        plot_confusion_matrices(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["confusion_matrices"])
+        plot_roc_curves(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["roc_curves"])
+        plot_reliability(shown, labels, out / ENSEMBLE_PLOT_NAMES["reliability"], n_bins)
+    atomic_write_text(out / REPORT_NAME, render_report(results))
     # metrics.json last: its presence marks a complete evaluation.
-    atomic_write_text(out / METRICS_FILE, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / METRICS_NAME, json.dumps(results, indent=2) + "\n")
     return results

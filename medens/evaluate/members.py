@@ -20,12 +20,10 @@ from typing import Any
 import yaml
 
 from medens.evaluate.predictions import Predictions, read_predictions
+from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-TEST_PREDICTIONS_FILE = "predictions.csv"
-VAL_PREDICTIONS_FILE = "val_predictions.csv"
 
 #: Name (used in file columns) and label (used in tables) of a member, by its ``init`` in config.yaml. A member
 #: whose ImageNet weights could not be had was trained from random weights, and is named so everywhere.
@@ -82,7 +80,7 @@ def prediction_fingerprint(directory: str | os.PathLike[str]) -> str:
     An evaluation records it per member, so a member that was retrained since is noticed.
     """
     digest = hashlib.sha256()
-    for name in (TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE):
+    for name in (PREDICTIONS_NAME, VAL_PREDICTIONS_NAME):
         path = Path(directory) / name
         if path.is_file():
             digest.update(name.encode())
@@ -119,8 +117,8 @@ def load_member(directory: str | os.PathLike[str]) -> Member:
         ValueError: if the config has no class list or the predictions' classes differ from it.
     """
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    test_path = directory / TEST_PREDICTIONS_FILE
+    config_path = directory / CONFIG_NAME
+    test_path = directory / PREDICTIONS_NAME
     for required in (config_path, test_path):
         if not required.is_file():
             raise FileNotFoundError(
@@ -136,11 +134,11 @@ def load_member(directory: str | os.PathLike[str]) -> Member:
         preds = read_predictions(path)
         if sorted(preds.classes) != sorted(classes):
             raise IncompatibleMembersError(
-                f"{path}: expected class columns {classes} as in {CONFIG_FILE}, received {preds.classes}"
+                f"{path}: expected class columns {classes} as in {CONFIG_NAME}, received {preds.classes}"
             )
         return preds.reorder(preds.paths, classes)
 
-    val_path = directory / VAL_PREDICTIONS_FILE
+    val_path = directory / VAL_PREDICTIONS_NAME
     name, label = member_name_and_label(config, directory)
     return Member(
         name=name,
@@ -232,7 +230,7 @@ def align_members(members: Sequence[Member], require_val: bool = False) -> list[
         missing_val = [str(m.directory) for m in members if m.val is None]
         if missing_val:
             raise IncompatibleMembersError(
-                f"members: expected {VAL_PREDICTIONS_FILE} in every member for validation-tuned options, "
+                f"members: expected {VAL_PREDICTIONS_NAME} in every member for validation-tuned options, "
                 f"received none in {missing_val}"
             )
     _check_same_rows(members, "test")

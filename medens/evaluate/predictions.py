@@ -91,8 +91,9 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: if the file is not UTF-8 CSV, the header or a row is malformed, or a row's probabilities are
-            outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the message names the file and line).
+        ValueError: if the file is not UTF-8 CSV, has no rows, the header or a row is malformed, a path repeats,
+            or a row's probabilities are outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the
+            message names the file and line).
     """
     path = Path(path)
     try:
@@ -141,8 +142,14 @@ def _read_predictions(path: Path) -> Predictions:
                 raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from err
             _check_probabilities(path, line_no, values)
             rows.append(values)
-    if len(set(paths)) != len(paths):
-        raise ValueError(f"{path}: expected each image path once, received duplicates")
+    if not rows:
+        raise ValueError(f"{path}: expected at least one prediction row after the header, received none")
+    seen: dict[str, int] = {}
+    for line_no, item in enumerate(paths, start=2):
+        if item in seen:
+            raise ValueError(f"{path}:{line_no}: expected each image path once, received {item!r} again "
+                             f"(first on line {seen[item]})")
+        seen[item] = line_no
     probs = np.array(rows, dtype=np.float64).reshape(len(rows), len(classes))
     return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs)
 

@@ -177,3 +177,13 @@ def render_report(results: dict[str, Any]) -> str:
         for caption, file in shown:
             out += [f"### {caption}", "", f"![{caption}]({file})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def skipped_note(results: dict[str, Any], shown: int = 5) -> str | None:
+    """One line for the terminal naming the test images no member could decode, or None when there are none."""
+    skipped = results.get("skipped_test") or []
+    if not skipped:
+        return None
+    more = " ..." if len(skipped) > shown else ""
+    return (f"{len(skipped)} test image(s) could not be decoded: they are in no prediction and no metric "
+            f"(listed in the report): {', '.join(skipped[:shown])}{more}")

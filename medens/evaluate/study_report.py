@@ -18,15 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medens.engine.atomic import atomic_write_text
+from medens.layout import REPORT_NAME, STUDY_DIFFERENCES_PLOT, STUDY_RUNS_PLOT
 
 from .metrics import summary_metrics
 from .paired import ALPHA, compare, spread
 from .plots import _save
 from .tables import format_p, format_value, markdown_table, text_table
-
-REPORT_FILE = "report.md"
-RUNS_PLOT = "study_runs.png"
-DIFFERENCES_PLOT = "study_differences.png"
 
 _MODEL_NAMES = {"imagenet": "ImageNet member", "mae": "MAE member", "ensemble": "ensemble"}
 
@@ -229,7 +226,7 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
         if c["metric"] in ("accuracy", "balanced_accuracy"):
             lines.append(f"- {c['name']}, {c['metric']}: {c['verdict']}; {c['wins']} of {len(c['differences'])} "
                          "runs favour a.")
-    lines += ["", f"![every run]({RUNS_PLOT})", "", f"![differences]({DIFFERENCES_PLOT})", ""]
+    lines += ["", f"![every run]({STUDY_RUNS_PLOT})", "", f"![differences]({STUDY_DIFFERENCES_PLOT})", ""]
     return "\n".join(lines)
 
 
@@ -237,7 +234,7 @@ def write_report(record: Mapping[str, Any], out: str | os.PathLike[str],
                  metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")) -> Path:
     """Write ``report.md`` and its two plots into ``out``; returns the report's path."""
     out = Path(out)
-    plot_runs(record, metrics, out / RUNS_PLOT)
+    plot_runs(record, metrics, out / STUDY_RUNS_PLOT)
     if record["comparisons"]:
-        plot_differences(record, metrics, out / DIFFERENCES_PLOT)
-    return atomic_write_text(out / REPORT_FILE, render_report(record, metrics))
+        plot_differences(record, metrics, out / STUDY_DIFFERENCES_PLOT)
+    return atomic_write_text(out / REPORT_NAME, render_report(record, metrics))

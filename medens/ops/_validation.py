@@ -74,7 +74,8 @@ def check_same_device(**tensors: Tensor | None) -> None:
     devices = {k: v.device for k, v in present.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{k} on {d}" for k, d in devices.items())
-        raise ValueError(f"tensors must be on one device, got {listing}")
+        first = next(iter(devices))
+        raise ValueError(f"{first}: expected every tensor on {devices[first]} (one device), received {listing}")
 
 
 def check_shape(name: str, value: Tensor, expected: tuple[int, ...], what: str) -> None:

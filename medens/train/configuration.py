@@ -16,8 +16,8 @@ from typing import Any
 from medens.engine.config import load_yaml, merge_config
 from medens.engine.optim import scaled_lr
 from medens.errors import UsageError
-from medens.layout import CONFIG_NAME
-from medens.train.options import BOOKKEEPING_KEYS, RESUME_MUTABLE_KEYS
+from medens.layout import CONFIG_NAME, recorded_stage
+from medens.train.options import BOOKKEEPING_KEYS, OPTIONS, RESUME_MUTABLE_KEYS
 from medens.train.presets import load_preset
 
 __all__ = ["resolve_config", "refuse_changes_on_resume", "check_types", "effective_lr", "option_checks"]
@@ -49,6 +49,12 @@ def _resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], stage: s
     saved: dict[str, Any] = {}
     saved_path = Path(overrides["out"]) / CONFIG_NAME
     if overrides.get("resume") and saved_path.is_file():
+        other = recorded_stage(saved_path.parent)
+        if stage and other not in (None, stage):
+            raise UsageError(
+                f"out: {saved_path.parent} holds a {other} run, not a {stage} run, so --resume cannot continue "
+                f"it as {stage}; choose another --out"
+            )
         saved = load_yaml(saved_path)
         refuse_changes_on_resume(saved, overrides, saved_path)
     preset = overrides.get("preset") or saved.get("preset")
@@ -105,14 +111,18 @@ def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, A
 
 
 def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """Every value has its default's type (ints where an int is expected, numbers for floats, ...).
+    """Every value has its default's type (ints where an int is expected, numbers for floats, ...) and lies within
+    the limits its option sets (``minimum``, ``allowed``).
 
     Raises:
         ValueError: naming the key, the expected type and the value received.
     """
     for key, default in defaults.items():
         value = config.get(key)
-        if default is None or value is None:
+        if value is None:
+            continue
+        if default is None:  # an optional option: any type its flag gives, within its limits
+            _check_range(key, value)
             continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -134,6 +144,22 @@ def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
             want = ""
         if not ok:
             raise ValueError(f"{key}: expected {want}, received {value!r} ({type(value).__name__})")
+        _check_range(key, value)
+
+
+def _check_range(key: str, value: Any) -> None:
+    """The limits :data:`~medens.train.options.OPTIONS` sets on ``key`` (a minimum, the values allowed)."""
+    option = OPTIONS.get(key)
+    if option is None:
+        return
+    if option.allowed is not None and value not in option.allowed:
+        shown = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in option.allowed)
+        raise ValueError(f"{key}: expected {shown}, received {value!r}")
+    if option.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = option.minimum
+        if value < low or (option.above and value == low):
+            relation = "greater than" if option.above else "at least"
+            raise ValueError(f"{key}: expected a number {relation} {low:g}, received {value!r}")
 
 
 def effective_lr(config: Mapping[str, Any], world_size: int) -> tuple[float, int]:

@@ -19,10 +19,11 @@ from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.ensemble import METRICS_FILE, REPORT_FILE, evaluate_ensemble
+from medens.evaluate.ensemble import evaluate_ensemble
 from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
-from medens.evaluate.report import comparison_table
+from medens.evaluate.report import comparison_table, skipped_note
+from medens.layout import METRICS_NAME, REPORT_NAME
 from medens.train.guards import open_unit_interval, positive_int, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike
     evaluation must list the same folders in the same order, and their prediction files must be unchanged since
     (a member retrained after the evaluation makes it stale).
     """
-    path = Path(out_dir) / METRICS_FILE
+    path = Path(out_dir) / METRICS_NAME
     if not path.is_file():
         return False
     try:
@@ -181,5 +182,7 @@ def _main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     print(comparison_table(results))
-    print(f"\nreport: {Path(args.out) / REPORT_FILE}")
+    if skipped_note(results):
+        print("\n" + skipped_note(results))
+    print(f"\nreport: {Path(args.out) / REPORT_NAME}")
     return 0

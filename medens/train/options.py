@@ -60,6 +60,10 @@ class Option:
         choices: allowed values.
         metavar: placeholder in ``--help``.
         flag: the flag, when not ``--`` + the key with dashes.
+        minimum: the smallest value allowed (numbers), checked wherever the value comes from.
+        above: ``minimum`` itself is not allowed (the value must be greater).
+        allowed: the values a YAML file or ``--set`` may give, when the flag's type cannot say it (checked by
+            :func:`medens.train.configuration.check_types`).
     """
 
     help: str
@@ -67,6 +71,9 @@ class Option:
     choices: tuple[Any, ...] | None = None
     metavar: str | None = None
     flag: str | None = None
+    minimum: float | None = None
+    above: bool = False
+    allowed: tuple[Any, ...] | None = None
 
 
 def _optional_float(text: str) -> float | None:
@@ -151,7 +158,7 @@ OPTIONS: dict[str, Option] = {
     "hflip": Option("probability of a horizontal flip", float),
     # optimisation
     "epochs": Option("training epochs", int),
-    "warmup_epochs": Option("epochs of linear lr warm-up", float),
+    "warmup_epochs": Option("epochs of linear lr warm-up", float, minimum=0),
     "batch_size": Option("images per batch and rank", int),
     "accum_steps": Option("batches accumulated per optimiser step", int),
     "blr": Option("base learning rate: lr = blr * effective batch / 256", float),
@@ -178,8 +185,9 @@ OPTIONS: dict[str, Option] = {
         "write TensorBoard events (auto: when tensorboard is installed)",
         yaml_value,
         metavar="auto|true|false",
+        allowed=("auto", True, False),
     ),
-    "dist_timeout_s": Option("seconds a rank waits for the others before failing", float),
+    "dist_timeout_s": Option("seconds a rank waits for the others before failing", float, minimum=0, above=True),
     # pre-training
 
     "patch_size": Option(
@@ -242,7 +250,7 @@ OPTIONS: dict[str, Option] = {
     ),
     "select_metric": Option("validation metric that picks the best epoch", choices=SELECT_METRICS),
     "eval_batch_size": Option(
-        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N"
+        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N", minimum=1
     ),
     "vflip": Option("probability of a vertical flip", float),
     "rotation": Option("maximum random rotation in degrees", float),

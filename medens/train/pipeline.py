@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,12 @@ from medens.cli import command_help, config_file_argument, run_command
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.report import comparison_table
+from medens.evaluate.report import comparison_table, skipped_note
 from medens.evaluate.tables import text_table
 from medens.layout import (
-    CACHE_DIR,
-    CONFIG_NAME,
-    ENCODER_NAME,
     ENSEMBLE_DIR,
-    IMAGENET_DIR,
-    MAE_DIR,
-    PRETRAIN_DIR,
+    METRICS_NAME,
     REPORT_NAME,
-    SPLITS_NAME,
 )
 from medens.train.guards import positive_int
 from medens.train.presets import (
@@ -50,200 +43,11 @@ from medens.train.presets import (
     DEMO_DATASET_OPTIONS,
     DEMO_OUT,
     PRESET_NAMES,
-    STAGES,
     default_preset,
-    load_preset,
 )
+from medens.train.stages import DEFAULT_VARIANT, StageOutcome, Variant, run_stage, stage_configs
 
 logger = logging.getLogger(__name__)
-
-#: Stage options that the pipeline's flags of the same name set for every training stage.
-SHARED_KEYS = (
-    "dataset",
-    "data_root",
-    "cache_dir",
-    "arch",
-    "image_size",
-    "batch_size",
-    "num_workers",
-    "device",
-    "seed",
-    "split_seed",
-    "val_fraction",
-    "test_fraction",
-    "dedupe",
-    "dedupe_threshold",
-    "keep_conflicts",
-    "folds",
-    "fold",
-)
-
-#: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
-_UNCHECKED_KEYS = frozenset(
-    {
-        "out",
-        "resume",
-        "init",
-        "device",
-        "progress",
-        "num_workers",
-        "tensorboard",
-        "split_file",
-        "data_root",
-        "cache_dir",
-        "pretrained_file",
-        "dist_timeout_s",
-    }
-)
-
-
-@dataclass
-class StageOutcome:
-    """What happened to one stage: ``ran``, ``resumed`` or ``skipped``, how long it took, and where it is."""
-
-    name: str
-    status: str
-    seconds: float
-    folder: Path
-
-
-def preset_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pre-training and fine-tuning options of a preset (:mod:`medens.train.presets`).
-
-    The stages get them as explicit options (so the pipeline can adjust them and check finished stages against
-    them), not as a ``preset`` name.
-
-    Raises:
-        UsageError: on an unknown preset.
-    """
-    pretrain, finetune = (load_preset(preset, stage) for stage in STAGES)
-    return pretrain, finetune
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One pre-training variant: a name, the pre-training options it sets, and the suffix of its folders.
-
-    The default variant (no options) uses the plain folder names (``pretrain/``, ``finetune-mae/``,
-    ``ensemble/``); another writes ``pretrain-<suffix>/``, ``finetune-mae-<suffix>/``, ``ensemble-<suffix>/``.
-    """
-
-    name: str = "default"
-    pretrain: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def suffix(self) -> str:
-        return "" if not self.pretrain else "-" + "_".join(
-            f"{k}-{_slug(v)}" for k, v in self.pretrain.items())
-
-    def folder(self, stage_dir: str) -> str:
-        return stage_dir + self.suffix
-
-
-def _slug(value: Any) -> str:
-    return "".join(c if c.isalnum() or c in ".-" else "-" for c in str(value))
-
-
-DEFAULT_VARIANT = Variant()
-
-
-def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT) -> dict[str, dict[str, Any]]:
-    """The configuration of each training stage, from the pipeline's options.
-
-    Precedence: preset < the pipeline's flags (``dataset``, ``arch``, ``image_size``, ...) < ``pretrain_epochs`` /
-    ``finetune_epochs`` < ``set_pretrain`` / ``set_finetune`` (any stage key).
-
-    Args:
-        options: ``out``, ``preset``, ``dataset`` and the optional keys of :func:`add_parser`'s flags.
-
-    Returns:
-        ``{"pretrain": ..., "imagenet": ..., "mae": ...}``, each ready for ``run_pretrain`` / ``run_finetune``.
-    """
-    root = Path(options["out"])
-    pretrain, finetune = preset_configs(options["preset"])
-    shared = {key: options[key] for key in SHARED_KEYS if options.get(key) is not None}
-    dataset_options = dict(options.get("dataset_options") or {})
-    if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
-        dataset_options = dict(DEMO_DATASET_OPTIONS)
-    shared["dataset_options"] = dataset_options
-    if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
-        shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages
-    pretrain = {**pretrain, **shared}
-    finetune = {**finetune, **shared}
-    if options.get("pretrain_epochs") is not None:
-        pretrain["epochs"] = int(options["pretrain_epochs"])
-    if options.get("finetune_epochs") is not None:
-        finetune["epochs"] = int(options["finetune_epochs"])
-    pretrain.update(options.get("set_pretrain") or {})
-    pretrain.update(variant.pretrain)
-    finetune.update(options.get("set_finetune") or {})
-    for config in (pretrain, finetune):  # warm-up must fit in a shortened schedule
-        if "warmup_epochs" in config and "epochs" in config:
-            config["warmup_epochs"] = min(
-                float(config["warmup_epochs"]), max(0.0, float(config["epochs"]) - 1)
-            )
-
-    pretrain_dir = root / variant.folder(PRETRAIN_DIR)
-    common_ft = {**finetune, "split_file": str(pretrain_dir / SPLITS_NAME)}
-    imagenet = {
-        **common_ft,
-        "init": "imagenet",
-        "allow_random_imagenet_fallback": not options.get("require_imagenet", False),
-        "out": str(root / IMAGENET_DIR),
-    }
-    if options.get("pretrained_file"):
-        imagenet["pretrained_file"] = str(options["pretrained_file"])
-    mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
-    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
-
-
-def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
-    """Requested options that differ from what the finished run in ``folder`` recorded in its config.yaml."""
-    import yaml
-
-    from medens.engine import load_yaml
-
-    recorded = load_yaml(folder / CONFIG_NAME)
-    diffs = []
-    for key, value in requested.items():
-        if key in _UNCHECKED_KEYS:
-            continue
-        want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
-        if key in recorded and recorded[key] != want:
-            diffs.append(f"{key}={recorded[key]!r} (requested {want!r})")
-    if "init" in requested and not str(requested["init"]).startswith("mae:"):
-        if recorded.get("init_requested", requested["init"]) != requested["init"]:
-            diffs.append(f"init={recorded.get('init_requested')!r} (requested {requested['init']!r})")
-    return diffs
-
-
-def _run_stage(
-    name: str,
-    config: dict[str, Any],
-    run: Callable[[dict[str, Any]], Path],
-    is_complete: Callable[[Path], bool],
-) -> StageOutcome:
-    """Skip a finished stage (after checking its options), resume one with a checkpoint, or start it."""
-    from medens.engine import CHECKPOINT_NAME
-
-    folder = Path(config["out"])
-    complete = is_complete(folder)
-    resume = not complete and (folder / CHECKPOINT_NAME).is_file()
-    if (complete or resume) and (folder / CONFIG_NAME).is_file():
-        diffs = _recorded_mismatches(folder, config)
-        if diffs:
-            raise ValueError(
-                f"out: {folder} holds a{' finished' if complete else 'n unfinished'} {name} run with other options: "
-                f"{'; '.join(diffs)}. Use another --out, or delete {folder} to redo the stage"
-            )
-    if complete:
-        logger.info("%s: already complete in %s, skipped", name, folder)
-        return StageOutcome(name, "skipped", 0.0, folder)
-    logger.info("%s: %s in %s", name, "resuming" if resume else "starting", folder)
-    start = time.perf_counter()
-    run({**config, "resume": resume})
-    return StageOutcome(name, "resumed" if resume else "ran", time.perf_counter() - start, folder)
-
 
 def run_pipeline(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[StageOutcome]]:
     """Run (or resume) the four stages and return the ensemble's results.
@@ -286,13 +90,13 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
     for variant in variants:
         configs = stage_configs(options, variant)
         tag = f" [{variant.name}]" if variant.pretrain else ""
-        outcomes.append(_run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
+        outcomes.append(run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
                                    pretrain.is_complete))
         if not imagenet_done:
-            outcomes.append(_run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
+            outcomes.append(run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
                                        finetune.is_complete))
             imagenet_done = True
-        outcomes.append(_run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
+        outcomes.append(run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
                                    finetune.is_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
         ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
@@ -314,12 +118,11 @@ def _finished_ensemble(
     """The recorded results when ``ens_dir`` already evaluated these members the same way, else None."""
     import json
 
-    from medens.evaluate.ensemble import METRICS_FILE
     from medens.train.ensemble import is_complete
 
     if not is_complete(ens_dir, members):
         return None
-    results = json.loads((ens_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    results = json.loads((ens_dir / METRICS_NAME).read_text(encoding="utf-8"))
     same = (
         results.get("method"),
         results.get("calibrate"),
@@ -484,5 +287,7 @@ def _main(args: argparse.Namespace) -> int:
     print(stage_table(outcomes))
     print()
     print(comparison_table(results))
+    if skipped_note(results):
+        print("\n" + skipped_note(results))
     print(f"\nreport: {Path(options['out']) / ENSEMBLE_DIR / REPORT_NAME}")
     return 0

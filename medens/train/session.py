@@ -36,7 +36,7 @@ from medens.engine import (
 )
 from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
-from medens.layout import CHECKPOINT_NAME, CONFIG_NAME, SPLITS_NAME
+from medens.layout import CHECKPOINT_NAME, CONFIG_NAME, SPLITS_NAME, recorded_stage
 
 __all__ = [
     "RunContext",
@@ -82,6 +82,9 @@ def run_session(
     out_dir = Path(config["out"])
     has_checkpoint = (out_dir / CHECKPOINT_NAME).is_file()
     if not config["resume"] and (has_checkpoint or is_complete(out_dir)):
+        other = recorded_stage(out_dir)
+        if other not in (None, stage):
+            raise UsageError(f"out: {out_dir} holds a {other} run, not a {stage} run; choose another --out")
         raise UsageError(
             f"out: {out_dir} already holds a {stage} run; pass --resume to continue it (or to redo its final "
             f"outputs), or choose another --out"

@@ -78,8 +78,8 @@ def parse_variants(items: Sequence[str] | None) -> list[Any]:
         UsageError: an item without ``=`` or values, a key repeated, or a key pre-training does not have.
     """
     from medens.engine import parse_overrides
-    from medens.train.pipeline import DEFAULT_VARIANT, Variant
     from medens.train.pretrain import default_config
+    from medens.train.stages import DEFAULT_VARIANT, Variant
 
     if not items:
         return [DEFAULT_VARIANT]

@@ -192,7 +192,9 @@ def test_bad_values_are_usage_errors(
     assert not (tmp_path / "e").exists()
 
 
-def test_test_images_a_member_could_not_read_are_listed_in_the_report(tmp_path: Path) -> None:
+def test_test_images_a_member_could_not_read_are_listed_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
     b = member(tmp_path, "b", "mae:x", 1)
     record = {"skipped": {"val": [], "test": [{"path": "/data/test/broken.png", "reason": "truncated PNG"}]}}
@@ -203,9 +205,11 @@ def test_test_images_a_member_could_not_read_are_listed_in_the_report(tmp_path: 
     assert results["skipped_test"] == ["/data/test/broken.png"]
     report = (out / "report.md").read_text()
     assert "## Test images left out" in report and "`/data/test/broken.png`" in report
+    assert "1 test image(s) could not be decoded" in capsys.readouterr().out  # and in the summary printed
     # members without the record: nothing listed, no section
     (a / "metrics.json").unlink()
     out2 = tmp_path / "e2"
     assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out2), "--no-plots", "--bootstrap", "20"]) == 0
     assert json.loads((out2 / "metrics.json").read_text())["skipped_test"] == []
     assert "left out" not in (out2 / "report.md").read_text()
+    assert "could not be decoded" not in capsys.readouterr().out

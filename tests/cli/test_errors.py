@@ -15,6 +15,9 @@ TINY = [
     "--arch", "convnext_atto", "--image-size", "64", "--decoder-dim", "32", "--batch-size", "8",
     "--num-workers", "0", "--no-progress", "--mask-ratio", "0.5", "--epochs", "1",
 ]  # fmt: skip
+#: TINY without the pre-training options.
+FT_TINY = [a for i, a in enumerate(TINY) if a not in ("--decoder-dim", "--mask-ratio") and
+           TINY[i - 1] not in ("--decoder-dim", "--mask-ratio")]  # fmt: skip
 
 
 def _fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], *needles: str, code: int = 1) -> str:
@@ -134,3 +137,34 @@ def test_an_ops_backend_this_machine_cannot_run(tmp_path: Path, capsys: pytest.C
         pytest.skip("every ops backend can run on this machine")
     _fails_cleanly(capsys, ["pretrain", *TINY, "--ops-backend", missing[0], "--out", str(tmp_path / "run")],
                    "ops_backend: expected a backend that can run on this machine", repr(missing[0]), code=2)
+
+
+@pytest.mark.parametrize(
+    ("stage", "flags", "needle"),
+    [
+        ("pretrain", ["--warmup-epochs", "-1"], "warmup_epochs: expected a number at least 0, received -1.0"),
+        ("pretrain", ["--dist-timeout-s", "-5"], "dist_timeout_s: expected a number greater than 0, received -5.0"),
+        ("pretrain", ["--tensorboard", "maybe"], "tensorboard: expected auto or true or false, received 'maybe'"),
+        ("finetune", ["--eval-batch-size", "0"], "eval_batch_size: expected a number at least 1, received 0"),
+    ],
+)
+def test_values_out_of_range_are_refused_not_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture, stage: str, flags: list[str], needle: str
+) -> None:
+    out = tmp_path / "run"
+    _fails_cleanly(capsys, [stage, *(TINY if stage == "pretrain" else FT_TINY), *flags, "--out", str(out)], needle,
+                   code=2)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_of_the_other_stage_is_named_as_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture, resume: bool
+) -> None:
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "config.yaml").write_text("mask_ratio: 0.6\narch: convnext_atto\n")
+    (run / "checkpoint.pt").write_bytes(b"")
+    argv = ["finetune", *FT_TINY, "--out", str(run), *(["--resume"] if resume else [])]
+    err = _fails_cleanly(capsys, argv, f"out: {run} holds a pretrain run, not a finetune run", code=2)
+    assert "did you mean" not in err and "holds a finetune run" not in err

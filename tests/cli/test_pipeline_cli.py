@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medens.train import pipeline
+from medens.train import pipeline, stages
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -21,9 +21,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_no_arguments_means_the_demo() -> None:
     options = pipeline.options_from_args(parse([]))
     assert (options["dataset"], options["out"], options["preset"]) == ("synthetic", "runs/demo", "small")
-    configs = pipeline.stage_configs(options)
+    configs = stages.stage_configs(options)
     for stage in ("pretrain", "imagenet", "mae"):
-        assert configs[stage]["dataset_options"] == pipeline.DEMO_DATASET_OPTIONS
+        assert configs[stage]["dataset_options"] == stages.DEMO_DATASET_OPTIONS
         assert configs[stage]["arch"] == "convnext_atto"
         assert "cache_dir" not in configs[stage]  # generated images need no decode cache
 
@@ -34,7 +34,7 @@ def test_real_dataset_needs_out_and_defaults_to_paper(tmp_path: Path) -> None:
     options = pipeline.options_from_args(
         parse(["--dataset", "busi", "--data-root", "/d", "--out", str(tmp_path)])
     )
-    configs = pipeline.stage_configs(options)
+    configs = stages.stage_configs(options)
     assert options["preset"] == "paper"
     assert configs["pretrain"]["arch"] == "convnext_tiny" and configs["pretrain"]["image_size"] == 224
     assert configs["imagenet"]["arch"] == "convnext_tiny.fb_in1k"
@@ -69,7 +69,7 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
         "--pretrained-file",
         "/w/model.safetensors",
     ]
-    configs = pipeline.stage_configs(pipeline.options_from_args(parse(argv)))
+    configs = stages.stage_configs(pipeline.options_from_args(parse(argv)))
     pre, imnet, mae = configs["pretrain"], configs["imagenet"], configs["mae"]
     assert pre["arch"] == imnet["arch"] == mae["arch"] == "convnext_femto"
     assert pre["image_size"] == mae["image_size"] == 96
@@ -91,7 +91,7 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
 
 def test_unknown_preset_is_named() -> None:
     with pytest.raises(ValueError, match=r"preset: expected one of \['paper', 'small', 'smoke'\], received 'huge'"):
-        pipeline.preset_configs("huge")
+        stages.preset_configs("huge")
 
 
 def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
@@ -101,9 +101,9 @@ def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
         yaml.safe_dump({"epochs": 5, "arch": "convnext_atto", "device": "cuda"})
     )
     assert (
-        pipeline._recorded_mismatches(folder, {"epochs": 5, "arch": "convnext_atto", "device": "cpu"}) == []
+        stages._recorded_mismatches(folder, {"epochs": 5, "arch": "convnext_atto", "device": "cpu"}) == []
     )
-    diffs = pipeline._recorded_mismatches(folder, {"epochs": 7, "arch": "convnext_atto"})
+    diffs = stages._recorded_mismatches(folder, {"epochs": 7, "arch": "convnext_atto"})
     assert diffs == ["epochs=5 (requested 7)"]
 
 
@@ -116,18 +116,18 @@ def test_run_stage_skips_resumes_or_starts(tmp_path: Path) -> None:
 
     folder = tmp_path / "stage"
     config = {"out": str(folder), "epochs": 5}
-    started = pipeline._run_stage("finetune-mae", config, run, lambda p: False)
+    started = stages.run_stage("finetune-mae", config, run, lambda p: False)
     assert (started.status, calls[-1]["resume"]) == ("ran", False)
 
     folder.mkdir()
     (folder / "checkpoint.pt").write_bytes(b"")
     (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": 5}))
-    resumed = pipeline._run_stage("finetune-mae", config, run, lambda p: False)
+    resumed = stages.run_stage("finetune-mae", config, run, lambda p: False)
     assert (resumed.status, calls[-1]["resume"]) == ("resumed", True)
     with pytest.raises(ValueError, match="holds an unfinished finetune-mae run with other options: epochs=5"):
-        pipeline._run_stage("finetune-mae", {**config, "epochs": 7}, run, lambda p: False)
+        stages.run_stage("finetune-mae", {**config, "epochs": 7}, run, lambda p: False)
 
-    skipped = pipeline._run_stage("finetune-mae", config, run, lambda p: True)
+    skipped = stages.run_stage("finetune-mae", config, run, lambda p: True)
     assert skipped.status == "skipped" and len(calls) == 2
 
 
@@ -152,15 +152,15 @@ def test_default_run_end_to_end_then_resume(
     from medens.train.__main__ import main as train_main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
-    monkeypatch.setattr(pipeline, "DEMO_DATASET_OPTIONS", {"num_images": 48, "image_size": 64})
+    monkeypatch.setattr(stages, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
+    monkeypatch.setattr(stages, "DEMO_DATASET_OPTIONS", {"num_images": 48, "image_size": 64})
     monkeypatch.setattr(pipeline, "DEFAULT_N_BOOT", 50)
 
     assert train_main([]) == 0
     printed = capsys.readouterr().out
     root = tmp_path / "runs" / "demo"
-    stages = ["pretrain", "finetune-imagenet", "finetune-mae", "ensemble"]
-    for stage in stages:
+    stage_dirs = ["pretrain", "finetune-imagenet", "finetune-mae", "ensemble"]
+    for stage in stage_dirs:
         assert f"{stage} " in printed
     assert printed.count(" ran ") == 4
     # The table: both members and the ensemble, the ImageNet member labelled as what it is (no weights offline).
@@ -170,7 +170,7 @@ def test_default_run_end_to_end_then_resume(
     assert f"report: {Path('runs/demo/ensemble/report.md')}" in printed
     results = json.loads((root / "ensemble" / "metrics.json").read_text())
     assert [m["init_kind"] for m in results["members"]] == ["imagenet-unavailable-random-init", "mae"]
-    hashes = {yaml.safe_load((root / s / "config.yaml").read_text())["split_hash"] for s in stages[:3]}
+    hashes = {yaml.safe_load((root / s / "config.yaml").read_text())["split_hash"] for s in stage_dirs[:3]}
     assert len(hashes) == 1  # every stage on one split
     for name in [
         "report.md",
@@ -188,7 +188,7 @@ def test_default_run_end_to_end_then_resume(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # A pipeline killed during the MAE fine-tuning (checkpoint written, final outputs not yet): rerunning resumes
-    # that stage and redoes the ensemble, and leaves the finished stages alone.
+    # that stage and redoes the ensemble, and leaves the finished stage_dirs alone.
     for name in ["metrics.json", "predictions.csv", "val_predictions.csv"]:
         (root / "finetune-mae" / name).unlink()
     for path in (root / "ensemble").iterdir():
@@ -199,7 +199,7 @@ def test_default_run_end_to_end_then_resume(
     status = {
         line.split()[0]: line.split()[1]
         for line in printed.splitlines()
-        if line.split()[:1] in [[s] for s in stages]
+        if line.split()[:1] in [[s] for s in stage_dirs]
     }
     assert status == {
         "pretrain": "skipped",
@@ -215,7 +215,7 @@ def test_default_run_end_to_end_then_resume(
 def test_changed_options_on_a_finished_stage_fail_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(pipeline, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
+    monkeypatch.setattr(stages, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
     out = tmp_path / "run"
     argv = ["--out", str(out), "--dataset-option", "num_images=30", "--bootstrap", "20"]
     assert pipeline.main(parse(argv)) == 0

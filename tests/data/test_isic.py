@@ -53,6 +53,16 @@ def test_training_and_test_only_carves_val_from_training(tmp_path, layouts):
     assert 3 <= len(splits["val"]) <= 8  # 1/8 of the 40 training images, in whole lesions
 
 
+def test_a_ground_truth_row_given_twice_names_the_file_line_and_image(tmp_path, layouts):
+    root = layouts.isic2018(tmp_path, {"Training": 6})
+    truth = _truth(root, "Training")
+    lines = truth.read_text().splitlines()
+    truth.write_text("\n".join([*lines, lines[2]]) + "\n")  # the second image's row again, as the last line
+    image = lines[2].split(",")[0]
+    with pytest.raises(DatasetError, match=rf"GroundTruth.csv' line {len(lines) + 1}: image '{image}' is listed twice"):
+        load_dataset("isic2018", root)
+
+
 def test_csv_row_without_its_image_is_an_error_naming_csv_line_and_image(tmp_path, layouts):
     root = layouts.isic2018(tmp_path, {"Training": 6})
     (root / "ISIC2018_Task3_Training_Input" / "ISIC_0024308.jpg").unlink()

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from medens.evaluate.members import CONFIG_FILE, TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from medens.evaluate.predictions import Predictions, write_predictions
+from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME
 
 
 def write_member(
@@ -38,8 +38,8 @@ def write_member(
         if preds is not None and list(preds.classes) != list(classes or []):
             raise ValueError(f"{split}: expected class columns {classes} from config, received {preds.classes}")
     directory.mkdir(parents=True, exist_ok=True)
-    write_predictions(directory / TEST_PREDICTIONS_FILE, test)
+    write_predictions(directory / PREDICTIONS_NAME, test)
     if val is not None:
-        write_predictions(directory / VAL_PREDICTIONS_FILE, val)
-    (directory / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        write_predictions(directory / VAL_PREDICTIONS_NAME, val)
+    (directory / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return directory

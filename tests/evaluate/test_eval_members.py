@@ -69,7 +69,9 @@ def test_multi_model_table_names_columns_by_model(tmp_path: Path) -> None:
         ("path,label,a,b\nx,a,0.5\n", ":2: expected 4 fields, received 3"),
         ("path,label,a,b\nx,a,0.5,high\n", ":2: expected probabilities"),
         ("path,label,a,a\nx,a,0.5,0.5\n", "expected distinct class columns"),
-        ("path,label,a,b\nx,a,0.5,0.5\nx,b,0.5,0.5\n", "expected each image path once"),
+        ("path,label,a,b\nx,a,0.5,0.5\nx,b,0.5,0.5\n", ":3: expected each image path once, received 'x' again "
+         r"\(first on line 2\)"),
+        ("path,label,a,b\n", "expected at least one prediction row after the header, received none"),
         ("path,label,a,b\nx,a,0.5,0.5\ny,a,1.5,-0.5\n", r":3: expected probabilities in \[0, 1\], received 1.5"),
         ("path,label,a,b\nx,a,nan,0.5\n", r":2: expected probabilities in \[0, 1\], received nan"),
         ("path,label,a,b\nx,a,0.5,0.5\ny,a,0.3,0.3\n", ":3: expected probabilities summing to 1"),

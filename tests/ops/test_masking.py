@@ -226,3 +226,12 @@ BAD_CALLS = [
 def test_bad_input_is_refused_with_a_clear_message(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_tensors_on_two_devices_are_refused_naming_the_first() -> None:
+    """The message names the argument (``scores``), the device expected and where each tensor is."""
+    from medens.ops._validation import check_same_device
+
+    with pytest.raises(ValueError, match=r"^scores: expected every tensor on cpu \(one device\), received "
+                                         r"scores on cpu, noise on meta$"):
+        check_same_device(scores=torch.zeros(2, 4), noise=torch.zeros(2, 4, device="meta"))

@@ -1,0 +1,218 @@
+"""The plan of a pipeline's stages: what each one runs with, and whether a finished one may be reused.
+
+:func:`stage_configs` turns the pipeline's options (a preset, its flags, ``--set-pretrain``/``--set-finetune``)
+into the configuration of each training stage; a :class:`Variant` names a pre-training ablation and its folders;
+:func:`run_stage` skips a finished stage (after checking that it ran with the requested options), resumes one with
+a checkpoint, or starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medens.layout import (
+    CACHE_DIR,
+    CONFIG_NAME,
+    ENCODER_NAME,
+    IMAGENET_DIR,
+    MAE_DIR,
+    PRETRAIN_DIR,
+    SPLITS_NAME,
+)
+from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, load_preset
+
+__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage"]
+
+logger = logging.getLogger(__name__)
+
+#: Stage options that the pipeline's flags of the same name set for every training stage.
+SHARED_KEYS = (
+    "dataset",
+    "data_root",
+    "cache_dir",
+    "arch",
+    "image_size",
+    "batch_size",
+    "num_workers",
+    "device",
+    "seed",
+    "split_seed",
+    "val_fraction",
+    "test_fraction",
+    "dedupe",
+    "dedupe_threshold",
+    "keep_conflicts",
+    "folds",
+    "fold",
+)
+
+#: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
+_UNCHECKED_KEYS = frozenset(
+    {
+        "out",
+        "resume",
+        "init",
+        "device",
+        "progress",
+        "num_workers",
+        "tensorboard",
+        "split_file",
+        "data_root",
+        "cache_dir",
+        "pretrained_file",
+        "dist_timeout_s",
+    }
+)
+
+
+@dataclass
+class StageOutcome:
+    """What happened to one stage: ``ran``, ``resumed`` or ``skipped``, how long it took, and where it is."""
+
+    name: str
+    status: str
+    seconds: float
+    folder: Path
+
+
+def preset_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pre-training and fine-tuning options of a preset (:mod:`medens.train.presets`).
+
+    The stages get them as explicit options (so the pipeline can adjust them and check finished stages against
+    them), not as a ``preset`` name.
+
+    Raises:
+        UsageError: on an unknown preset.
+    """
+    pretrain, finetune = (load_preset(preset, stage) for stage in STAGES)
+    return pretrain, finetune
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One pre-training variant: a name, the pre-training options it sets, and the suffix of its folders.
+
+    The default variant (no options) uses the plain folder names (``pretrain/``, ``finetune-mae/``,
+    ``ensemble/``); another writes ``pretrain-<suffix>/``, ``finetune-mae-<suffix>/``, ``ensemble-<suffix>/``.
+    """
+
+    name: str = "default"
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        return "" if not self.pretrain else "-" + "_".join(
+            f"{k}-{_slug(v)}" for k, v in self.pretrain.items())
+
+    def folder(self, stage_dir: str) -> str:
+        return stage_dir + self.suffix
+
+
+def _slug(value: Any) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in str(value))
+
+
+DEFAULT_VARIANT = Variant()
+
+
+def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT) -> dict[str, dict[str, Any]]:
+    """The configuration of each training stage, from the pipeline's options.
+
+    Precedence: preset < the pipeline's flags (``dataset``, ``arch``, ``image_size``, ...) < ``pretrain_epochs`` /
+    ``finetune_epochs`` < ``set_pretrain`` / ``set_finetune`` (any stage key).
+
+    Args:
+        options: ``out``, ``preset``, ``dataset`` and the optional keys of :func:`add_parser`'s flags.
+
+    Returns:
+        ``{"pretrain": ..., "imagenet": ..., "mae": ...}``, each ready for ``run_pretrain`` / ``run_finetune``.
+    """
+    root = Path(options["out"])
+    pretrain, finetune = preset_configs(options["preset"])
+    shared = {key: options[key] for key in SHARED_KEYS if options.get(key) is not None}
+    dataset_options = dict(options.get("dataset_options") or {})
+    if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
+        dataset_options = dict(DEMO_DATASET_OPTIONS)
+    shared["dataset_options"] = dataset_options
+    if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
+        shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages
+    pretrain = {**pretrain, **shared}
+    finetune = {**finetune, **shared}
+    if options.get("pretrain_epochs") is not None:
+        pretrain["epochs"] = int(options["pretrain_epochs"])
+    if options.get("finetune_epochs") is not None:
+        finetune["epochs"] = int(options["finetune_epochs"])
+    pretrain.update(options.get("set_pretrain") or {})
+    pretrain.update(variant.pretrain)
+    finetune.update(options.get("set_finetune") or {})
+    for config in (pretrain, finetune):  # warm-up must fit in a shortened schedule
+        if "warmup_epochs" in config and "epochs" in config:
+            config["warmup_epochs"] = min(
+                float(config["warmup_epochs"]), max(0.0, float(config["epochs"]) - 1)
+            )
+
+    pretrain_dir = root / variant.folder(PRETRAIN_DIR)
+    common_ft = {**finetune, "split_file": str(pretrain_dir / SPLITS_NAME)}
+    imagenet = {
+        **common_ft,
+        "init": "imagenet",
+        "allow_random_imagenet_fallback": not options.get("require_imagenet", False),
+        "out": str(root / IMAGENET_DIR),
+    }
+    if options.get("pretrained_file"):
+        imagenet["pretrained_file"] = str(options["pretrained_file"])
+    mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
+    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
+
+
+def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
+    """Requested options that differ from what the finished run in ``folder`` recorded in its config.yaml."""
+    import yaml
+
+    from medens.engine import load_yaml
+
+    recorded = load_yaml(folder / CONFIG_NAME)
+    diffs = []
+    for key, value in requested.items():
+        if key in _UNCHECKED_KEYS:
+            continue
+        want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
+        if key in recorded and recorded[key] != want:
+            diffs.append(f"{key}={recorded[key]!r} (requested {want!r})")
+    if "init" in requested and not str(requested["init"]).startswith("mae:"):
+        if recorded.get("init_requested", requested["init"]) != requested["init"]:
+            diffs.append(f"init={recorded.get('init_requested')!r} (requested {requested['init']!r})")
+    return diffs
+
+
+def run_stage(
+    name: str,
+    config: dict[str, Any],
+    run: Callable[[dict[str, Any]], Path],
+    is_complete: Callable[[Path], bool],
+) -> StageOutcome:
+    """Skip a finished stage (after checking its options), resume one with a checkpoint, or start it."""
+    from medens.engine import CHECKPOINT_NAME
+
+    folder = Path(config["out"])
+    complete = is_complete(folder)
+    resume = not complete and (folder / CHECKPOINT_NAME).is_file()
+    if (complete or resume) and (folder / CONFIG_NAME).is_file():
+        diffs = _recorded_mismatches(folder, config)
+        if diffs:
+            raise ValueError(
+                f"out: {folder} holds a{' finished' if complete else 'n unfinished'} {name} run with other options: "
+                f"{'; '.join(diffs)}. Use another --out, or delete {folder} to redo the stage"
+            )
+    if complete:
+        logger.info("%s: already complete in %s, skipped", name, folder)
+        return StageOutcome(name, "skipped", 0.0, folder)
+    logger.info("%s: %s in %s", name, "resuming" if resume else "starting", folder)
+    start = time.perf_counter()
+    run({**config, "resume": resume})
+    return StageOutcome(name, "resumed" if resume else "ran", time.perf_counter() - start, folder)
