@@ -92,22 +92,6 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "") else float(text)
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "") else int(text)
-
-
-def _optional_str(text: str) -> str | None:
-    return None if text.lower() in ("none", "null", "") else text
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
 #: Every option of the training stages, with its help text (a stage lists the keys it uses in its defaults).
 OPTIONS: dict[str, Option] = {
     # the starting point
