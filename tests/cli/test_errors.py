@@ -38,6 +38,16 @@ def test_out_that_is_or_lies_under_a_file(tmp_path: Path, capsys: pytest.Capture
     assert blocker.read_text() == "a file"
 
 
+@pytest.mark.parametrize("where", ["is_a_file", "under_a_file"])
+def test_cache_dir_that_is_or_lies_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture, where: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    cache = blocker if where == "is_a_file" else blocker / "cache"
+    _fails_cleanly(capsys, ["pretrain", *TINY, "--cache-dir", str(cache), "--out", str(tmp_path / "run")],
+                   str(blocker), "a file")
+    assert blocker.read_text() == "a file"
+
+
 def test_disk_full_while_saving_names_the_file_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
