@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -32,7 +33,17 @@ from typing import Any  # noqa: E402
 
 from medens.errors import EXIT_ERROR, UsageError, exit_code_of, interrupted_exit_code, user_error_message  # noqa: E402
 
-__all__ = ["COMMANDS", "DEFAULT_COMMAND", "command_help", "run_command", "apply_config_file", "cli_logging", "main"]
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_COMMAND",
+    "command_help",
+    "command",
+    "set_prog",
+    "run_command",
+    "apply_config_file",
+    "cli_logging",
+    "main",
+]
 
 logger = logging.getLogger("medens.cli")
 
@@ -62,9 +73,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_COMMAND = "pipeline"
 
 
+#: How the training commands are called in messages: ``python -m medens.train`` or, from the script, ``medens``.
+_prog = "python -m medens.train"
+
+
 def command_help(name: str) -> str:
     """The one-line help of command ``name``."""
     return COMMANDS[name][1]
+
+
+def set_prog(prog: str) -> None:
+    """Name the training commands' program in their messages (the dispatcher calls it with how it was run)."""
+    global _prog
+    _prog = prog
+
+
+def command(name: str, *, stopped_hint: str | None = None) -> Callable[[Callable[[Any], int | None]], Callable]:
+    """Make a command's body ``body(args) -> exit code`` its ``main(args)``, run by :func:`run_command`.
+
+    The body raises on failure; ``main`` returns the exit code the error rule gives (``stopped_hint``: what to
+    tell the user after SIGINT/SIGTERM).
+    """
+
+    def wrap(body: Callable[[Any], int | None]) -> Callable[[Any], int]:
+        @functools.wraps(body)
+        def main(args: Any) -> int:
+            return run_command(f"{_prog} {name}", lambda: body(args), stopped_hint=stopped_hint)
+
+        return main
+
+    return wrap
 
 
 def cli_logging() -> contextlib.AbstractContextManager:

@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m medens.train"
         The command's code: 0; 2 for a usage error; 1 for another error; 130/143 when stopped by a signal.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    cli.set_prog(prog)
     if not argv or (argv[0].startswith("-") and argv[0] not in _HELP_FLAGS):
         argv = [DEFAULT_COMMAND, *argv]  # flags without a command: the pipeline
     command = argv[0] if argv[0] in SUBCOMMANDS else None

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medens.cli import command_help, run_command
+from medens.cli import command, command_help
 from medens.engine.config import merge_config, parse_overrides
 from medens.errors import UsageError
+from medens.train.configuration import resolve_config
 from medens.train.options import BOOKKEEPING_KEYS, OPTIONS
 from medens.train.presets import PRESET_NAMES, default_preset, load_config_file
 
@@ -167,11 +168,7 @@ def add_stage_parser(
 
 
 def run_stage_cli(
-    name: str,
-    run: Callable[[dict[str, Any]], Path],
-    resolve: Callable[[Mapping[str, Any]], dict[str, Any]],
-    args: argparse.Namespace,
-    defaults: Mapping[str, Any],
+    name: str, run: Callable[[dict[str, Any]], Path], args: argparse.Namespace, defaults: Mapping[str, Any]
 ) -> int:
     """Run stage ``name`` from parsed flags (or, with ``--print-config``, print its resolved configuration).
 
@@ -180,14 +177,15 @@ def run_stage_cli(
         SIGINT/SIGTERM (the checkpoint is saved; ``--resume`` continues).
     """
 
-    def body() -> int:
+    @command(name)
+    def body(args: argparse.Namespace) -> int:
         overrides = cli_overrides(args, defaults)
         if getattr(args, "print_config", False):
             import yaml
 
-            sys.stdout.write(yaml.safe_dump(resolve(overrides), sort_keys=False))
+            sys.stdout.write(yaml.safe_dump(resolve_config(defaults, overrides, name), sort_keys=False))
             return 0
         run(overrides)
         return 0
 
-    return run_command(f"python -m medens.train {name}", body)
+    return body(args)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medens.cli import command_help, config_file_argument, run_command
+from medens.cli import command, command_help, config_file_argument
 from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
@@ -157,16 +157,13 @@ def run_ensemble(
     )
 
 
+@command("ensemble")
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand; print the comparison table.
 
     Returns 0; 2 for a usage error (a missing member folder, ``--out`` over a member, a bad value); 1 when the
     members cannot be combined or a member's file is unreadable or wrong.
     """
-    return run_command("python -m medens.train ensemble", lambda: _main(args))
-
-
-def _main(args: argparse.Namespace) -> int:
     results = run_ensemble(
         args.members,
         args.out,
@@ -182,7 +179,8 @@ def _main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     print(comparison_table(results))
-    if skipped_note(results):
-        print("\n" + skipped_note(results))
+    note = skipped_note(results)
+    if note:
+        print("\n" + note)
     print(f"\nreport: {Path(args.out) / REPORT_NAME}")
     return 0

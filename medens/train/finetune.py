@@ -472,6 +472,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(args: argparse.Namespace) -> int:
     """Run ``finetune`` from parsed arguments; returns the exit code."""
-    return run_stage_cli(
-        "finetune", run_finetune, lambda o: resolve_config(FINETUNE_DEFAULTS, o, "finetune"), args, FINETUNE_DEFAULTS
-    )
+    return run_stage_cli("finetune", run_finetune, args, FINETUNE_DEFAULTS)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medens.cli import command_help, config_file_argument, run_command
+from medens.cli import command, command_help, config_file_argument
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
@@ -268,26 +268,20 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+@command("pipeline", stopped_hint="Run the same pipeline command again to resume.")
 def main(args: argparse.Namespace) -> int:
     """Run the pipeline, print the stages and the comparison table.
 
     Returns 0; 2 for a usage error, 1 for another error (one message, no traceback); 130/143 if stopped.
     """
-    return run_command(
-        "python -m medens.train pipeline",
-        lambda: _main(args),
-        stopped_hint="Run the same pipeline command again to resume.",
-    )
-
-
-def _main(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     logger.info("pipeline: dataset %s, preset %s, into %s", options["dataset"], options["preset"], options["out"])
     results, outcomes = run_pipeline(options)
     print(stage_table(outcomes))
     print()
     print(comparison_table(results))
-    if skipped_note(results):
-        print("\n" + skipped_note(results))
+    note = skipped_note(results)
+    if note:
+        print("\n" + note)
     print(f"\nreport: {Path(options['out']) / ENSEMBLE_DIR / REPORT_NAME}")
     return 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medens.cli import command_help, config_file_argument, run_command
+from medens.cli import command, command_help, config_file_argument
 from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.members import IncompatibleMembersError, align_members, load_member
@@ -167,15 +167,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@command("predict")
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand and print the first predictions as a table.
 
     Returns 0; 2 for a usage error; 1 for another error (an unreadable member, ``--out`` over an input, ...).
     """
-    return run_command("python -m medens.train predict", lambda: _main(args))
-
-
-def _main(args: argparse.Namespace) -> int:
     skipped: list[Skipped] = []
     paths, classes, probs = run_predict(
         args.members,

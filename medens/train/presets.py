@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medens.engine.config import list_presets, load_yaml, resolve_config_path
+from medens.engine.config import load_yaml, resolve_config_path
 from medens.errors import UsageError
 
 __all__ = [
@@ -80,7 +80,4 @@ def load_preset(preset: str, stage: str) -> dict[str, Any]:
         raise UsageError(f"preset: expected one of {list(PRESET_NAMES)}, received {preset!r}")
     if stage not in STAGES:
         raise UsageError(f"stage: expected one of {list(STAGES)}, received {stage!r}")
-    name = f"{stage}_{preset}"
-    if name not in list_presets():  # pragma: no cover - a broken installation
-        raise FileNotFoundError(f"preset: {name}.yaml is missing from this installation of medens")
-    return load_config_file(name)
+    return load_config_file(f"{stage}_{preset}")

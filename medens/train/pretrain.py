@@ -246,6 +246,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(args: argparse.Namespace) -> int:
     """Run ``pretrain`` from parsed arguments; returns the exit code."""
-    return run_stage_cli(
-        "pretrain", run_pretrain, lambda o: resolve_config(PRETRAIN_DEFAULTS, o, "pretrain"), args, PRETRAIN_DEFAULTS
-    )
+    return run_stage_cli("pretrain", run_pretrain, args, PRETRAIN_DEFAULTS)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medens.cli import command_help, run_command
+from medens.cli import command, command_help
 from medens.errors import UsageError
 from medens.layout import (
     ENSEMBLE_DIR,
@@ -251,19 +251,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@command("study", stopped_hint="Run the same study command again to continue.")
 def main(args: argparse.Namespace) -> int:
     """Run the study, print where the results are.
 
     Returns 0; 2 for a usage error, 1 for another error (one message, no traceback); 130/143 if stopped.
     """
-    return run_command(
-        "python -m medens.train study",
-        lambda: _main(args),
-        stopped_hint="Run the same study command again to continue.",
-    )
-
-
-def _main(args: argparse.Namespace) -> int:
     from medens.evaluate.study_report import headline_table
     from medens.train.pipeline import options_from_args
 
