@@ -81,6 +81,15 @@ def skipped_test_images(directory: str | os.PathLike[str]) -> list[str]:
     return [str(item["path"]) for item in items if isinstance(item, dict) and "path" in item]
 
 
+def _skipped_test(members: Sequence[Member]) -> dict[str, str]:
+    """Every member's unreadable test images (path to label), from its ``predictions.csv`` rows without
+    probabilities, or for a folder written before those rows existed, from its ``metrics.json``."""
+    skipped: dict[str, str] = {}
+    for m in members:
+        skipped.update(m.test.skipped or dict.fromkeys(skipped_test_images(m.directory), ""))
+    return dict(sorted(skipped.items()))
+
+
 def evaluate_ensemble(
     members: Sequence[Member],
     out_dir: str | os.PathLike[str],
@@ -124,6 +133,7 @@ def evaluate_ensemble(
     first = members[0]
     classes = first.classes
     labels = first.test.labels
+    skipped = _skipped_test(members)
     test = {m.name: m.test.probs for m in members}
     val = {m.name: m.val.probs for m in members} if needs_val else {}
     val_labels = first.val.labels if needs_val and first.val is not None else None
@@ -197,8 +207,8 @@ def evaluate_ensemble(
             "method": "percentile, paired",
         },
         "ece_bins": n_bins,
-        # Test images a member's fine-tuning could not decode: in no prediction and no metric here.
-        "skipped_test": sorted({path for m in members for path in skipped_test_images(m.directory)}),
+        # Test images a member's fine-tuning could not decode: in no metric; rows without probabilities.
+        "skipped_test": list(skipped),
         "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
     }
     results = _json_ready(results)
@@ -206,7 +216,12 @@ def evaluate_ensemble(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_prediction_table(
-        out / PREDICTIONS_NAME, first.test.paths, first.test.label_names, classes, probs_by_name
+        out / PREDICTIONS_NAME,
+        first.test.paths,
+        first.test.label_names,
+        classes,
+        probs_by_name,
+        skipped=skipped,
     )
     if plots:
         shown = {labels_by_name[n]: p for n, p in probs_by_name.items()}

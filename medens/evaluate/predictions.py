@@ -3,6 +3,9 @@
 A member's ``predictions.csv`` / ``val_predictions.csv`` has the columns ``path``, ``label`` (the class name; empty
 for images without a label) and one probability column per class, named by the class. The ensemble's
 ``predictions.csv`` has ``path``, ``label`` and then ``<model>:<class>`` columns for each model.
+
+An image of the split that could not be decoded has a row with its path and label and every probability cell
+empty: it is listed, and it is in no metric. Readers return such rows in :attr:`Predictions.skipped`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +35,15 @@ class Predictions:
         label_names: N class names (``""`` where unknown).
         classes: the K class names, in column order.
         probs: ``(N, K)`` float64 probabilities.
+        skipped: images of the split that could not be decoded (path to class name, ``""`` where unknown):
+            listed in the file, in none of ``paths`` and no metric.
     """
 
     paths: list[str]
     label_names: list[str]
     classes: list[str]
     probs: np.ndarray
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> np.ndarray:
@@ -73,6 +79,7 @@ class Predictions:
             label_names=[self.label_names[i] for i in rows],
             classes=list(classes),
             probs=self.probs[np.ix_(rows, cols)],
+            skipped=dict(self.skipped),
         )
 
 
@@ -91,8 +98,8 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: if the file is not UTF-8 CSV, has no rows, the header or a row is malformed, a path repeats,
-            or a row's probabilities are outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the
+        ValueError: if the file is not UTF-8 CSV, has no predicted rows, the header or a row is malformed, a path
+            repeats, or a row's probabilities are outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the
             message names the file and line).
     """
     path = Path(path)
@@ -131,9 +138,15 @@ def _read_predictions(path: Path) -> Predictions:
         paths: list[str] = []
         labels: list[str] = []
         rows: list[list[float]] = []
+        skipped: dict[str, str] = {}
+        all_paths: list[str] = []
         for line_no, row in enumerate(reader, start=2):
             if len(row) != len(header):
                 raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
+            all_paths.append(row[0])
+            if not any(row[2:]):  # an image that could not be decoded: listed, not scored
+                skipped[row[0]] = row[1]
+                continue
             paths.append(row[0])
             labels.append(row[1])
             try:
@@ -143,21 +156,27 @@ def _read_predictions(path: Path) -> Predictions:
             _check_probabilities(path, line_no, values)
             rows.append(values)
     if not rows:
-        raise ValueError(f"{path}: expected at least one prediction row after the header, received none")
+        what = f"only {len(skipped)} rows of images that could not be decoded" if skipped else "none"
+        raise ValueError(f"{path}: expected at least one prediction row after the header, received {what}")
     seen: dict[str, int] = {}
-    for line_no, item in enumerate(paths, start=2):
+    for line_no, item in enumerate(all_paths, start=2):
         if item in seen:
             raise ValueError(f"{path}:{line_no}: expected each image path once, received {item!r} again "
                              f"(first on line {seen[item]})")
         seen[item] = line_no
     probs = np.array(rows, dtype=np.float64).reshape(len(rows), len(classes))
-    return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs)
+    return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs, skipped=skipped)
 
 
 def write_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
-    """Write one model's predictions in the member CSV layout, atomically."""
+    """Write one model's predictions in the member CSV layout (skipped images last), atomically."""
     return write_prediction_table(
-        path, predictions.paths, predictions.label_names, predictions.classes, {"": predictions.probs}
+        path,
+        predictions.paths,
+        predictions.label_names,
+        predictions.classes,
+        {"": predictions.probs},
+        skipped=predictions.skipped,
     )
 
 
@@ -167,6 +186,7 @@ def write_prediction_table(
     label_names: Sequence[str],
     classes: Sequence[str],
     probs_by_model: Mapping[str, np.ndarray],
+    skipped: Mapping[str, str] | None = None,
 ) -> Path:
     """Write probabilities of one or more models side by side, atomically.
 
@@ -177,6 +197,7 @@ def write_prediction_table(
         classes: the K class names.
         probs_by_model: model name to ``(N, K)`` probabilities. Columns are named ``<model>:<class>``; a model
             named ``""`` gets plain ``<class>`` columns (the member layout).
+        skipped: images that could not be decoded (path to class name): written last, probability cells empty.
 
     Returns:
         ``path``.
@@ -199,11 +220,17 @@ def write_prediction_table(
         writer.writerow(header)
         for p, label, row in zip(paths, label_names, table, strict=True):
             writer.writerow([p, label, *(_format_prob(x) for x in row)])
+        for p, label in (skipped or {}).items():
+            writer.writerow([p, label, *([""] * table.shape[1])])
     return Path(path)
 
 
 def write_class_predictions(
-    path: str | os.PathLike[str], paths: Sequence[str], classes: Sequence[str], probs: np.ndarray
+    path: str | os.PathLike[str],
+    paths: Sequence[str],
+    classes: Sequence[str],
+    probs: np.ndarray,
+    skipped: Sequence[str] = (),
 ) -> Path:
     """Write predictions for unlabelled images: ``path``, ``prediction`` (the arg-max class), one column per class.
 
@@ -212,6 +239,7 @@ def write_class_predictions(
         paths: N image paths.
         classes: the K class names.
         probs: ``(N, K)`` probabilities.
+        skipped: images that could not be decoded: written last, with empty prediction and probability cells.
 
     Returns:
         ``path``.
@@ -224,4 +252,6 @@ def write_class_predictions(
         writer.writerow(["path", "prediction", *classes])
         for p, row in zip(paths, probs, strict=True):
             writer.writerow([p, classes[int(np.argmax(row))], *(_format_prob(x) for x in row)])
+        for p in skipped:
+            writer.writerow([p, "", *([""] * len(classes))])
     return Path(path)

@@ -161,7 +161,7 @@ def render_report(results: dict[str, Any]) -> str:
             "## Test images left out",
             "",
             f"{len(skipped)} test image(s) could not be decoded when the members were evaluated; they are in no "
-            "prediction and no metric above:",
+            "metric above (in predictions.csv their probability cells are empty):",
             "",
             *[f"- `{path}`" for path in skipped],
         ]
@@ -185,5 +185,5 @@ def skipped_note(results: dict[str, Any], shown: int = 5) -> str | None:
     if not skipped:
         return None
     more = " ..." if len(skipped) > shown else ""
-    return (f"{len(skipped)} test image(s) could not be decoded: they are in no prediction and no metric "
-            f"(listed in the report): {', '.join(skipped[:shown])}{more}")
+    return (f"{len(skipped)} test image(s) could not be decoded: they are in no metric "
+            f"(listed in the report, rows without probabilities in predictions.csv): {', '.join(skipped[:shown])}{more}")

@@ -162,14 +162,17 @@ class _ClassifierStep:
         ), images.shape[0]
 
 
-def _predictions(split_set: Any, probs: np.ndarray, classes: list[str]):
+def _predictions(split_set: Any, probs: np.ndarray, classes: list[str], skipped_indices=()):
+    """A split's predictions; ``skipped_indices`` (dataset indices that could not be decoded) are listed unscored."""
     from medens.evaluate.predictions import Predictions
 
+    dataset = split_set.dataset
     return Predictions(
         paths=list(split_set.ids),
         label_names=[classes[t] for t in split_set.targets],
         classes=list(classes),
         probs=probs,
+        skipped={str(dataset.ids[i]): classes[dataset.targets[i]] for i in skipped_indices},
     )
 
 
@@ -268,7 +271,8 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     )
     eval_tf = build_transforms(size, train=False, mean=mean, std=std, crop_pct=float(config["crop_pct"]))
     train_set = SplitDataset(dataset, splits["train"], transform=train_tf)
-    # Evaluation never scores an image it could not read: such files are left out and listed in metrics.json.
+    # Evaluation never scores an image it could not read: such files are left out of every metric and listed in
+    # metrics.json and, with empty probabilities, in the prediction files.
     val_set, val_skipped = SplitDataset(dataset, splits["val"], eval_tf, substitute=False).without_unreadable()
     test_set, test_skipped = SplitDataset(dataset, splits["test"], eval_tf, substitute=False).without_unreadable()
     skipped = {"val": [vars(k) for k in val_skipped], "test": [vars(k) for k in test_skipped]}
@@ -390,7 +394,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     val_probs = sharded_probs(trainer.eval_module, val_set, **kwargs)
     test_probs = sharded_probs(trainer.eval_module, test_set, **kwargs)
     if dist.is_main:
-        _write_outputs(out, classes, val_set, val_probs, test_set, test_probs, best, config, skipped)
+        _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
 
@@ -417,13 +421,15 @@ def _recorded_init(config_path: Path) -> str | None:
 
 
 def _write_outputs(
-    out: Path, classes, val_set, val_probs, test_set, test_probs, best: _Best, config, skipped=None
+    out: Path, classes, splits, val_set, val_probs, test_set, test_probs, best: _Best, config, skipped=None
 ) -> None:
     from medens.evaluate.metrics import classification_report
     from medens.evaluate.predictions import write_predictions
 
-    write_predictions(out / VAL_PREDICTIONS_NAME, _predictions(val_set, val_probs, classes))
-    write_predictions(out / PREDICTIONS_NAME, _predictions(test_set, test_probs, classes))
+    for name, split_set, probs in (("val", val_set, val_probs), ("test", test_set, test_probs)):
+        unreadable = sorted(set(splits[name]) - set(split_set.indices))
+        file_name = VAL_PREDICTIONS_NAME if name == "val" else PREDICTIONS_NAME
+        write_predictions(out / file_name, _predictions(split_set, probs, classes, unreadable))
     metrics = {
         "select_metric": config["select_metric"],
         "best_epoch": best.epoch,
@@ -433,7 +439,7 @@ def _write_outputs(
         "val": classification_report(val_probs, np.asarray(val_set.targets), classes),
         "num_test": len(test_set),
         "num_val": len(val_set),
-        # Images of the splits that could not be decoded: not in the predictions, not in any metric.
+        # Images of the splits that could not be decoded: in no metric; rows with empty probabilities.
         "skipped": skipped or {"val": [], "test": []},
     }
     atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(metrics), indent=2) + "\n")

@@ -70,8 +70,9 @@ def run_predict(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Predict new images with each member's model and combine as ``ensemble`` would.
 
-    An image that cannot be decoded is left out of the CSV (never given another image's prediction) and, when
-    ``skipped_out`` is a list, appended to it with its reason; every readable image is predicted.
+    An image that cannot be decoded is never given another image's prediction: its row in the CSV has empty
+    prediction and probability cells and, when ``skipped_out`` is a list, it is appended to it with its reason;
+    every readable image is predicted.
 
     Temperatures and weights (``calibrate``, ``weighted``) are fitted on the members' validation predictions,
     recomputed with TTA when ``tta`` is on so that the fitted rule matches the probabilities it is applied to.
@@ -124,7 +125,7 @@ def run_predict(
     calibrated, ensemble = rule.apply(raw)
     probs = ensemble if len(members) > 1 else calibrated[members[0].name]
     paths = [str(p) for p in files]
-    write_class_predictions(out, paths, classes, probs)
+    write_class_predictions(out, paths, classes, probs, skipped=[item.path for item in skipped])
     if skipped_out is not None:
         skipped_out.extend(skipped)
     return paths, classes, probs
@@ -140,7 +141,7 @@ def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
         try:
             read_image(path)
         except CorruptImageError as err:
-            logger.warning("%s; skipped (not in the predictions)", err)
+            logger.warning("%s; skipped (a row without a prediction)", err)
             bad.append(Skipped(str(path), err.reason))
             continue
         good.append(path)
@@ -194,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"... and {len(paths) - PRINTED_ROWS} more")
     print(f"\n{len(paths)} images; probabilities of every class: {args.out}")
     if skipped:
-        print(f"{len(skipped)} skipped (cannot be decoded, not in the CSV):")
+        print(f"{len(skipped)} skipped (cannot be decoded; their rows in the CSV are empty):")
         for item in skipped:
             print(f"  {item.path}: {item.reason}")
     return 0

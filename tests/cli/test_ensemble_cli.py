@@ -213,3 +213,22 @@ def test_test_images_a_member_could_not_read_are_listed_in_the_report(
     assert json.loads((out2 / "metrics.json").read_text())["skipped_test"] == []
     assert "left out" not in (out2 / "report.md").read_text()
     assert "could not be decoded" not in capsys.readouterr().out
+
+
+def test_rows_without_probabilities_in_members_are_listed_and_kept_out_of_the_metrics(tmp_path: Path) -> None:
+    a = member(tmp_path, "a", "imagenet", 0)
+    b = member(tmp_path, "b", "mae:x", 1)
+    out = tmp_path / "e"
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out), "--no-plots", "--bootstrap", "20"]) == 0
+    before = json.loads((out / "metrics.json").read_text())["models"]
+    for folder in (a, b):  # both members list the same unreadable test image, as fine-tuning writes it
+        with (folder / "predictions.csv").open("a") as f:
+            f.write(f"test/broken.png,{CLASSES[1]},,,\n")
+    out2 = tmp_path / "e2"
+    assert run_cli(["ensemble", "--members", str(a), str(b), "--out", str(out2), "--no-plots", "--bootstrap", "20"]) == 0
+    results = json.loads((out2 / "metrics.json").read_text())
+    assert results["skipped_test"] == ["test/broken.png"]
+    assert results["models"] == before  # in no metric
+    last = (out2 / "predictions.csv").read_text().splitlines()[-1]
+    assert last == f"test/broken.png,{CLASSES[1]}" + "," * (3 * len(CLASSES))  # 2 members + the ensemble
+    assert "`test/broken.png`" in (out2 / "report.md").read_text()

@@ -153,6 +153,8 @@ def test_unreadable_test_image_is_left_out_of_the_metrics_and_listed(tmp_path: P
     assert metrics["num_test"] == 5 and metrics["skipped"]["val"] == []
     assert [Path(s["path"]) for s in metrics["skipped"]["test"]] == [bad]
     rows = _read_csv(out / "predictions.csv")
+    unreadable = rows.pop()  # listed last, with its label and no probabilities
+    assert unreadable == {"path": "test/b/1.png", "label": "b", "a": "", "b": ""}
     assert len(rows) == 5 and not any(r["path"].endswith("b/1.png") for r in rows)
     assert len({tuple(r[c] for c in ("a", "b")) for r in rows}) == 5  # no row copied from a neighbour
 

@@ -208,11 +208,13 @@ def test_predict_writes_every_readable_image_and_lists_the_unreadable(
     assert run_cli(predict_cli, argv) == 0
     assert not debris.exists()
     printed = capsys.readouterr().out
-    assert "2 images" in printed and "1 skipped (cannot be decoded, not in the CSV)" in printed
+    assert "2 images" in printed and "1 skipped (cannot be decoded; their rows in the CSV are empty)" in printed
     assert str(folder / "img1.png") in printed
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img2.png"]
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img2.png", "img1.png"]
+    unreadable = rows.pop()  # listed last, with nothing predicted
+    assert unreadable["prediction"] == "" and all(unreadable[c] == "" for c in ds.classes)
     # the readable images get their own probabilities, not a neighbour's
     transform = build_transforms(SIZE, train=False)
     from medens.data import read_image

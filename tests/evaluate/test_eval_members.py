@@ -53,6 +53,32 @@ def test_prediction_csv_round_trips_exactly(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
+def test_unreadable_images_round_trip_as_rows_without_probabilities(tmp_path: Path) -> None:
+    preds = make_predictions(2, 4)
+    preds.skipped = {"test/broken.png": "malignant"}
+    write_predictions(tmp_path / "p.csv", preds)
+    last = (tmp_path / "p.csv").read_text().splitlines()[-1]
+    assert last == "test/broken.png,malignant,,,"  # listed, nothing predicted
+    back = read_predictions(tmp_path / "p.csv")
+    assert back.paths == preds.paths and back.skipped == {"test/broken.png": "malignant"}
+    np.testing.assert_array_equal(back.probs, preds.probs)  # the skipped row is in no array or metric
+    assert back.reorder(back.paths[::-1], CLASSES[::-1]).skipped == back.skipped
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("path,label,a,b\nx,a,,0.5\n", ":2: expected probabilities"),  # part-empty: damaged, not skipped
+        ("path,label,a,b\nx,a,,\n", "received only 1 rows of images that could not be decoded"),
+        ("path,label,a,b\nx,a,0.5,0.5\nx,a,,\n", ":3: expected each image path once"),
+    ],
+)
+def test_rows_without_probabilities_are_checked(tmp_path: Path, text: str, match: str) -> None:
+    (tmp_path / "p.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_predictions(tmp_path / "p.csv")
+
+
 def test_multi_model_table_names_columns_by_model(tmp_path: Path) -> None:
     preds = make_predictions(1, 4)
     write_prediction_table(
