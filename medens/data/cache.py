@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from medens.engine.atomic import atomic_path
+from medens.engine.atomic import atomic_path, remove_stale_temporaries
 
 from .base import LabeledDataset, Skipped
 from .errors import CorruptImageError, DatasetError
@@ -98,6 +98,7 @@ class CachedDataset(LabeledDataset):
         self.directory = Path(cache_dir)
         self.data_path = self.directory / f"{stem}.u8"
         self.meta_path = self.directory / f"{stem}.json"
+        remove_stale_temporaries(self.directory)  # of builds killed midway; a live build's file is locked
         failures = self._open_or_build()
         failed = {index for index, _ in failures}
         self._rows = [i for i in range(len(dataset)) if i not in failed]

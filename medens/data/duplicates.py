@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from medens.engine.atomic import atomic_path
+from medens.engine.atomic import atomic_path, remove_stale_temporaries
 
 from .base import LabeledDataset
 from .errors import CorruptImageError, DatasetError
@@ -124,6 +124,8 @@ class SignatureCache:
         self.path = Path(folder) / SIGNATURE_CACHE_FILE if folder is not None else None
         self._entries: dict[str, np.ndarray] = {}
         self._dirty = False
+        if folder is not None:
+            remove_stale_temporaries(folder, target=SIGNATURE_CACHE_FILE)  # left by a killed save
         if self.path is not None and self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as data:

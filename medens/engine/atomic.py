@@ -18,6 +18,11 @@ from typing import Any
 
 import torch
 
+try:  # POSIX advisory locks: a temporary file is locked while its writer lives
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no fcntl
+    fcntl = None
+
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
@@ -38,6 +43,9 @@ _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on error it is removed.
 
+    The temporary file is locked (``flock``) until the write ends, so that :func:`remove_stale_temporaries` in
+    another process (a second run or rank on the same cache folder) tells a live write from a dead one.
+
     Args:
         path: the final destination.
         fsync: flush the file to disk before the rename (for checkpoints that must survive a power cut).
@@ -45,20 +53,24 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp makes the file owner-only, and a writer that re-creates the file (safetensors does) makes its own
-        # choice; set the mode after writing, so that every output is shared alike.
-        os.chmod(tmp_path, OUTPUT_MODE)
-        if fsync:
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
+        try:
+            yield tmp_path
+            # mkstemp makes the file owner-only, and a writer that re-creates the file makes its own choice; set
+            # the mode after writing, so that every output is shared alike.
+            os.chmod(tmp_path, OUTPUT_MODE)
+            if fsync:
+                with open(tmp_path, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)  # releases the lock, after the rename or the removal
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -106,9 +118,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
     """Delete the temporary files that interrupted :func:`atomic_path` writes left in ``folder``.
 
-    A write killed before its rename leaves ``.{name}.XXXXXXXX.tmp`` behind (up to a whole checkpoint); the next
-    run on the same folder calls this before it writes anything. Only ``folder`` itself is looked at (a run's
-    outputs sit there), not its sub-folders, and with ``target`` only the temporaries of that one file name.
+    A write killed before its rename leaves ``.{name}.XXXXXXXX.tmp`` behind (up to a whole checkpoint or decode
+    cache); the next run on the same folder calls this before it writes anything. A temporary file whose writer
+    still runs (its ``flock`` is held: another run or rank sharing a cache folder) is left alone. Only ``folder``
+    itself is looked at, not its sub-folders, and with ``target`` only the temporaries of that one file name.
 
     Returns:
         The files removed (logged at INFO).
@@ -123,9 +136,26 @@ def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = Non
             continue
         if target is not None and len(name) != len(target) + 14:  # "." + target + "." + 8 + ".tmp"
             continue
-        if not file.is_symlink() and file.is_file():
-            file.unlink(missing_ok=True)
+        if not file.is_symlink() and file.is_file() and _remove_if_abandoned(file):
             removed.append(file)
     for file in removed:
         _logger.info("removed %s, left by an interrupted write", file)
     return removed
+
+
+def _remove_if_abandoned(file: Path) -> bool:
+    """Unlink ``file`` unless a live :func:`atomic_path` write holds its lock; True when it was removed."""
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:  # finished or removed by its writer meanwhile
+        return False
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its writer is alive
+        file.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)

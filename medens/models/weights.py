@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from medens.engine.atomic import atomic_path
@@ -57,7 +57,9 @@ def save_weights(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta = {str(k): json.dumps(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        # Written through the temporary file's own inode (save_file would re-create it), so the lock that marks a
+        # live write holds; the bytes are the same.
+        tmp.write_bytes(safetensors_bytes(tensors, metadata=meta))
     return path
 
 

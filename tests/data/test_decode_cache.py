@@ -109,3 +109,20 @@ def test_cached_dataset_feeds_a_dataloader_with_two_workers(tmp_path, layouts):
     assert sum(len(labels) for _, labels in batches) == len(splits["train"])
     images, labels = batches[0]
     assert images.dtype == torch.float32 and images.shape[1:] == (3, 12, 12) and labels.dtype == torch.int64
+
+
+def test_debris_of_a_killed_cache_build_is_removed_by_the_next_open(tmp_path):
+    from medens.data.duplicates import SIGNATURE_CACHE_FILE, SignatureCache
+
+    decoded, signatures = tmp_path / "decoded", tmp_path / "signatures"
+    debris = [decoded / ".synthetic-8x8-0123456789abcdef.u8.k1ll3d_x.tmp", signatures / f".{SIGNATURE_CACHE_FILE}.k1ll3d_y.tmp"]
+    for path in debris:
+        path.parent.mkdir()
+        path.write_bytes(b"\0" * 4096)  # a build killed before its rename; nobody holds its lock
+        (path.parent / "notes.txt").write_text("not ours")
+    cache_dataset(load_dataset("synthetic", None, num_images=3, image_size=8), decoded, size=8)
+    SignatureCache(signatures)
+    assert not debris[0].exists() and not debris[1].exists()
+    for folder in (decoded, signatures):
+        assert (folder / "notes.txt").read_text() == "not ours"
+        assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

@@ -70,3 +70,38 @@ def test_removing_temporaries_does_not_follow_links(tmp_path: Path) -> None:
     assert remove_stale_temporaries(out) == []
     assert (other / ".x.pt.abcdefgh.tmp").exists()
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from medens.engine.atomic import atomic_path
+with atomic_path(Path(sys.argv[1]) / "cache.u8") as tmp:
+    tmp.write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.name != "posix", reason="flock needs a POSIX system")
+def test_a_live_write_is_left_alone_and_a_killed_one_removed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests._installed import installed
+
+    with subprocess.Popen(
+        **installed("-c", _WRITER, str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as writer:
+        try:
+            assert writer.stdout.readline().strip() == "writing", writer.stderr.read()
+            (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(".cache.u8.")]
+            assert remove_stale_temporaries(tmp_path) == []  # another run or rank is still writing it
+            assert live.exists()
+            writer.send_signal(signal.SIGKILL)  # a real kill: no clean-up runs
+            writer.wait(timeout=30)
+            assert live.exists()
+            assert remove_stale_temporaries(tmp_path) == [live]
+            assert not live.exists()
+        finally:
+            writer.kill()
