@@ -109,7 +109,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             raise
         raise OSError(
             errno.ENOSPC,
-            f"no space left to write {path} ({free >> 20} MiB free in {folder}); free some space, then --resume",
+            f"no space left to write {path} ({free >> 20} MiB free in {folder})",
             str(path),
         ) from None
     return Path(path)

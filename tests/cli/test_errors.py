@@ -71,6 +71,41 @@ def test_disk_full_while_saving_names_the_file_and_says_so(
     assert atomic._LOW_SPACE > 1 << 20
 
 
+def _can_mount_a_private_tmpfs() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt 2>/dev/null || "
+                            "mount -t tmpfs -o size=1m tmpfs /tmp"], capture_output=True)  # fmt: skip
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_private_tmpfs(),
+                    reason="no unprivileged user and mount namespaces here (unshare -rm) to mount a small tmpfs")
+def test_disk_full_on_a_real_small_file_system(tmp_path: Path) -> None:
+    """The installed CLI, its --out on a 4 MiB tmpfs: the first checkpoint cannot fit."""
+    import subprocess
+
+    from tests._installed import installed
+
+    small = tmp_path / "small"
+    small.mkdir()
+    child = installed("-m", "medens.train", "pretrain", *TINY, "--cache-dir", str(tmp_path / "cache"),
+                      "--out", str(small / "run"))  # fmt: skip
+    # The mount exists only in the child's private namespace; list the run folder before it goes.
+    script = f'mount -t tmpfs -o size=4m tmpfs "{small}" || exit 99; "$@"; rc=$?; ls -a "{small}/run"; exit $rc'
+    child["args"] = ["unshare", "-rm", "sh", "-c", script, "sh", *child["args"]]
+    result = subprocess.run(**child, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "no space left" in result.stderr.lower() and "checkpoint.pt" in result.stderr, result.stderr
+    assert result.stderr.count("free some space") == 1, result.stderr  # one piece of advice, once
+    left = result.stdout.split()
+    assert "config.yaml" in left and not [name for name in left if name.endswith(".tmp")], left
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_read_only_or_forbidden_out(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, code: int
