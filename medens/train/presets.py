@@ -3,7 +3,7 @@
 A preset ``P`` is the pair ``pretrain_P.yaml`` / ``finetune_P.yaml``:
 
 - ``paper``: the paper's settings (ConvNeXt-Tiny, 224 px, paper-scale schedules); they are also the defaults.
-- ``small``: sized for a CPU (ConvNeXt-Atto, 64 px).
+- ``small``: sized for a CPU (ConvNeXt-Atto, 96 px; the demo trains at its images' 64 px).
 - ``smoke``: every stage in seconds on a CPU, for trying commands and for tests, never for results.
 
 Every command loads them the same way (timm's pattern: the preset sets defaults, ``--config`` YAML and flags

@@ -138,6 +138,8 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     dataset_options = dict(options.get("dataset_options") or {})
     if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
         dataset_options = dict(DEMO_DATASET_OPTIONS)
+        # The demo trains at its images' own size, not the preset's (which is sized for real scans).
+        shared.setdefault("image_size", DEMO_DATASET_OPTIONS["image_size"])
     shared["dataset_options"] = dataset_options
     if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
         shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages

@@ -49,7 +49,7 @@ def test_stages_take_a_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert train_main(["finetune", *argv, "--preset", "small"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert (config["preset"], config["arch"], config["image_size"], config["epochs"]) == (
-        "small", "convnext_atto", 64, 40)  # fmt: skip
+        "small", "convnext_atto", 96, 40)  # fmt: skip
     assert train_main(["finetune", *argv, "--preset", "small", "--epochs", "3"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["epochs"] == 3  # flags override the preset
 

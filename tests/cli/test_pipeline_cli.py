@@ -26,6 +26,16 @@ def test_no_arguments_means_the_demo() -> None:
         assert configs[stage]["dataset_options"] == stages.DEMO_DATASET_OPTIONS
         assert configs[stage]["arch"] == "convnext_atto"
         assert "cache_dir" not in configs[stage]  # generated images need no decode cache
+        assert configs[stage]["image_size"] == stages.DEMO_DATASET_OPTIONS["image_size"]  # the images' own size
+
+
+def test_small_preset_on_a_real_dataset_and_on_the_demo_images_at_another_size() -> None:
+    real = stages.stage_configs(pipeline.options_from_args(parse(["--dataset", "busi", "--data-root", "/d",
+                                                                  "--out", "o", "--preset", "small"])))
+    assert {real[s]["image_size"] for s in ("pretrain", "imagenet", "mae")} == {96}
+    sized = stages.stage_configs(pipeline.options_from_args(parse(["--dataset-option", "image_size=32",
+                                                                   "--image-size", "32"])))
+    assert sized["pretrain"]["image_size"] == 32  # a flag still wins
 
 
 def test_real_dataset_needs_out_and_defaults_to_paper(tmp_path: Path) -> None:
