@@ -35,6 +35,7 @@ from medens.evaluate.metrics import (
 )
 from medens.evaluate.predictions import (
     Predictions,
+    read_prediction_table,
     read_predictions,
     write_prediction_table,
     write_predictions,
@@ -68,6 +69,7 @@ __all__ = [
     "fit_weights",
     "load_member",
     "mcnemar",
+    "read_prediction_table",
     "read_predictions",
     "render_report",
     "summary_metrics",

@@ -168,6 +168,50 @@ def _read_predictions(path: Path) -> Predictions:
     return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs, skipped=skipped)
 
 
+def read_prediction_table(
+    path: str | os.PathLike[str],
+) -> tuple[list[str], list[str], dict[str, np.ndarray], dict[str, str]]:
+    """Read a table written by :func:`write_prediction_table` (an ensemble's ``predictions.csv``).
+
+    Returns:
+        ``(paths, label_names, {model: (N, K) probabilities}, skipped)``: the ``<model>:<class>`` columns grouped
+        by model, in file order; ``skipped`` maps the rows without probabilities (images that could not be
+        decoded) to their labels, and they are in none of the others.
+
+    Raises:
+        ValueError: a header without the key columns, a row of the wrong length, or a cell that is not a number
+            (naming the file and line).
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header[: len(KEY_COLUMNS)]) != KEY_COLUMNS:
+            raise ValueError(f"{path}: expected a header 'path,label,<model>:<class>,...', received {header!r}")
+        columns: dict[str, list[int]] = {}
+        for col, name in enumerate(header[len(KEY_COLUMNS):], start=len(KEY_COLUMNS)):
+            columns.setdefault(name.rsplit(":", 1)[0] if ":" in name else "", []).append(col)
+        paths: list[str] = []
+        labels: list[str] = []
+        rows: list[list[float]] = []
+        skipped: dict[str, str] = {}
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
+            if not any(row[len(KEY_COLUMNS):]):
+                skipped[row[0]] = row[1]
+                continue
+            try:
+                rows.append([float(v) for v in row[len(KEY_COLUMNS):]])
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from None
+            paths.append(row[0])
+            labels.append(row[1])
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(header) - len(KEY_COLUMNS))
+    probs = {model: table[:, [c - len(KEY_COLUMNS) for c in cols]] for model, cols in columns.items()}
+    return paths, labels, probs, skipped
+
+
 def write_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
     """Write one model's predictions in the member CSV layout (skipped images last), atomically."""
     return write_prediction_table(

@@ -18,7 +18,6 @@ metrics) and ``<out>/report.md`` with PNG plots (:mod:`medens.evaluate.study_rep
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
@@ -118,18 +117,6 @@ def baseline_of(variant: Any, variants: Sequence[Any]) -> Any | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _ensemble_table(path: Path) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
-    """``(paths, labels, {column prefix: (N, K) probabilities})`` of an ensemble's predictions.csv."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    prefixes: dict[str, list[int]] = {}
-    for col, name in enumerate(header[2:], start=2):
-        prefixes.setdefault(name.rsplit(":", 1)[0], []).append(col)
-    probs = {p: np.array([[float(r[c]) for c in cols] for r in body]) for p, cols in prefixes.items()}
-    return [r[0] for r in body], [r[1] for r in body], probs
-
-
 def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> tuple[list[dict], dict]:
     """The metrics of every finished run, and the pooled out-of-fold predictions.
 
@@ -137,6 +124,8 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
         ``(runs, pooled)``: ``runs`` as ``study.json`` lists them; ``pooled[(seed, variant, model)]`` is
         ``(paths, labels, probs)`` over all folds. The ImageNet member's entries carry ``variant: None``.
     """
+    from medens.evaluate.predictions import read_prediction_table
+
     runs: list[dict] = []
     pooled: dict[tuple, list] = {}
     for fold, seed in itertools.product(range(folds), seeds):
@@ -145,7 +134,8 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
             results = json.loads((root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME).read_text("utf-8"))
             names = [m["name"] for m in results["members"]] + ["ensemble"]
             labels = [m["label"] for m in results["members"]] + [results["models"]["ensemble"]["label"]]
-            paths, truth, probs = _ensemble_table(root / variant.folder(ENSEMBLE_DIR) / PREDICTIONS_NAME)
+            # Rows of test images that could not be decoded carry no probabilities: in no pooled metric either.
+            paths, truth, probs, _ = read_prediction_table(root / variant.folder(ENSEMBLE_DIR) / PREDICTIONS_NAME)
             for model, name, label in zip(MODELS, names, labels, strict=True):
                 if model == "imagenet" and v_index > 0:
                     continue  # the same member in every variant

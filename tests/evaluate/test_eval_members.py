@@ -10,6 +10,7 @@ import pytest
 from medens.evaluate.members import IncompatibleMembersError, align_members, load_member
 from medens.evaluate.predictions import (
     Predictions,
+    read_prediction_table,
     read_predictions,
     write_prediction_table,
     write_predictions,
@@ -86,6 +87,20 @@ def test_multi_model_table_names_columns_by_model(tmp_path: Path) -> None:
     )
     header = (tmp_path / "t.csv").read_text().splitlines()[0]
     assert header == "path,label," + ",".join(f"{m}:{c}" for m in "ab" for c in CLASSES)
+
+
+def test_multi_model_table_reads_back_by_model_with_its_skipped_rows(tmp_path: Path) -> None:
+    a, b = make_predictions(3, 5), make_predictions(4, 5)
+    write_prediction_table(tmp_path / "t.csv", a.paths, a.label_names, CLASSES, {"a": a.probs, "b": b.probs},
+                           skipped={"test/broken.png": "normal"})  # fmt: skip
+    paths, labels, probs, skipped = read_prediction_table(tmp_path / "t.csv")
+    assert paths == a.paths and labels == a.label_names and skipped == {"test/broken.png": "normal"}
+    assert list(probs) == ["a", "b"]
+    np.testing.assert_array_equal(probs["a"], a.probs)
+    np.testing.assert_array_equal(probs["b"], b.probs)
+    (tmp_path / "bad.csv").write_text("path,label,a:x,a:y\np,x,0.5,\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: expected probabilities"):
+        read_prediction_table(tmp_path / "bad.csv")
 
 
 @pytest.mark.parametrize(
