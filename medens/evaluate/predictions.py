@@ -102,70 +102,13 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
             repeats, or a row's probabilities are outside [0, 1] or do not sum to 1 within :data:`PROB_SUM_TOL` (the
             message names the file and line).
     """
-    path = Path(path)
-    try:
-        return _read_predictions(path)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: expected a UTF-8 text CSV, received bytes that are not ({err.reason})") from None
-    except csv.Error as err:
-        raise ValueError(f"{path}: expected a CSV file, received one the csv reader refuses ({err})") from None
-
-
-def _check_probabilities(path: Path, line_no: int, values: list[float]) -> None:
-    """Refuse a row that is not a probability distribution: each value in [0, 1], the sum 1 within a tolerance."""
-    bad = [v for v in values if not 0.0 <= v <= 1.0]  # also catches nan
-    if bad:
-        raise ValueError(f"{path}:{line_no}: expected probabilities in [0, 1], received {bad[0]!r}")
-    total = float(np.sum(values))
-    if abs(total - 1.0) > PROB_SUM_TOL:
-        raise ValueError(
-            f"{path}:{line_no}: expected probabilities summing to 1 (within {PROB_SUM_TOL}), received a sum of "
-            f"{total!r}"
-        )
-
-
-def _read_predictions(path: Path) -> Predictions:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header[:2]) != KEY_COLUMNS or len(header) < 4:
-            raise ValueError(
-                f"{path}: expected a header 'path,label,<class>,<class>[,...]', received {header!r}"
-            )
-        classes = header[2:]
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"{path}: expected distinct class columns, received {classes}")
-        paths: list[str] = []
-        labels: list[str] = []
-        rows: list[list[float]] = []
-        skipped: dict[str, str] = {}
-        all_paths: list[str] = []
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
-            all_paths.append(row[0])
-            if not any(row[2:]):  # an image that could not be decoded: listed, not scored
-                skipped[row[0]] = row[1]
-                continue
-            paths.append(row[0])
-            labels.append(row[1])
-            try:
-                values = [float(v) for v in row[2:]]
-            except ValueError as err:
-                raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from err
-            _check_probabilities(path, line_no, values)
-            rows.append(values)
-    if not rows:
-        what = f"only {len(skipped)} rows of images that could not be decoded" if skipped else "none"
-        raise ValueError(f"{path}: expected at least one prediction row after the header, received {what}")
-    seen: dict[str, int] = {}
-    for line_no, item in enumerate(all_paths, start=2):
-        if item in seen:
-            raise ValueError(f"{path}:{line_no}: expected each image path once, received {item!r} again "
-                             f"(first on line {seen[item]})")
-        seen[item] = line_no
-    probs = np.array(rows, dtype=np.float64).reshape(len(rows), len(classes))
-    return Predictions(paths=paths, label_names=labels, classes=classes, probs=probs, skipped=skipped)
+    table = _read_table(Path(path), "path,label,<class>,<class>[,...]", min_values=2)
+    classes = table.header[len(KEY_COLUMNS):]
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{table.path}: expected distinct class columns, received {classes}")
+    table.check_probabilities(range(len(classes)))
+    return Predictions(paths=table.paths, label_names=table.labels, classes=classes, probs=table.values,
+                       skipped=table.skipped)
 
 
 def read_prediction_table(
@@ -179,37 +122,91 @@ def read_prediction_table(
         decoded) to their labels, and they are in none of the others.
 
     Raises:
-        ValueError: a header without the key columns, a row of the wrong length, or a cell that is not a number
-            (naming the file and line).
+        ValueError: as :func:`read_predictions`, for each model's columns.
     """
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header[: len(KEY_COLUMNS)]) != KEY_COLUMNS:
-            raise ValueError(f"{path}: expected a header 'path,label,<model>:<class>,...', received {header!r}")
-        columns: dict[str, list[int]] = {}
-        for col, name in enumerate(header[len(KEY_COLUMNS):], start=len(KEY_COLUMNS)):
-            columns.setdefault(name.rsplit(":", 1)[0] if ":" in name else "", []).append(col)
-        paths: list[str] = []
-        labels: list[str] = []
-        rows: list[list[float]] = []
-        skipped: dict[str, str] = {}
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
-            if not any(row[len(KEY_COLUMNS):]):
-                skipped[row[0]] = row[1]
-                continue
-            try:
-                rows.append([float(v) for v in row[len(KEY_COLUMNS):]])
-            except ValueError:
-                raise ValueError(f"{path}:{line_no}: expected probabilities, received {row[2:]}") from None
-            paths.append(row[0])
-            labels.append(row[1])
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(header) - len(KEY_COLUMNS))
-    probs = {model: table[:, [c - len(KEY_COLUMNS) for c in cols]] for model, cols in columns.items()}
-    return paths, labels, probs, skipped
+    table = _read_table(Path(path), "path,label,<model>:<class>,...", min_values=1)
+    columns: dict[str, list[int]] = {}
+    for col, name in enumerate(table.header[len(KEY_COLUMNS):]):
+        columns.setdefault(name.rsplit(":", 1)[0] if ":" in name else "", []).append(col)
+    for cols in columns.values():
+        table.check_probabilities(cols)
+    return table.paths, table.labels, {m: table.values[:, cols] for m, cols in columns.items()}, table.skipped
+
+
+@dataclass
+class _Table:
+    """The rows of a prediction CSV: key columns, the numbers after them, and the rows without numbers."""
+
+    path: Path
+    header: list[str]
+    paths: list[str]
+    labels: list[str]
+    values: np.ndarray  # (N, columns after the key columns)
+    lines: list[int]  # the file line of each row of ``values``
+    skipped: dict[str, str]
+
+    def check_probabilities(self, cols: Sequence[int]) -> None:
+        """Refuse a row whose ``cols`` are not a distribution: each in [0, 1], the sum 1 within a tolerance."""
+        block = self.values[:, list(cols)]
+        for line_no, row in zip(self.lines, block, strict=True):
+            bad = [v for v in row.tolist() if not 0.0 <= v <= 1.0]  # also catches nan
+            if bad:
+                raise ValueError(f"{self.path}:{line_no}: expected probabilities in [0, 1], received {bad[0]!r}")
+            total = float(np.sum(row))
+            if abs(total - 1.0) > PROB_SUM_TOL:
+                raise ValueError(
+                    f"{self.path}:{line_no}: expected probabilities summing to 1 (within {PROB_SUM_TOL}), "
+                    f"received a sum of {total!r}"
+                )
+
+
+def _read_table(path: Path, expected_header: str, min_values: int) -> _Table:
+    """Parse a prediction CSV: the header, numeric rows, rows without numbers (unreadable images), unique paths.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ValueError: not UTF-8 CSV, a bad header, a row of the wrong length or with a cell that is not a number, a
+            repeated path, or no row with numbers (naming the file and line).
+    """
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: expected a UTF-8 text CSV, received bytes that are not ({err.reason})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: expected a CSV file, received one the csv reader refuses ({err})") from None
+    header = rows[0] if rows else None
+    if header is None or tuple(header[: len(KEY_COLUMNS)]) != KEY_COLUMNS or len(header) < 2 + min_values:
+        raise ValueError(f"{path}: expected a header '{expected_header}', received {header!r}")
+    paths: list[str] = []
+    labels: list[str] = []
+    values: list[list[float]] = []
+    lines: list[int] = []
+    skipped: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{line_no}: expected {len(header)} fields, received {len(row)}")
+        if row[0] in seen:
+            raise ValueError(f"{path}:{line_no}: expected each image path once, received {row[0]!r} again "
+                             f"(first on line {seen[row[0]]})")
+        seen[row[0]] = line_no
+        cells = row[len(KEY_COLUMNS):]
+        if not any(cells):  # an image that could not be decoded: listed, not scored
+            skipped[row[0]] = row[1]
+            continue
+        try:
+            values.append([float(v) for v in cells])
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: expected probabilities, received {cells}") from None
+        paths.append(row[0])
+        labels.append(row[1])
+        lines.append(line_no)
+    if not values:
+        what = f"only {len(skipped)} rows of images that could not be decoded" if skipped else "none"
+        raise ValueError(f"{path}: expected at least one prediction row after the header, received {what}")
+    array = np.array(values, dtype=np.float64).reshape(len(values), len(header) - len(KEY_COLUMNS))
+    return _Table(path, header, paths, labels, array, lines, skipped)
 
 
 def write_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
