@@ -112,7 +112,8 @@ def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, A
 
 def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     """Every value has its default's type (ints where an int is expected, numbers for floats, ...) and lies within
-    the limits its option sets (``minimum``, ``allowed``).
+    the limits its option sets (``minimum``, ``allowed`` or ``choices``). An option whose flag reads a float takes
+    any number, whether its default is written ``5`` or ``5.0``.
 
     Raises:
         ValueError: naming the key, the expected type and the value received.
@@ -124,13 +125,14 @@ def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
         if default is None:  # an optional option: any type its flag gives, within its limits
             _check_range(key, value)
             continue
+        option = OPTIONS.get(key)
         if isinstance(default, bool):
             ok = isinstance(value, bool)
             want = "true or false"
-        elif isinstance(default, int):
+        elif isinstance(default, int) and not (option is not None and option.type is float):
             ok = isinstance(value, int) and not isinstance(value, bool)
             want = "an integer"
-        elif isinstance(default, float):
+        elif isinstance(default, (int, float)):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             want = "a number"
         elif isinstance(default, dict):
@@ -152,8 +154,9 @@ def _check_range(key: str, value: Any) -> None:
     option = OPTIONS.get(key)
     if option is None:
         return
-    if option.allowed is not None and value not in option.allowed:
-        shown = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in option.allowed)
+    allowed = option.allowed if option.allowed is not None else option.choices
+    if allowed is not None and value not in allowed:
+        shown = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in allowed)
         raise ValueError(f"{key}: expected {shown}, received {value!r}")
     if option.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         low = option.minimum

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medens.data.duplicates import DEFAULT_THRESHOLD
-from medens.engine.config import PRESET_DIR, load_yaml, yaml_value
+from medens.engine.config import yaml_value
 from medens.engine.precision import AMP_CHOICES
 from medens.models.classifier import INIT_RANDOM_FALLBACK
 from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
@@ -62,8 +62,9 @@ class Option:
         flag: the flag, when not ``--`` + the key with dashes.
         minimum: the smallest value allowed (numbers), checked wherever the value comes from.
         above: ``minimum`` itself is not allowed (the value must be greater).
-        allowed: the values a YAML file or ``--set`` may give, when the flag's type cannot say it (checked by
-            :func:`medens.train.configuration.check_types`).
+        allowed: the values a YAML file or ``--set`` may give, when they are more than ``choices`` (a YAML ``off``
+            is ``False``); without it ``choices`` is what they may give. Checked by
+            :func:`medens.train.configuration.check_types`, wherever the value comes from.
     """
 
     help: str
@@ -127,6 +128,7 @@ OPTIONS: dict[str, Option] = {
     "dedupe": Option(
         "keep near-duplicate images on one side of every split (off: plain stratified splits, a leaky protocol)",
         choices=("on", "off"),
+        allowed=("on", "off", True, False),
     ),
     "dedupe_threshold": Option("dHash bits up to which two images are candidate copies", int, metavar="BITS"),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
@@ -313,7 +315,9 @@ ENGINE_CLI_KEYS = (
 
 def _paper_settings(stage: str) -> dict[str, Any]:
     """The paper's settings of ``stage``: the packaged preset ``<stage>_paper.yaml``, the one place they are written."""
-    return load_yaml(PRESET_DIR / f"{stage}_paper.yaml")
+    from medens.train.presets import load_preset  # presets imports nothing of medens.train
+
+    return load_preset("paper", stage)
 
 
 #: ``pretrain``'s defaults: the paper's pre-training (ConvNeXt-Tiny, 224 px, 400 epochs; ``pretrain_paper.yaml``).

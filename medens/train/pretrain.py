@@ -136,10 +136,6 @@ def run_pretrain(config: dict[str, Any]) -> Path:
     """
     config = resolve_config(PRETRAIN_DEFAULTS, config, stage="pretrain")
     with option_checks():  # arch, sizes, masking, schedule: before anything slow happens
-        if config["pretrain_split"] not in PRETRAIN_SPLITS:
-            raise ValueError(
-                f"pretrain_split: expected one of {tuple(PRETRAIN_SPLITS)}, received {config['pretrain_split']!r}"
-            )
         _check_ops_backend(config["ops_backend"])
         seed_everything(int(config["seed"]))
         model = build_model(config)

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine import (
     DistContext,
     EngineConfig,
@@ -201,9 +200,9 @@ def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str
         use_official=bool(config["use_official_split"]),
         out_dir=ctx.out_dir if ctx.dist.is_main else None,
         split_file=split_file,
-        dedupe=_dedupe_on(config.get("dedupe", "on")),
-        dedupe_threshold=int(config.get("dedupe_threshold", DEFAULT_THRESHOLD)),
-        keep_conflicts=bool(config.get("keep_conflicts", False)),
+        dedupe=_dedupe_on(config["dedupe"]),
+        dedupe_threshold=int(config["dedupe_threshold"]),
+        keep_conflicts=bool(config["keep_conflicts"]),
         hash_cache_dir=config.get("cache_dir"),
         progress=bool(config.get("progress", True)) and ctx.dist.is_main,
     )

@@ -24,7 +24,7 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
-from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, load_preset
+from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
 
 __all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage"]
 
@@ -138,8 +138,9 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     dataset_options = dict(options.get("dataset_options") or {})
     if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
         dataset_options = dict(DEMO_DATASET_OPTIONS)
-        # The demo trains at its images' own size, not the preset's (which is sized for real scans).
-        shared.setdefault("image_size", DEMO_DATASET_OPTIONS["image_size"])
+        if options["preset"] == default_preset(DEMO_DATASET):
+            # The demo trains at its images' own size, not at the one its preset sets for real scans.
+            shared.setdefault("image_size", DEMO_DATASET_OPTIONS["image_size"])
     shared["dataset_options"] = dataset_options
     if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
         shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages

@@ -197,7 +197,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     if int(folds) < 2:
         raise UsageError(f"folds: expected at least 2 folds, received {folds}")
     if not seeds:
-        raise ValueError("seeds: expected at least one seed, received none")
+        raise UsageError("seeds: expected at least one seed, received none")
     out = Path(options["out"])
     todo = list(itertools.product(range(int(folds)), seeds))
     with tqdm(total=len(todo), desc="study", unit="run") as bar:

@@ -166,6 +166,9 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(
         (["--ops-backend", "nope"], "ops_backend: expected 'auto' or one of"),
         (["--set", "image_size=abc"], "image_size: expected an integer, received 'abc'"),
         (["--dataset-option", "num_images"], "--dataset-option: expected KEY=VALUE, received 'num_images'"),
+        # a value --set (or a YAML file) gives is held to the flag's choices too
+        (["--set", "pretrain_split=every"], "pretrain_split: expected train or trainval or all, received 'every'"),
+        (["--set", "masking=blocks"], "masking: expected "),
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
@@ -213,3 +216,19 @@ def test_a_folder_of_the_other_stage_is_named_as_what_it_is(
     argv = ["finetune", *FT_TINY, "--out", str(run), *(["--resume"] if resume else [])]
     err = _fails_cleanly(capsys, argv, f"out: {run} holds a pretrain run, not a finetune run", code=2)
     assert "did you mean" not in err and "holds a finetune run" not in err
+
+
+def test_choices_hold_for_set_and_yaml_values_and_floats_take_any_number(tmp_path: Path) -> None:
+    from medens.train.configuration import check_types
+    from medens.train.options import FINETUNE_DEFAULTS
+
+    with pytest.raises(ValueError, match="select_metric: expected macro_f1 or accuracy"):
+        check_types({"select_metric": "f1"}, FINETUNE_DEFAULTS)
+    check_types({"dedupe": False, "imbalance": "none"}, FINETUNE_DEFAULTS)  # YAML's `dedupe: off` is False
+    with pytest.raises(ValueError, match="imbalance: expected none or weighted_loss or balanced_sampler"):
+        check_types({"imbalance": "typo"}, FINETUNE_DEFAULTS)
+    # a float option whose default a YAML file wrote as a whole number still takes a fraction
+    check_types({"warmup_epochs": 2.5}, {**FINETUNE_DEFAULTS, "warmup_epochs": 5})
+    with pytest.raises(ValueError, match="epochs: expected an integer"):
+        check_types({"epochs": 2.5}, FINETUNE_DEFAULTS)
+

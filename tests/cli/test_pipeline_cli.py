@@ -36,6 +36,8 @@ def test_small_preset_on_a_real_dataset_and_on_the_demo_images_at_another_size()
     sized = stages.stage_configs(pipeline.options_from_args(parse(["--dataset-option", "image_size=32",
                                                                    "--image-size", "32"])))
     assert sized["pretrain"]["image_size"] == 32  # a flag still wins
+    paper = stages.stage_configs(pipeline.options_from_args(parse(["--preset", "paper"])))
+    assert paper["pretrain"]["image_size"] == 224  # another preset on the demo images keeps its own size
 
 
 def test_real_dataset_needs_out_and_defaults_to_paper(tmp_path: Path) -> None:
