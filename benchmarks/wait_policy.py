@@ -31,27 +31,6 @@ SETTINGS: dict[str, dict[str, str | None]] = {
 #: Settings also run two at a time.
 PAIRED = ("PASSIVE (the CLI's default)", "libgomp default, GOMP_SPINCOUNT=10000")
 
-_BARE_STEP = """
-import statistics, sys, time
-import timm, torch
-size, batch = int(sys.argv[1]), 32
-torch.manual_seed(0)
-model = timm.create_model("convnext_atto", num_classes=3).to(memory_format=torch.channels_last)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
-y = torch.randint(0, 3, (batch,))
-times = []
-for _ in range(25):
-    t = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(x), y, weight=torch.tensor([1.0, 2.0, 3.0]))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    times.append(time.perf_counter() - t)
-print(batch / statistics.median(times[5:]))
-"""
-
-
 def _env(variables: dict[str, str | None]) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in variables.items():
@@ -60,6 +39,36 @@ def _env(variables: dict[str, str | None]) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+def bare_step_speed(size: int, batch: int = 32) -> float:
+    """Images/s of a fine-tuning step alone: the CLI's model, plain AdamW, class-weighted loss, random data."""
+    import torch
+
+    from medens.models import create_classifier
+
+    torch.manual_seed(0)
+    model, _ = create_classifier("convnext_atto", 3, init="scratch")
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 3, (batch,))
+    weight = torch.tensor([1.0, 2.0, 3.0])
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels, weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # first-call allocations
+        step()
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
 
 
 def _median_speed(run_dir: Path) -> float:
@@ -90,14 +99,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs (must not exist)")
     parser.add_argument("--bare", action="store_true", help="also time a bare timm step (the ceiling)")
     parser.add_argument("--bare-size", type=int, default=96, help="input side of the bare step")
+    parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # the child that times it
     parser.add_argument("finetune_args", nargs=argparse.REMAINDER, help="-- then the arguments of medens finetune")
     args = parser.parse_args()
+    if args.bare_only:
+        print(bare_step_speed(args.bare_size))
+        return
     finetune_args = [a for a in args.finetune_args if a != "--"]
     args.out.mkdir(parents=True, exist_ok=False)
     rows: list[tuple[str, str, str]] = []
     if args.bare:
-        bare = subprocess.run([sys.executable, "-c", _BARE_STEP, str(args.bare_size)], capture_output=True,
-                              text=True, check=True, env=_env(SETTINGS["ACTIVE"]))
+        # In a child process: the wait policy is read once, when the OpenMP runtime starts.
+        bare = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--bare-only", "--bare-size",
+                               str(args.bare_size)], capture_output=True, text=True, check=True,
+                              env=_env(SETTINGS["ACTIVE"]))
         rows.append(("bare timm step, no data loading (ACTIVE)", f"{float(bare.stdout):.0f}", "-"))
     alone = {}
     for i, (name, variables) in enumerate(SETTINGS.items()):

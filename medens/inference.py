@@ -158,7 +158,7 @@ def load_member_model(member: Member, device: str | torch.device = "auto") -> Me
     config = member.config
     if config.get("image_size") is None:
         raise ValueError(
-            f"{member.directory / 'config.yaml'}: expected key 'image_size' to rebuild the model input"
+            f"{member.directory / CONFIG_NAME}: expected key 'image_size' to rebuild the model input"
         )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model, _ = load_model(member.directory, dev)

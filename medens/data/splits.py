@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from medens.layout import SPLITS_NAME
+
 from .base import SPLIT_NAMES, LabeledDataset
 from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, DuplicateGroups, find_duplicates
 from .errors import DatasetError, DatasetNotFoundError
@@ -34,7 +36,7 @@ from .partition import kfold_partition, stratified_partition
 logger = logging.getLogger(__name__)
 
 FORMAT = "medens.splits/1"
-SPLITS_FILENAME = "splits.json"
+SPLITS_FILENAME = SPLITS_NAME  # the name every run folder gives it (medens.layout)
 Splits = dict[str, list[int]]
 #: Why an item is in no split, as ``splits.json`` records it.
 EXCLUDED_LABEL_CONFLICT = "label_conflict"

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from medens.errors import UsageError
 from medens.evaluate.predictions import Predictions, read_predictions
 from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME
 
@@ -117,6 +118,8 @@ def load_member(directory: str | os.PathLike[str]) -> Member:
         ValueError: if the config has no class list or the predictions' classes differ from it.
     """
     directory = Path(directory)
+    if not directory.expanduser().is_dir():
+        raise UsageError(f"members: expected fine-tuning run folders, received {directory}, which does not exist")
     config_path = directory / CONFIG_NAME
     test_path = directory / PREDICTIONS_NAME
     for required in (config_path, test_path):

@@ -16,7 +16,6 @@ from typing import Any
 
 from medens.cli import command, command_help, config_file_argument
 from medens.engine.atomic import remove_stale_temporaries
-from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import evaluate_ensemble
@@ -128,10 +127,6 @@ def run_ensemble(
     Raises:
         OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
-    missing = [str(d) for d in member_dirs if not Path(d).expanduser().is_dir()]
-    if missing:
-        raise UsageError(f"members: expected fine-tuning run folders, received {', '.join(missing)}, which "
-                         f"{'does' if len(missing) == 1 else 'do'} not exist")
     refuse_output_over_inputs("out", out_dir, folders=member_dirs)
     remove_stale_temporaries(out_dir)
     members: list[Member] = [load_member(d) for d in member_dirs]

@@ -3,8 +3,8 @@
 ``--images`` is an image file or a folder (searched recursively); ``--out`` receives a CSV with ``path``,
 ``prediction`` (the most probable class) and one probability column per class, named by the class. The members
 are combined as ``ensemble`` combines them (``--method``, ``--calibrate``, ``--tta``); one member gives its own
-probabilities. An image that cannot be decoded is left out of the CSV, listed on the terminal and logged; every
-readable image is predicted. The models run through :mod:`medens.inference`.
+probabilities. An image that cannot be decoded gets a row with empty prediction and probability cells, and is listed on the
+terminal and logged; every readable image is predicted. The models run through :mod:`medens.inference`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from medens.evaluate.members import IncompatibleMembersError, align_members, loa
 from medens.evaluate.predictions import write_class_predictions
 from medens.evaluate.tables import text_table
 from medens.inference import ImageFiles, load_member_model, member_probs, with_tta_predictions
+from medens.layout import VAL_PREDICTIONS_NAME
 from medens.train.guards import positive_int, refuse_output_over_inputs
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def run_predict(
         members = align_members(members, require_val=needs_val)
     elif needs_val and members[0].val is None:
         raise IncompatibleMembersError(
-            f"members: expected val_predictions.csv in {members[0].directory} to calibrate"
+            f"members: expected {VAL_PREDICTIONS_NAME} in {members[0].directory} to calibrate"
         )
     if tta and needs_val:
         members = [with_tta_predictions(m, val=True, device=device, batch_size=batch_size) for m in members]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +39,6 @@ def member(
     return write_member(
         root / name, config, _split(rng, 45, 1.8, "test", classes), _split(rng, 24, 1.8, "val", classes)
     )
-
-
-@pytest.fixture
-def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog that also hears ``medens`` loggers when the CLI's logging setup stops them propagating to root."""
-    logger = logging.getLogger("medens")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def run_cli(argv: list[str]) -> int:

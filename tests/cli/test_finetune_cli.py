@@ -220,7 +220,6 @@ def test_help_and_defaults(capsys: pytest.CaptureFixture) -> None:
 def test_each_option_is_documented_once() -> None:
     """One table documents every option, complete at import: importing the stages adds and changes nothing."""
     import subprocess
-    import sys
 
     code = (
         "from medens.train import options as o; before = dict(o.OPTIONS); "
@@ -231,7 +230,7 @@ def test_each_option_is_documented_once() -> None:
         "flags = set(o.PRETRAIN_CLI_KEYS) | set(o.FINETUNE_CLI_KEYS); "
         "assert flags <= keys and set(o.PRETRAIN_CLI_KEYS) <= set(o.PRETRAIN_DEFAULTS)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    result = subprocess.run(**installed("-c", code), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 

@@ -168,6 +168,19 @@ def test_predict_refuses_missing_images(members, tmp_path: Path) -> None:
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_predict_names_a_missing_member_folder_as_ensemble_does(
+    members, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "img.png"
+    load_dataset("synthetic", None, **DATASET_OPTIONS)[0][0].save(images)
+    argv = ["predict", "--members", str(members[0][0]), str(tmp_path / "nope"), "--images", str(images),
+            "--out", str(tmp_path / "p.csv")]
+    assert run_cli(predict_cli, argv) == 2  # a usage error, as in ensemble
+    err = capsys.readouterr().err
+    assert f"received {tmp_path / 'nope'}, which does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
 @pytest.mark.parametrize("where", ["member_file", "image", "inside_member"])
 def test_predict_refuses_out_over_an_input(members, tmp_path: Path, capsys: pytest.CaptureFixture, where: str) -> None:
     ds = load_dataset("synthetic", None, **DATASET_OPTIONS)

@@ -1,4 +1,4 @@
-"""Shared helpers for the evaluation tests (and the ensemble benchmark)."""
+"""Shared helpers for the evaluation tests."""
 
 from __future__ import annotations
 

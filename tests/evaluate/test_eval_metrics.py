@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,16 +142,17 @@ def test_a_class_absent_from_the_labels() -> None:
 
 
 def test_importing_the_evaluation_loads_no_scikit_learn(tmp_path: Path) -> None:
-    # scikit-learn takes over a second to import; the command line's --help must not pay it. Run outside the
-    # checkout, so the installed build (with its compiled core) is what gets imported.
+    # scikit-learn takes over a second to import; the command line's --help must not pay it. The child imports
+    # the installed build (tests/_installed.py checks that); its check imports torch, never scikit-learn.
+    from tests._installed import installed
+
     code = (
-        "import importlib.util, sys\n"
+        "import sys\n"
         "import medens.evaluate, medens.evaluate.ensemble\n"
-        "assert importlib.util.find_spec('medens._C') is not None, 'no medens._C: not the installed build'\n"
         "loaded = sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules)\n"
         "assert not loaded, f'imported with medens.evaluate: {loaded}'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(**installed("-c", code, cwd=tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
