@@ -20,7 +20,8 @@ An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``,
 ``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``.
 
 A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-imagenet/``, ``ROOT/finetune-mae/``,
-``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/``; a pre-training variant ``V`` of a study adds
+``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/`` (with ``--baseline ARCH`` also
+``ROOT/finetune-baseline/``); a pre-training variant ``V`` of a study adds
 ``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
 
 A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
@@ -52,6 +53,7 @@ __all__ = [
     "PRETRAIN_DIR",
     "IMAGENET_DIR",
     "MAE_DIR",
+    "BASELINE_DIR",
     "ENSEMBLE_DIR",
     "CACHE_DIR",
     "PRETRAIN_OUTPUTS",
@@ -90,6 +92,8 @@ ENSEMBLE_PLOT_NAMES = {
 PRETRAIN_DIR = "pretrain"
 IMAGENET_DIR = "finetune-imagenet"
 MAE_DIR = "finetune-mae"
+#: The optional plain baseline member of a pipeline (``--baseline ARCH``), trained once per split.
+BASELINE_DIR = "finetune-baseline"
 ENSEMBLE_DIR = "ensemble"
 CACHE_DIR = "cache"
 STUDY_NAME = "study.json"

@@ -40,10 +40,11 @@ from medens.evaluate.predictions import (
     write_prediction_table,
     write_predictions,
 )
-from medens.evaluate.report import ENSEMBLE_NAME, comparison_table, render_report
+from medens.evaluate.report import BASELINE_NAME, ENSEMBLE_NAME, comparison_table, render_report
 
 __all__ = [
     "ENSEMBLE_METHODS",
+    "BASELINE_NAME",
     "ENSEMBLE_NAME",
     "SUMMARY_METRICS",
     "EnsembleRule",

@@ -4,6 +4,10 @@ The steps, in order: check and align the members; optionally fit a temperature p
 and rescale its probabilities; optionally fit combination weights on the validation split; combine; score every
 model with the same metrics, paired bootstrap intervals and McNemar's test of the ensemble against each member;
 write ``metrics.json``, ``predictions.csv``, ``report.md`` and the plots.
+
+An optional **baseline** (a plain model fine-tuned on the same split, e.g. a ResNet-18 from random weights) is
+scored and compared with the ensemble in the same way, but never combined: it answers whether the method beats a
+plain model on the same images.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from medens.evaluate.members import Member, align_members, init_kind, prediction
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
-from medens.evaluate.report import ENSEMBLE_NAME, render_report
+from medens.evaluate.report import BASELINE_NAME, ENSEMBLE_NAME, render_report
 from medens.layout import ENSEMBLE_PLOT_NAMES, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,13 @@ def ensemble_label(method: str, calibrate: bool, tta: bool) -> str:
 def _member_label(member: Member, calibrate: bool, tta: bool) -> str:
     extras = _treatments(calibrate, tta)
     return f"{member.label} ({', '.join(extras)})" if extras else member.label
+
+
+def baseline_label(member: Member) -> str:
+    """The baseline's name in tables, e.g. ``Baseline resnet18 (random init)``."""
+    arch = str(member.config.get("arch") or member.directory.name)
+    init = {"scratch": "random init", "mae": "MAE init"}.get(init_kind(member.config.get("init")), "ImageNet init")
+    return f"Baseline {arch} ({init})"
 
 
 def _json_ready(obj: Any) -> Any:
@@ -102,8 +114,9 @@ def evaluate_ensemble(
     n_bins: int = DEFAULT_ECE_BINS,
     plots: bool = True,
     progress: bool = False,
+    baseline: Member | None = None,
 ) -> dict[str, Any]:
-    """Combine members, score members and ensemble, and write every output to ``out_dir``.
+    """Combine members, score members and ensemble (and a baseline), and write every output to ``out_dir``.
 
     Args:
         members: loaded members (see :func:`medens.evaluate.members.load_member`), at least two.
@@ -117,6 +130,9 @@ def evaluate_ensemble(
         n_bins: bins of the expected calibration error and reliability diagram.
         plots: write the PNG plots.
         progress: show a progress bar for the bootstrap.
+        baseline: a loaded model on the same split scored beside the ensemble (never combined; its probabilities
+            are used as they are, neither calibrated nor weighted). In ``metrics.json``: ``baseline`` (its folder)
+            and ``ensemble_vs_baseline`` (the ensemble's differences from it).
 
     Returns:
         The content of ``metrics.json``.
@@ -129,11 +145,16 @@ def evaluate_ensemble(
     if method not in ENSEMBLE_METHODS:
         raise ValueError(f"method: expected one of {list(ENSEMBLE_METHODS)}, received {method!r}")
     needs_val = calibrate or method == "weighted"
-    members = align_members(members, require_val=needs_val)
+    aligned = align_members([*members, *([baseline] if baseline is not None else [])], require_val=needs_val)
+    members = aligned[: len(members)]
+    if baseline is not None:
+        baseline = replace(aligned[-1], name=BASELINE_NAME, label=baseline_label(baseline))
+        if any(m.name == BASELINE_NAME for m in members):
+            raise ValueError(f"members: expected no member named {BASELINE_NAME!r} beside a baseline")
     first = members[0]
     classes = first.classes
     labels = first.test.labels
-    skipped = _skipped_test(members)
+    skipped = _skipped_test([*members, *([baseline] if baseline is not None else [])])
     test = {m.name: m.test.probs for m in members}
     val = {m.name: m.val.probs for m in members} if needs_val else {}
     val_labels = first.val.labels if needs_val and first.val is not None else None
@@ -150,6 +171,9 @@ def evaluate_ensemble(
     labels_by_name = {m.name: _member_label(m, calibrate, tta) for m in members}
     labels_by_name[ENSEMBLE_NAME] = ensemble_label(method, calibrate, tta)
     probs_by_name = {**test, ENSEMBLE_NAME: ensemble}
+    if baseline is not None:
+        labels_by_name[BASELINE_NAME] = baseline.label
+        probs_by_name[BASELINE_NAME] = baseline.test.probs
 
     samples = bootstrap_samples(
         probs_by_name, labels, n_boot=n_boot, seed=seed, n_bins=n_bins, progress=progress
@@ -165,16 +189,17 @@ def evaluate_ensemble(
             "metrics": classification_report(probs, labels, classes, n_bins),
             "ci": {m: list(cis[name][m]) for m in SUMMARY_METRICS},
         }
-    comparisons = {}
-    for m in members:
-        point = {
-            k: models[ENSEMBLE_NAME]["metrics"][k] - models[m.name]["metrics"][k] for k in SUMMARY_METRICS
+
+    def versus(name: str) -> dict[str, Any]:
+        return {
+            "difference": {
+                k: models[ENSEMBLE_NAME]["metrics"][k] - models[name]["metrics"][k] for k in SUMMARY_METRICS
+            },
+            "difference_ci": {k: list(diffs[name][k]) for k in SUMMARY_METRICS},
+            "mcnemar": mcnemar(ens_correct, predict(probs_by_name[name]) == labels).to_dict(),
         }
-        comparisons[m.name] = {
-            "difference": point,
-            "difference_ci": {k: list(diffs[m.name][k]) for k in SUMMARY_METRICS},
-            "mcnemar": mcnemar(ens_correct, predict(test[m.name]) == labels).to_dict(),
-        }
+
+    comparisons = {m.name: versus(m.name) for m in members}
     results: dict[str, Any] = {
         "classes": classes,
         "n_test": int(labels.size),
@@ -200,6 +225,15 @@ def evaluate_ensemble(
         ],
         "models": models,
         "ensemble_vs_members": comparisons,
+        "baseline": None if baseline is None else {
+            "name": BASELINE_NAME,
+            "label": baseline.label,
+            "directory": str(baseline.directory),
+            "init": baseline.config.get("init"),
+            "arch": baseline.config.get("arch"),
+            "fingerprint": prediction_fingerprint(baseline.directory),
+        },
+        "ensemble_vs_baseline": None if baseline is None else versus(BASELINE_NAME),
         "bootstrap": {
             "n_boot": n_boot,
             "confidence": confidence,

@@ -9,6 +9,8 @@ from medens.evaluate.tables import format_ci, format_p, format_value, markdown_t
 
 #: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
 ENSEMBLE_NAME = "ensemble"
+#: Column name of the baseline (a plain model scored beside the ensemble, never combined) and its ``models`` key.
+BASELINE_NAME = "baseline"
 
 #: Metric key to column title.
 METRIC_TITLES: dict[str, str] = {
@@ -78,6 +80,10 @@ def _setup_lines(results: dict[str, Any]) -> list[str]:
             + (f"; {'; '.join(extra)}" if extra else "")
             + ")."
         )
+    base = results.get("baseline")
+    if base:
+        lines.append(f"- Baseline **{base['label']}**: `{base['directory']}` (init `{base.get('init')}`, arch "
+                     f"`{base.get('arch')}`): scored beside the ensemble, not part of it.")
     boot = results["bootstrap"]
     lines.append(
         f"- Intervals: {round(100 * boot['confidence'])}% percentile bootstrap over test images, "
@@ -104,7 +110,8 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         *_setup_lines(results),
         "",
-        "## Members and ensemble on the test split",
+        "## Members and ensemble on the test split" + (" (and the baseline, not in the ensemble)"
+                                                        if results.get("baseline") else ""),
         "",
     ]
     out.append(comparison_table(results, tuple(METRIC_TITLES), markdown=True))
@@ -114,13 +121,16 @@ def render_report(results: dict[str, Any]) -> str:
         f"AUROC: one-vs-rest, macro. ECE: expected calibration error ({results['ece_bins']} equal-width bins of "
         "top-class confidence; lower is better). NLL: mean negative log-likelihood (nats; lower is better).",
         "",
-        f"## {ens_label} minus each member",
+        f"## {ens_label} minus each member" + (" and the baseline" if results.get("baseline") else ""),
         "",
     ]
     headers = ["Member"] + [f"Δ {METRIC_TITLES[m]} [{level}% CI]" for m in HEADLINE_METRICS]
     headers += ["McNemar b / c", "McNemar p"]
     rows = []
-    for name, comp in results["ensemble_vs_members"].items():
+    versus = dict(results["ensemble_vs_members"])
+    if results.get("ensemble_vs_baseline"):
+        versus[results["baseline"]["name"]] = results["ensemble_vs_baseline"]
+    for name, comp in versus.items():
         row = [models[name]["label"]]
         for m in HEADLINE_METRICS:
             d = comp["difference"][m]
@@ -129,7 +139,7 @@ def render_report(results: dict[str, Any]) -> str:
         row += [f"{mc['b']} / {mc['c']}", format_p(mc["p_value"])]
         rows.append(row)
     out.append(markdown_table(headers, rows))
-    methods = {comp["mcnemar"]["method"] for comp in results["ensemble_vs_members"].values()}
+    methods = {comp["mcnemar"]["method"] for comp in versus.values()}
     out += [
         "",
         "b: test images the ensemble gets right and the member wrong; c: the reverse. "

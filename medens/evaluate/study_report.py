@@ -25,7 +25,8 @@ from .paired import ALPHA, compare, spread
 from .plots import _save
 from .tables import format_p, format_value, markdown_table, text_table
 
-_MODEL_NAMES = {"imagenet": "ImageNet member", "mae": "MAE member", "ensemble": "ensemble"}
+_MODEL_NAMES = {"imagenet": "ImageNet member", "mae": "MAE member", "ensemble": "ensemble",
+                "baseline": "plain baseline"}
 
 
 def _key(model: str, variant: str | None) -> str:
@@ -59,6 +60,9 @@ def _comparisons(variants: Sequence[str], baselines: Mapping[str, str]) -> list[
             (f"ensemble - ImageNet member{tag}", ("ensemble", v), ("imagenet", None)),
             (f"ensemble - MAE member{tag}", ("ensemble", v), ("mae", v)),
             (f"MAE member - ImageNet member{tag}", ("mae", v), ("imagenet", None)),
+            # With --baseline ARCH: does the method beat a plain model? (skipped when no baseline was run)
+            (f"ensemble - plain baseline{tag}", ("ensemble", v), ("baseline", None)),
+            (f"MAE member - plain baseline{tag}", ("mae", v), ("baseline", None)),
         ]
         if v in baselines:
             b = baselines[v]

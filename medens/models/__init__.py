@@ -1,14 +1,23 @@
 """Models: the masked ConvNeXt autoencoder for pre-training and ConvNeXt classifiers for fine-tuning.
 
 - :class:`MaskedConvNeXt`       entropy-guided masked autoencoder (FCMAE-style sparse encoder, light decoder)
-- :func:`create_classifier`     timm ConvNeXt classifier from ImageNet, an MAE encoder, or scratch
+- :func:`create_classifier`     timm ConvNeXt classifier from ImageNet, an MAE encoder, or scratch (any timm
+                                 architecture from scratch: the plain baseline)
 - :func:`save_weights` / :func:`load_weights` / :func:`load_encoder_into`   safetensors with checked metadata
 """
 
-from medens.models.arch import DEFAULT_ARCH, ENCODER_STRIDE, SMALL_ARCHS, check_arch, split_arch
+from medens.models.arch import (
+    DEFAULT_ARCH,
+    ENCODER_STRIDE,
+    SMALL_ARCHS,
+    check_arch,
+    check_timm_arch,
+    split_arch,
+)
 from medens.models.classifier import (
     INIT_RANDOM_FALLBACK,
     PretrainedWeightsUnavailable,
+    check_arch_for_init,
     create_classifier,
     parse_init,
 )
@@ -38,6 +47,8 @@ __all__ = [
     "SMALL_ARCHS",
     "WeightsMismatchError",
     "check_arch",
+    "check_arch_for_init",
+    "check_timm_arch",
     "create_classifier",
     "load_encoder_into",
     "load_weights",

@@ -1,7 +1,9 @@
 """Which timm architectures medens can use as a ConvNeXt encoder, and how their names are checked.
 
 One place for the facts every model factory needs: the default architecture, the small ones suited to a CPU,
-how an ``arch[.tag]`` name splits, and the error a user sees for a name timm does not know.
+how an ``arch[.tag]`` name splits, and the error a user sees for a name timm does not know. The method's models
+are ConvNeXts (:func:`check_arch`); a classifier trained from random weights, such as the plain baseline member
+a pipeline or study may add (``--baseline resnet18``), may be any timm architecture (:func:`check_timm_arch`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ import difflib
 
 import timm
 
-__all__ = ["DEFAULT_ARCH", "SMALL_ARCHS", "ENCODER_STRIDE", "split_arch", "check_arch", "convnext_archs"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "SMALL_ARCHS",
+    "ENCODER_STRIDE",
+    "split_arch",
+    "check_arch",
+    "check_timm_arch",
+    "convnext_archs",
+]
 
 #: The paper's encoder.
 DEFAULT_ARCH = "convnext_tiny"
@@ -58,4 +68,20 @@ def check_arch(name: str, *, argument: str = "arch") -> str:
             f"{argument}: expected a timm ConvNeXt architecture (e.g. '{DEFAULT_ARCH}', or for small machines "
             f"{', '.join(SMALL_ARCHS)}), received {name!r}.{hint}"
         )
+    return arch
+
+
+def check_timm_arch(name: str, *, argument: str = "arch") -> str:
+    """Check that ``name`` (optionally ``arch.tag``) names any timm architecture and return the bare name.
+
+    Raises:
+        ValueError: when timm does not know ``name``; the message lists close matches.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{argument}: expected a timm architecture name such as 'resnet18', received {name!r}")
+    arch, _ = split_arch(name)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"{argument}: expected a timm architecture (e.g. 'resnet18'), received {name!r}.{hint}")
     return arch

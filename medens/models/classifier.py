@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from medens.models.arch import check_arch, split_arch
+from medens.models.arch import check_arch, check_timm_arch, split_arch
 from medens.models.weights import load_encoder_into
 
 __all__ = [
@@ -61,6 +61,18 @@ def parse_init(init: str) -> tuple[str, Path | None]:
     )
 
 
+def check_arch_for_init(arch: str, init_kind: str) -> str:
+    """The bare architecture of ``arch``: any timm model from random weights, else a timm ConvNeXt.
+
+    An MAE encoder is a ConvNeXt, and the ImageNet member is the paper's ConvNeXt; a model trained from
+    ``scratch`` (the plain baseline member) may be any architecture timm builds.
+
+    Raises:
+        ValueError: an unknown architecture, or one that is not a ConvNeXt for ``imagenet`` or ``mae``.
+    """
+    return check_timm_arch(arch) if init_kind == "scratch" else check_arch(arch)
+
+
 def create_classifier(
     arch: str,
     num_classes: int,
@@ -75,7 +87,8 @@ def create_classifier(
     """Build ``timm.create_model(arch, num_classes=num_classes)`` and initialise it.
 
     Args:
-        arch: timm ConvNeXt name, optionally with a pretrained tag (``convnext_tiny.fb_in1k``).
+        arch: timm ConvNeXt name, optionally with a pretrained tag (``convnext_tiny.fb_in1k``); with ``init``
+            ``"scratch"`` any timm architecture (a plain baseline such as ``resnet18``).
         num_classes: classifier outputs.
         init: ``"imagenet"``, ``"mae:PATH"`` or ``"scratch"``.
         pretrained_file: local ImageNet weights (safetensors, .pth or .bin as published by timm) for ``imagenet``.
@@ -96,10 +109,10 @@ def create_classifier(
         PretrainedWeightsUnavailable: ImageNet weights unavailable and no fallback allowed.
         medens.models.weights.WeightsMismatchError: an MAE encoder of another architecture.
     """
-    base = check_arch(arch)  # without the pretrained tag
+    kind, mae_path = parse_init(init)
+    base = check_arch_for_init(arch, kind)  # without the pretrained tag
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
-    kind, mae_path = parse_init(init)
     kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
     if pretrained_file is not None and kind != "imagenet":
         raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")

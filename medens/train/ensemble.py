@@ -2,7 +2,9 @@
 
 Works on member folders (``config.yaml``, ``predictions.csv``, ``val_predictions.csv``); only ``--tta`` reloads the
 members' models to predict again on flipped images. Writes ``metrics.json``, ``predictions.csv``, ``report.md`` and
-PNG plots to ``--out`` and prints the comparison table.
+PNG plots to ``--out`` and prints the comparison table. ``--baseline DIR`` scores one more fine-tuned model (a plain
+one, e.g. ``finetune --arch resnet18 --init scratch``) beside the ensemble, on the same test images, without
+combining it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--out", required=True, metavar="DIR", help="folder for metrics.json, predictions.csv, report.md"
     )
     p.add_argument(
+        "--baseline", metavar="DIR", help="a fine-tuning output folder scored and compared beside the ensemble, "
+        "not combined (e.g. a ResNet-18 from random weights)"
+    )
+    p.add_argument(
         "--method",
         choices=ENSEMBLE_METHODS,
         default=ENSEMBLE_METHODS[0],
@@ -69,12 +75,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike[str]] | None = None) -> bool:
+def is_complete(
+    out_dir: str | os.PathLike[str],
+    members: list[str | os.PathLike[str]] | None = None,
+    baseline: str | os.PathLike[str] | None = None,
+) -> bool:
     """Whether ``out_dir`` holds a finished evaluation (of exactly ``members``, as they are now, when given).
 
     ``metrics.json`` is written last, so its presence means every other output is there. With ``members``, the
-    evaluation must list the same folders in the same order, and their prediction files must be unchanged since
-    (a member retrained after the evaluation makes it stale).
+    evaluation must list the same folders in the same order, and the same ``baseline`` folder (or none), and
+    their prediction files must be unchanged since (a model retrained after the evaluation makes it stale).
     """
     path = Path(out_dir) / METRICS_NAME
     if not path.is_file():
@@ -85,9 +95,16 @@ def is_complete(out_dir: str | os.PathLike[str], members: list[str | os.PathLike
         return False
     if members is None:
         return True
-    recorded = results.get("members", [])
+    recorded = list(results.get("members", []))
     if [Path(m["directory"]).resolve() for m in recorded] != [Path(m).resolve() for m in members]:
         return False
+    base = results.get("baseline")
+    if (base is None) != (baseline is None):
+        return False
+    if base is not None:
+        if Path(base["directory"]).resolve() != Path(baseline).resolve():
+            return False
+        recorded.append(base)
     return all(m.get("fingerprint") == prediction_fingerprint(m["directory"]) for m in recorded)
 
 
@@ -104,6 +121,7 @@ def run_ensemble(
     plots: bool = True,
     device: str = "auto",
     batch_size: int = 32,
+    baseline: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Load the members, optionally re-predict with test-time augmentation, evaluate and write the outputs.
 
@@ -120,6 +138,8 @@ def run_ensemble(
         plots: write the PNG plots.
         device: inference device for ``tta``.
         batch_size: inference batch size for ``tta``.
+        baseline: a fine-tuning output folder scored beside the ensemble, never combined (with ``tta``, it is
+            re-predicted on flipped images too).
 
     Returns:
         The content of ``metrics.json``.
@@ -127,16 +147,16 @@ def run_ensemble(
     Raises:
         OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
-    refuse_output_over_inputs("out", out_dir, folders=member_dirs)
+    inputs = [*member_dirs, *([baseline] if baseline is not None else [])]
+    refuse_output_over_inputs("out", out_dir, folders=inputs)
     remove_stale_temporaries(out_dir)
-    members: list[Member] = [load_member(d) for d in member_dirs]
+    loaded: list[Member] = [load_member(d) for d in inputs]
     if tta:
         from medens.inference import with_tta_predictions
 
         needs_val = calibrate or method == "weighted"
-        members = [
-            with_tta_predictions(m, val=needs_val, device=device, batch_size=batch_size) for m in members
-        ]
+        loaded = [with_tta_predictions(m, val=needs_val, device=device, batch_size=batch_size) for m in loaded]
+    members = loaded[: len(member_dirs)]
     return evaluate_ensemble(
         members,
         out_dir,
@@ -149,6 +169,7 @@ def run_ensemble(
         n_bins=n_bins,
         plots=plots,
         progress=True,
+        baseline=loaded[-1] if baseline is not None else None,
     )
 
 
@@ -172,6 +193,7 @@ def main(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         device=args.device,
         batch_size=args.batch_size,
+        baseline=args.baseline,
     )
     print(comparison_table(results))
     note = skipped_note(results)

@@ -44,7 +44,7 @@ from medens.layout import (
 from medens.models import (
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
-    check_arch,
+    check_arch_for_init,
     create_classifier,
     load_weights,
     parse_init,
@@ -207,12 +207,11 @@ def run_finetune(config: dict[str, Any]) -> Path:
 
 
 def _check_options(config: dict[str, Any]) -> None:
-    check_arch(config["arch"])
     init = config["init"]
     if init == INIT_RANDOM_FALLBACK:  # a config.yaml of a run that fell back, reused
         init = config["init"] = "imagenet"
         config["allow_random_imagenet_fallback"] = True
-    parse_init(init)
+    check_arch_for_init(config["arch"], parse_init(init)[0])
     if config["image_size"] % 32 or config["image_size"] <= 0:
         raise ValueError(f"image_size: expected a positive multiple of 32, received {config['image_size']!r}")
     for key in ("label_smoothing", "mixup_prob"):

@@ -135,7 +135,8 @@ OPTIONS: dict[str, Option] = {
     "num_workers": Option("data-loading worker processes per rank", int),
     # model geometry
     "arch": Option(
-        "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines)"
+        "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines); "
+        "fine-tuning from scratch takes any timm architecture (e.g. resnet18)"
     ),
     "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),
     "drop_path": Option("stochastic depth of the encoder", float),

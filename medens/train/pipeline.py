@@ -8,6 +8,10 @@ Runs, each into its own folder under ``--out``:
 3. ``finetune-mae/``: fine-tuning from the pre-trained encoder;
 4. ``ensemble/``: the two members averaged and compared (:mod:`medens.train.ensemble`).
 
+With ``--baseline ARCH`` (any timm architecture, e.g. ``resnet18``) a plain model is also fine-tuned from random
+weights with the members' options into ``finetune-baseline/``, and the ensemble's report scores it beside the
+ensemble (never combined): does the method beat a plain model on these images?
+
 Every stage uses the split that pre-training wrote (``pretrain/splits.json``), so the members are trained, selected
 and tested on the same images. A stage already complete in ``--out`` is skipped, one with a checkpoint resumes, so a
 killed pipeline continues where it stopped when the same command is run again. A complete stage whose recorded
@@ -87,6 +91,7 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
     outcomes: list[StageOutcome] = []
     results: dict[str, dict[str, Any]] = {}
     imagenet_done = False
+    baseline_dir = None
     for variant in variants:
         configs = stage_configs(options, variant)
         tag = f" [{variant.name}]" if variant.pretrain else ""
@@ -95,32 +100,38 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
         if not imagenet_done:
             outcomes.append(run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
                                        finetune.is_complete))
+            if "baseline" in configs:
+                outcomes.append(run_stage("finetune-baseline", configs["baseline"], finetune.run_finetune,
+                                           finetune.is_complete))
+                baseline_dir = configs["baseline"]["out"]
             imagenet_done = True
         outcomes.append(run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
                                    finetune.is_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
         ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
-        found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot)
+        found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot, baseline_dir)
         if found is not None:
             outcomes.append(StageOutcome("ensemble" + tag, "skipped", 0.0, ens_dir))
         else:
             start = time.perf_counter()
             found = ensemble_stage.run_ensemble(members, ens_dir, method=method, calibrate=calibrate, tta=tta,
-                                                n_boot=n_boot, device=str(options.get("device") or "auto"))
+                                                n_boot=n_boot, device=str(options.get("device") or "auto"),
+                                                baseline=baseline_dir)
             outcomes.append(StageOutcome("ensemble" + tag, "ran", time.perf_counter() - start, ens_dir))
         results[variant.name] = found
     return results, outcomes
 
 
 def _finished_ensemble(
-    ens_dir: Path, members: list[str], method: str, calibrate: bool, tta: bool, n_boot: int
+    ens_dir: Path, members: list[str], method: str, calibrate: bool, tta: bool, n_boot: int,
+    baseline: str | None = None,
 ) -> dict[str, Any] | None:
-    """The recorded results when ``ens_dir`` already evaluated these members the same way, else None."""
+    """The recorded results when ``ens_dir`` already evaluated these members (and baseline) the same way."""
     import json
 
     from medens.train.ensemble import is_complete
 
-    if not is_complete(ens_dir, members):
+    if not is_complete(ens_dir, members, baseline):
         return None
     results = json.loads((ens_dir / METRICS_NAME).read_text(encoding="utf-8"))
     same = (
@@ -231,6 +242,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True
         help="fail when ImageNet weights cannot be had, instead of training that member from "
         "random weights (labelled 'Random-init (ImageNet weights unavailable)')",
     )
+    run.add_argument(
+        "--baseline", metavar="ARCH", help="also fine-tune this timm architecture from random weights (e.g. "
+        "resnet18) with the members' options, and score it beside the ensemble, not in it"
+    )
     run.add_argument("--set-pretrain", action="append", metavar="KEY=VALUE", help="any pre-training option")
     run.add_argument("--set-finetune", action="append", metavar="KEY=VALUE", help="any fine-tuning option")
     ens = p.add_argument_group("ensemble")
@@ -254,13 +269,21 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options of :func:`run_pipeline` from parsed flags, with the demo's defaults filled in.
 
     Raises:
-        UsageError: when a real dataset is given without ``--out``, or a ``KEY=VALUE`` item is ill-formed.
+        UsageError: when a real dataset is given without ``--out``, a ``KEY=VALUE`` item is ill-formed, or
+            ``--baseline`` names no timm architecture.
     """
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
     if not options.get("out"):
         if args.dataset != DEMO_DATASET:
             raise UsageError(f"out: expected --out DIR for dataset {args.dataset!r}, received none")
         options["out"] = DEMO_OUT
+    if options.get("baseline"):
+        from medens.models import check_timm_arch
+
+        try:
+            check_timm_arch(options["baseline"], argument="baseline")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     options["preset"] = options.get("preset") or default_preset(args.dataset)
     options["dataset_options"] = _key_values(args.dataset_options, "--dataset-option")
     options["set_pretrain"] = _key_values(args.set_pretrain, "--set-pretrain")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medens.layout import (
+    BASELINE_DIR,
     CACHE_DIR,
     CONFIG_NAME,
     ENCODER_NAME,
@@ -130,7 +131,9 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
         options: ``out``, ``preset``, ``dataset`` and the optional keys of :func:`add_parser`'s flags.
 
     Returns:
-        ``{"pretrain": ..., "imagenet": ..., "mae": ...}``, each ready for ``run_pretrain`` / ``run_finetune``.
+        ``{"pretrain": ..., "imagenet": ..., "mae": ...}``, each ready for ``run_pretrain`` / ``run_finetune``; with
+        ``options["baseline"]`` (a timm architecture) also ``"baseline"``: that model fine-tuned from random weights
+        with the members' options.
     """
     root = Path(options["out"])
     pretrain, finetune = preset_configs(options["preset"])
@@ -170,7 +173,12 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     if options.get("pretrained_file"):
         imagenet["pretrained_file"] = str(options["pretrained_file"])
     mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
-    return {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
+    configs = {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
+    if options.get("baseline"):
+        # Trained once, like the ImageNet member, on the split every variant shares.
+        configs["baseline"] = {**common_ft, "arch": str(options["baseline"]), "init": "scratch",
+                               "out": str(root / BASELINE_DIR)}
+    return configs
 
 
 def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:

@@ -45,8 +45,11 @@ logger = logging.getLogger(__name__)
 STUDY_FORMAT = "medens.study/1"
 #: The metrics every run reports and the report compares.
 STUDY_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
-#: Model keys in ``study.json``, in the order of the pipeline's ensemble members (then the ensemble).
-MODELS: tuple[str, ...] = ("imagenet", "mae", "ensemble")
+#: Model keys in ``study.json``, in the order of the pipeline's ensemble members (then the ensemble, then the
+#: optional plain baseline of ``--baseline ARCH``).
+MODELS: tuple[str, ...] = ("imagenet", "mae", "ensemble", "baseline")
+#: Models trained once per fold and seed, whatever the pre-training variant: ``variant`` is None in their entries.
+SHARED_MODELS: frozenset[str] = frozenset({"imagenet", "baseline"})
 DEFAULT_FOLDS = 5
 DEFAULT_SEEDS = 3
 
@@ -133,17 +136,19 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
         for v_index, variant in enumerate(variants):
             results = json.loads((root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME).read_text("utf-8"))
             names = [m["name"] for m in results["members"]] + ["ensemble"]
-            labels = [m["label"] for m in results["members"]] + [results["models"]["ensemble"]["label"]]
+            if results.get("baseline"):
+                names.append(results["baseline"]["name"])
             # Rows of test images that could not be decoded carry no probabilities: in no pooled metric either.
             paths, truth, probs, _ = read_prediction_table(root / variant.folder(ENSEMBLE_DIR) / PREDICTIONS_NAME)
-            for model, name, label in zip(MODELS, names, labels, strict=True):
-                if model == "imagenet" and v_index > 0:
-                    continue  # the same member in every variant
+            for model, name in zip(MODELS, names, strict=False):
+                if model in SHARED_MODELS and v_index > 0:
+                    continue  # the same model in every variant
                 metrics = results["models"][name]["metrics"]
-                runs.append({"fold": fold, "seed": seed, "variant": None if model == "imagenet" else variant.name,
-                             "model": model, "label": label, "n_test": results["n_test"],
+                shared = model in SHARED_MODELS
+                runs.append({"fold": fold, "seed": seed, "variant": None if shared else variant.name,
+                             "model": model, "label": results["models"][name]["label"], "n_test": results["n_test"],
                              **{m: metrics.get(m) for m in STUDY_METRICS}})
-                key = (seed, None if model == "imagenet" else variant.name, model)
+                key = (seed, None if shared else variant.name, model)
                 pooled.setdefault(key, []).append((paths, truth, probs[name], results["classes"]))
     return runs, {key: _concat(parts) for key, parts in pooled.items()}
 

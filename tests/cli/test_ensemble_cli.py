@@ -72,6 +72,25 @@ def test_ensemble_prints_table_and_writes_outputs(tmp_path: Path, capsys: pytest
     assert not ensemble_cli.is_complete(out, [a, b])
 
 
+def test_baseline_folder_is_a_row_of_its_own_and_goes_stale_when_retrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = member(tmp_path, "finetune-imagenet", "imagenet", 0)
+    b = member(tmp_path, "finetune-mae", "mae:/x/encoder.safetensors", 1)
+    base = member(tmp_path, "finetune-baseline", "scratch", 3)
+    out = tmp_path / "ens"
+    argv = ["ensemble", "--members", str(a), str(b), "--out", str(out), "--bootstrap", "50", "--no-plots"]
+    assert run_cli([*argv, "--baseline", str(base)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:6]] == [
+        "ImageNet-init", "MAE-init", "Ensemble (mean)", "Baseline convnext_atto (random init)"]
+    assert ensemble_cli.is_complete(out, [a, b], base)
+    member(tmp_path, "finetune-baseline", "scratch", 4)
+    assert not ensemble_cli.is_complete(out, [a, b], base)
+    assert run_cli([*argv, "--baseline", str(out)]) == 2  # the output over an input
+    assert "out:" in capsys.readouterr().err
+
+
 def test_weighted_calibrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = member(tmp_path, "a", "imagenet", 0)
     b = member(tmp_path, "b", "scratch", 1)

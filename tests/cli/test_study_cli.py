@@ -12,7 +12,7 @@ from medens.train.study import parse_seeds, parse_variants
 
 FOLDS, SEEDS = 3, 2
 ARGV = ["study", "--preset", "smoke", "--folds", str(FOLDS), "--seeds", str(SEEDS), "--dataset-option",
-        "num_images=36", "--bootstrap", "20", "--vary", "masking=random,entropy"]
+        "num_images=36", "--bootstrap", "20", "--vary", "masking=random,entropy", "--baseline", "resnet10t"]
 
 
 def test_seeds_and_variants_parse_and_refuse_by_name():
@@ -36,6 +36,8 @@ def test_bad_study_options_exit_2_naming_them(tmp_path, capsys):
     assert "folds: expected at least 2 folds, received 1" in capsys.readouterr().err
     assert train_main(["study", "--out", str(tmp_path), "--vary", "colour=red"]) == 2
     assert "'colour' is not a pre-training option" in capsys.readouterr().err
+    assert train_main(["study", "--out", str(tmp_path), "--baseline", "resnet1008"]) == 2
+    assert "baseline: expected a timm architecture (e.g. 'resnet18'), received 'resnet1008'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
@@ -47,18 +49,20 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
     assert "MAE member: masking=entropy - masking=random" in printed and f"report: {out / 'report.md'}" in printed
     record = json.loads((out / "study.json").read_text())
 
-    # One entry per fold, seed, variant and model; the ImageNet member once per fold and seed.
+    # One entry per fold, seed, variant and model; the ImageNet member and the baseline once per fold and seed.
     runs = record["runs"]
-    assert len(runs) == FOLDS * SEEDS * (1 + 2 * 2)
+    assert len(runs) == FOLDS * SEEDS * (1 + 2 * 2 + 1)
     for key in ("fold", "seed", "variant", "model", "accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
         assert all(key in r for r in runs)
     assert sorted({(r["model"], r["variant"]) for r in runs}, key=str) == sorted(
         {("imagenet", None), ("mae", "masking=random"), ("mae", "masking=entropy"),
-         ("ensemble", "masking=random"), ("ensemble", "masking=entropy")}, key=str)
+         ("ensemble", "masking=random"), ("ensemble", "masking=entropy"), ("baseline", None)}, key=str)
+    assert {r["label"] for r in runs if r["model"] == "baseline"} == {"Baseline resnet10t (random init)"}
     for fold in range(FOLDS):
         for seed in range(SEEDS):
             folders = {p.name for p in (out / f"fold-{fold}" / f"seed-{seed}").iterdir()}
             assert [f for f in folders if f.startswith("finetune-imagenet")] == ["finetune-imagenet"]
+            assert [f for f in folders if f.startswith("finetune-baseline")] == ["finetune-baseline"]
             assert {"pretrain-masking-random", "pretrain-masking-entropy", "finetune-mae-masking-entropy",
                     "ensemble-masking-random"} <= folders
 
@@ -85,6 +89,13 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
                 for f in range(FOLDS) for s in range(SEEDS)]
     assert comp["differences"] == pytest.approx(expected)
     assert comp["wins"] + comp["losses"] + comp["ties"] == FOLDS * SEEDS
+    # Does the method beat the plain model: the ensemble of each variant against the one baseline of each run.
+    comp = next(c for c in record["comparisons"]
+                if c["name"] == "ensemble - plain baseline [masking=entropy]" and c["metric"] == "accuracy")
+    ens = {(r["fold"], r["seed"]): r["accuracy"] for r in runs
+           if r["model"] == "ensemble" and r["variant"] == "masking=entropy"}
+    base = {(r["fold"], r["seed"]): r["accuracy"] for r in runs if r["model"] == "baseline"}
+    assert comp["differences"] == pytest.approx([ens[k] - base[k] for k in sorted(ens)])
     for name in ("report.md", "study_runs.png", "study_differences.png"):
         assert (out / name).is_file()
     assert "Nadeau and Bengio" in (out / "report.md").read_text()

@@ -118,6 +118,44 @@ def test_report_shows_every_model_and_plot(member_dirs: list[Path], tmp_path: Pa
     assert "McNemar" in report
 
 
+def test_baseline_is_scored_beside_the_ensemble_never_in_it(member_dirs: list[Path], tmp_path: Path) -> None:
+    from medens.train.ensemble import is_complete
+
+    rng = np.random.default_rng(1)
+    config = {"dataset": "synthetic", "classes": CLASSES, "init": "scratch", "split_hash": "h1", "arch": "resnet18"}
+    base_dir = write_member(tmp_path / "ft-base", config, member_predictions(rng, np.arange(60) % 3, 3.0, "test"),
+                            member_predictions(rng, np.arange(30) % 3, 3.0, "val"))
+    members = [load_member(d) for d in member_dirs]
+    out = tmp_path / "ens"
+    results = evaluate_ensemble(members, out, n_boot=40, baseline=load_member(base_dir))
+
+    cols = read_columns(out / "predictions.csv")
+    for c in CLASSES:  # the ensemble is still the mean of the two members alone
+        member_cols = np.array([[float(v) for v in cols[f"{n}:{c}"]] for n in ("random-init-imagenet-unavailable",
+                                                                                "mae-init")])
+        np.testing.assert_array_equal(np.array([float(v) for v in cols[f"ensemble:{c}"]]), member_cols.mean(axis=0))
+        assert len(cols[f"baseline:{c}"]) == 60
+    base = results["models"]["baseline"]
+    assert base["label"] == "Baseline resnet18 (random init)" and results["baseline"]["arch"] == "resnet18"
+    assert [m["name"] for m in results["members"]] == ["random-init-imagenet-unavailable", "mae-init"]
+    expected = classification_report(load_member(base_dir).test.probs, members[0].test.labels, CLASSES)
+    assert base["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    versus = results["ensemble_vs_baseline"]
+    assert versus["difference"]["accuracy"] == pytest.approx(
+        results["models"]["ensemble"]["metrics"]["accuracy"] - expected["accuracy"])
+    low, high = versus["difference_ci"]["accuracy"]
+    assert low <= versus["difference"]["accuracy"] <= high
+    report = (out / "report.md").read_text()
+    assert "| Baseline resnet18 (random init) |" in report and "not part of it" in report
+
+    assert is_complete(out, member_dirs, base_dir)
+    assert not is_complete(out, member_dirs)  # evaluated with a baseline: not the evaluation asked for
+    assert not is_complete(out, member_dirs, member_dirs[0])
+    plain = evaluate_ensemble(members, tmp_path / "plain", n_boot=40, plots=False)
+    assert plain["baseline"] is None and "baseline" not in plain["models"]
+    assert not is_complete(tmp_path / "plain", member_dirs, base_dir)
+
+
 def test_calibrated_weighted_ensemble(member_dirs: list[Path], tmp_path: Path) -> None:
     members = [load_member(d) for d in member_dirs]
     results = evaluate_ensemble(

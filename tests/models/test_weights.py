@@ -155,3 +155,14 @@ def test_init_mae_naming_a_folder_says_so_and_points_at_the_file(tmp_path: Path)
     _export(mae, tmp_path / "encoder.safetensors")
     with pytest.raises(FileNotFoundError, match=r"received the folder .*; did you mean mae:.*encoder\.safetensors\?"):
         create_classifier(ARCH, 3, init=f"mae:{tmp_path}")
+
+
+def test_any_timm_architecture_from_scratch_but_a_convnext_for_imagenet_or_mae(tmp_path: Path) -> None:
+    """The plain baseline member: any timm model from random weights; the method's members stay ConvNeXts."""
+    model, init = create_classifier("resnet10t", 3, init="scratch")
+    assert init == "scratch" and type(model).__name__ == "ResNet" and model.get_classifier().out_features == 3
+    for init in ("imagenet", f"mae:{tmp_path / 'encoder.safetensors'}"):
+        with pytest.raises(ValueError, match="arch: expected a timm ConvNeXt architecture.*'resnet10t'"):
+            create_classifier("resnet10t", 3, init=init)
+    with pytest.raises(ValueError, match="arch: expected a timm architecture.*'resnet1008'.*Did you mean"):
+        create_classifier("resnet1008", 3, init="scratch")
