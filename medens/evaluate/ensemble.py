@@ -60,10 +60,9 @@ def _member_label(member: Member, calibrate: bool, tta: bool) -> str:
 
 
 def baseline_label(member: Member) -> str:
-    """The baseline's name in tables, e.g. ``Baseline resnet18 (random init)``."""
-    arch = str(member.config.get("arch") or member.directory.name)
-    init = {"scratch": "random init", "mae": "MAE init"}.get(init_kind(member.config.get("init")), "ImageNet init")
-    return f"Baseline {arch} ({init})"
+    """The baseline's name in tables: its architecture and its member label, e.g.
+    ``Baseline resnet18: Scratch (random init)``."""
+    return f"Baseline {member.config.get('arch') or member.directory.name}: {member.label}"
 
 
 def _json_ready(obj: Any) -> Any:
@@ -145,16 +144,16 @@ def evaluate_ensemble(
     if method not in ENSEMBLE_METHODS:
         raise ValueError(f"method: expected one of {list(ENSEMBLE_METHODS)}, received {method!r}")
     needs_val = calibrate or method == "weighted"
-    aligned = align_members([*members, *([baseline] if baseline is not None else [])], require_val=needs_val)
-    members = aligned[: len(members)]
-    if baseline is not None:
-        baseline = replace(aligned[-1], name=BASELINE_NAME, label=baseline_label(baseline))
-        if any(m.name == BASELINE_NAME for m in members):
-            raise ValueError(f"members: expected no member named {BASELINE_NAME!r} beside a baseline")
+    # The baseline is named before alignment, so it never changes the members' names (nor they its own).
+    extra = [] if baseline is None else [replace(baseline, name=BASELINE_NAME, label=baseline_label(baseline))]
+    aligned = align_members([*members, *extra], require_val=needs_val)
+    members, baseline = aligned[: len(members)], (aligned[-1] if extra else None)
+    if baseline is not None and baseline.name != BASELINE_NAME:
+        raise ValueError(f"members: expected no member named {BASELINE_NAME!r} beside a baseline")
     first = members[0]
     classes = first.classes
     labels = first.test.labels
-    skipped = _skipped_test([*members, *([baseline] if baseline is not None else [])])
+    skipped = _skipped_test(aligned)
     test = {m.name: m.test.probs for m in members}
     val = {m.name: m.val.probs for m in members} if needs_val else {}
     val_labels = first.val.labels if needs_val and first.val is not None else None

@@ -25,9 +25,6 @@ from .paired import ALPHA, compare, spread
 from .plots import _save
 from .tables import format_p, format_value, markdown_table, text_table
 
-_MODEL_NAMES = {"imagenet": "ImageNet member", "mae": "MAE member", "ensemble": "ensemble",
-                "baseline": "plain baseline"}
-
 
 def _key(model: str, variant: str | None) -> str:
     """A model entry's name: ``imagenet``, ``mae``, ``ensemble``, or ``mae[masking=random]`` with variants."""

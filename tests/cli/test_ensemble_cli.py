@@ -83,7 +83,7 @@ def test_baseline_folder_is_a_row_of_its_own_and_goes_stale_when_retrained(
     assert run_cli([*argv, "--baseline", str(base)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:6]] == [
-        "ImageNet-init", "MAE-init", "Ensemble (mean)", "Baseline convnext_atto (random init)"]
+        "ImageNet-init", "MAE-init", "Ensemble (mean)", "Baseline convnext_atto: Scratch (random init)"]
     assert ensemble_cli.is_complete(out, [a, b], base)
     member(tmp_path, "finetune-baseline", "scratch", 4)
     assert not ensemble_cli.is_complete(out, [a, b], base)

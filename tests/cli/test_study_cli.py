@@ -57,7 +57,7 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
     assert sorted({(r["model"], r["variant"]) for r in runs}, key=str) == sorted(
         {("imagenet", None), ("mae", "masking=random"), ("mae", "masking=entropy"),
          ("ensemble", "masking=random"), ("ensemble", "masking=entropy"), ("baseline", None)}, key=str)
-    assert {r["label"] for r in runs if r["model"] == "baseline"} == {"Baseline resnet10t (random init)"}
+    assert {r["label"] for r in runs if r["model"] == "baseline"} == {"Baseline resnet10t: Scratch (random init)"}
     for fold in range(FOLDS):
         for seed in range(SEEDS):
             folders = {p.name for p in (out / f"fold-{fold}" / f"seed-{seed}").iterdir()}

@@ -136,7 +136,7 @@ def test_baseline_is_scored_beside_the_ensemble_never_in_it(member_dirs: list[Pa
         np.testing.assert_array_equal(np.array([float(v) for v in cols[f"ensemble:{c}"]]), member_cols.mean(axis=0))
         assert len(cols[f"baseline:{c}"]) == 60
     base = results["models"]["baseline"]
-    assert base["label"] == "Baseline resnet18 (random init)" and results["baseline"]["arch"] == "resnet18"
+    assert base["label"] == "Baseline resnet18: Scratch (random init)" and results["baseline"]["arch"] == "resnet18"
     assert [m["name"] for m in results["members"]] == ["random-init-imagenet-unavailable", "mae-init"]
     expected = classification_report(load_member(base_dir).test.probs, members[0].test.labels, CLASSES)
     assert base["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
@@ -146,7 +146,7 @@ def test_baseline_is_scored_beside_the_ensemble_never_in_it(member_dirs: list[Pa
     low, high = versus["difference_ci"]["accuracy"]
     assert low <= versus["difference"]["accuracy"] <= high
     report = (out / "report.md").read_text()
-    assert "| Baseline resnet18 (random init) |" in report and "not part of it" in report
+    assert "| Baseline resnet18: Scratch (random init) |" in report and "not part of it" in report
 
     assert is_complete(out, member_dirs, base_dir)
     assert not is_complete(out, member_dirs)  # evaluated with a baseline: not the evaluation asked for
@@ -154,6 +154,14 @@ def test_baseline_is_scored_beside_the_ensemble_never_in_it(member_dirs: list[Pa
     plain = evaluate_ensemble(members, tmp_path / "plain", n_boot=40, plots=False)
     assert plain["baseline"] is None and "baseline" not in plain["models"]
     assert not is_complete(tmp_path / "plain", member_dirs, base_dir)
+
+    # A member trained from random weights like the baseline keeps its own name: the baseline is named apart.
+    scratch = write_member(tmp_path / "ft-scratch", {**config, "arch": "convnext_atto"},
+                           member_predictions(rng, np.arange(60) % 3, 1.0, "test"))
+    both = evaluate_ensemble([load_member(scratch), members[1]], tmp_path / "both", n_boot=20, plots=False,
+                             baseline=load_member(base_dir))
+    assert [m["name"] for m in both["members"]] == ["scratch-init", "mae-init"]
+    assert set(both["models"]) == {"scratch-init", "mae-init", "ensemble", "baseline"}
 
 
 def test_calibrated_weighted_ensemble(member_dirs: list[Path], tmp_path: Path) -> None:
