@@ -37,6 +37,7 @@ __all__ = [
     "SELECT_METRICS",
     "IMBALANCE_CHOICES",
     "BOOKKEEPING_KEYS",
+    "EXECUTION_KEYS",
     "RESUME_MUTABLE_KEYS",
 ]
 
@@ -416,11 +417,11 @@ FINETUNE_CLI_KEYS = (
     *ENGINE_CLI_KEYS,
 )
 
-#: Options a resumed run may change: where and how it runs, not what it trains (``epochs`` may only grow).
-RESUME_MUTABLE_KEYS = (
+#: Options that say where and how a run executes, not what it learns. A finished stage is reused, and a resumed run
+#: continues, whatever their values.
+EXECUTION_KEYS = (
     "out",
     "resume",
-    "epochs",
     "data_root",
     "cache_dir",
     "num_workers",
@@ -431,3 +432,5 @@ RESUME_MUTABLE_KEYS = (
     "tensorboard",
     "dist_timeout_s",
 )
+#: Options a resumed run may change: the execution keys, and ``epochs``, which may only grow.
+RESUME_MUTABLE_KEYS = (*EXECUTION_KEYS, "epochs")

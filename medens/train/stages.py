@@ -25,6 +25,7 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
+from medens.train.options import EXECUTION_KEYS
 from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
 
 __all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage"]
@@ -52,23 +53,10 @@ SHARED_KEYS = (
     "fold",
 )
 
-#: Options whose recorded value may differ on resume without changing the results (where or how fast it ran).
-_UNCHECKED_KEYS = frozenset(
-    {
-        "out",
-        "resume",
-        "init",
-        "device",
-        "progress",
-        "num_workers",
-        "tensorboard",
-        "split_file",
-        "data_root",
-        "cache_dir",
-        "pretrained_file",
-        "dist_timeout_s",
-    }
-)
+#: Options a finished stage may have recorded differently and still be reused: how it ran (EXECUTION_KEYS),
+#: ``init`` (compared below by what was requested, since an MAE encoder may be named by another path), and the
+#: paths of its inputs, ``split_file`` and ``pretrained_file``.
+_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from medens.train import pipeline, stages
+from medens.train.options import EXECUTION_KEYS, RESUME_MUTABLE_KEYS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -117,6 +118,17 @@ def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
     )
     diffs = stages._recorded_mismatches(folder, {"epochs": 7, "arch": "convnext_atto"})
     assert diffs == ["epochs=5 (requested 7)"]
+
+
+def test_a_finished_stage_is_reused_whatever_it_ran_with(tmp_path: Path) -> None:
+    """Every execution key (where and how a run executes) may differ from what a finished stage recorded."""
+    folder = tmp_path / "finetune-imagenet"
+    folder.mkdir()
+    recorded = {key: f"recorded-{key}" for key in EXECUTION_KEYS}
+    (folder / "config.yaml").write_text(yaml.safe_dump({**recorded, "epochs": 5}))
+    requested = {key: f"requested-{key}" for key in EXECUTION_KEYS}
+    assert stages._recorded_mismatches(folder, {**requested, "epochs": 5}) == []
+    assert set(EXECUTION_KEYS) < set(RESUME_MUTABLE_KEYS)
 
 
 def test_run_stage_skips_resumes_or_starts(tmp_path: Path) -> None:
