@@ -8,9 +8,12 @@
 
 from medens.models.arch import (
     DEFAULT_ARCH,
+    DEFAULT_NORM,
     ENCODER_STRIDE,
+    NORM_CHOICES,
     SMALL_ARCHS,
     check_arch,
+    check_norm,
     check_timm_arch,
     split_arch,
 )
@@ -18,6 +21,7 @@ from medens.models.classifier import (
     INIT_RANDOM_FALLBACK,
     PretrainedWeightsUnavailable,
     check_arch_for_init,
+    classifier_norm,
     create_classifier,
     parse_init,
 )
@@ -37,6 +41,9 @@ from medens.models.weights import (
 
 __all__ = [
     "DEFAULT_ARCH",
+    "DEFAULT_NORM",
+    "NORM_CHOICES",
+    "check_norm",
     "ENCODER_FORMAT",
     "ENCODER_STRIDE",
     "INIT_RANDOM_FALLBACK",
@@ -48,6 +55,7 @@ __all__ = [
     "WeightsMismatchError",
     "check_arch",
     "check_arch_for_init",
+    "classifier_norm",
     "check_timm_arch",
     "create_classifier",
     "load_encoder_into",

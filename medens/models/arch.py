@@ -4,13 +4,19 @@ One place for the facts every model factory needs: the default architecture, the
 how an ``arch[.tag]`` name splits, and the error a user sees for a name timm does not know. The method's models
 are ConvNeXts (:func:`check_arch`); a classifier trained from random weights, such as the plain baseline member
 a pipeline or study may add (``--baseline resnet18``), may be any timm architecture (:func:`check_timm_arch`).
+
+A ConvNeXt normalises with LayerNorm as published (``norm="layer"``; timm's ImageNet weights are for it) or with
+BatchNorm (``norm="batch"``: timm's ``conv_mlp=True, norm_layer=BatchNorm2d``), which learns far better from random
+weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm").
 """
 
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import timm
+from torch import nn
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -20,6 +26,10 @@ __all__ = [
     "check_arch",
     "check_timm_arch",
     "convnext_archs",
+    "NORM_CHOICES",
+    "DEFAULT_NORM",
+    "check_norm",
+    "convnext_norm_kwargs",
 ]
 
 #: The paper's encoder.
@@ -28,6 +38,9 @@ DEFAULT_ARCH = "convnext_tiny"
 SMALL_ARCHS = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
 #: Total stride of every ConvNeXt (stem 4, then three 2x downsamplings); the masking patch size is a multiple of it.
 ENCODER_STRIDE = 32
+#: How a ConvNeXt normalises: ``layer`` (LayerNorm, as published) or ``batch`` (BatchNorm2d with a conv MLP).
+NORM_CHOICES = ("layer", "batch")
+DEFAULT_NORM = "layer"
 
 
 def convnext_archs() -> list[str]:
@@ -85,3 +98,28 @@ def check_timm_arch(name: str, *, argument: str = "arch") -> str:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"{argument}: expected a timm architecture (e.g. 'resnet18'), received {name!r}.{hint}")
     return arch
+
+
+def check_norm(norm: str, *, argument: str = "norm") -> str:
+    """Check that ``norm`` is one of :data:`NORM_CHOICES` and return it.
+
+    Raises:
+        ValueError: naming ``argument``, the choices and the value received.
+    """
+    if norm not in NORM_CHOICES:
+        raise ValueError(f"{argument}: expected one of {list(NORM_CHOICES)}, received {norm!r}")
+    return norm
+
+
+def convnext_norm_kwargs(norm: str, batch_norm: type[nn.Module] = nn.BatchNorm2d) -> dict[str, Any]:
+    """The ``timm.create_model`` keywords that give a ConvNeXt the normalisation ``norm``.
+
+    ``layer`` needs none (timm's default); ``batch`` puts ``batch_norm`` (``nn.BatchNorm2d`` or a subclass with the
+    same state dict) everywhere timm puts a LayerNorm, which timm allows only with a convolutional MLP.
+
+    Raises:
+        ValueError: an unknown ``norm``.
+    """
+    if check_norm(norm) == "layer":
+        return {}
+    return {"conv_mlp": True, "norm_layer": batch_norm}

@@ -11,6 +11,11 @@
 - ``"mae:PATH"``: an ``encoder.safetensors`` exported by ``medens.train pretrain``; another architecture's
   encoder is refused.
 - ``"scratch"``: random initialisation.
+
+``norm`` (``"layer"`` or ``"batch"``, :mod:`medens.models.arch`) is the normalisation of a ConvNeXt that starts
+from random weights or from an MAE encoder; other architectures keep their own. A model that starts from ImageNet
+weights has the LayerNorm those weights were trained with, whatever ``norm`` says (:func:`classifier_norm`); only
+its random fallback takes ``norm``.
 """
 
 from __future__ import annotations
@@ -25,12 +30,21 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from medens.models.arch import check_arch, check_timm_arch, split_arch
+from medens.models.arch import (
+    DEFAULT_NORM,
+    check_arch,
+    check_norm,
+    check_timm_arch,
+    convnext_archs,
+    convnext_norm_kwargs,
+    split_arch,
+)
 from medens.models.weights import load_encoder_into
 
 __all__ = [
     "INIT_RANDOM_FALLBACK",
     "PretrainedWeightsUnavailable",
+    "classifier_norm",
     "create_classifier",
     "parse_init",
 ]
@@ -73,6 +87,11 @@ def check_arch_for_init(arch: str, init_kind: str) -> str:
     return check_timm_arch(arch) if init_kind == "scratch" else check_arch(arch)
 
 
+def classifier_norm(init_used: str, norm: str) -> str:
+    """The normalisation a ConvNeXt classifier was built with: LayerNorm when ImageNet weights were loaded."""
+    return DEFAULT_NORM if init_used == "imagenet" else check_norm(norm)
+
+
 def create_classifier(
     arch: str,
     num_classes: int,
@@ -83,6 +102,7 @@ def create_classifier(
     drop_path_rate: float = 0.0,
     drop_rate: float = 0.0,
     allow_partial: bool = False,
+    norm: str = DEFAULT_NORM,
 ) -> tuple[nn.Module, str]:
     """Build ``timm.create_model(arch, num_classes=num_classes)`` and initialise it.
 
@@ -97,6 +117,8 @@ def create_classifier(
         drop_rate: dropout before the classifier.
         allow_partial: accept a ``pretrained_file`` that lacks some of the model's tensors (besides the classifier,
             which is always new): they stay random, with a warning naming them. Off: such a file is refused.
+        norm: a ConvNeXt's normalisation, ``"layer"`` or ``"batch"``, for random weights (``scratch`` and the
+            ImageNet fallback) and MAE encoders; ImageNet weights bring LayerNorm. Other architectures ignore it.
 
     Returns:
         ``(model, init_used)`` where ``init_used`` is ``"imagenet"``, ``"imagenet-unavailable-random-init"``,
@@ -113,7 +135,10 @@ def create_classifier(
     base = check_arch_for_init(arch, kind)  # without the pretrained tag
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
-    kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
+    imagenet_kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
+    check_norm(norm)
+    norm_kwargs = convnext_norm_kwargs(norm) if base in convnext_archs() else {}
+    kwargs = {**imagenet_kwargs, **norm_kwargs}
     if pretrained_file is not None and kind != "imagenet":
         raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")
 
@@ -132,11 +157,11 @@ def create_classifier(
                 f"but {mae_path} does not exist"
             )
         model = timm.create_model(base, pretrained=False, **kwargs)
-        load_encoder_into(model, mae_path, arch)
+        load_encoder_into(model, mae_path, arch, norm=norm)
         return model, f"mae:{mae_path}"
 
     try:
-        return _create_imagenet(arch, pretrained_file, kwargs, allow_partial), "imagenet"
+        return _create_imagenet(arch, pretrained_file, imagenet_kwargs, allow_partial), "imagenet"
     except PretrainedWeightsUnavailable as err:
         if not allow_random_fallback:
             raise

@@ -10,6 +10,11 @@ after every block, so that each layer sees hidden positions as empty. Consequenc
 - with no patch hidden, the encoder computes exactly what ``timm.create_model(arch).forward_features`` computes,
   so its weights load into a timm classifier with only the head missing (:meth:`MaskedConvNeXt.encoder_state_dict`).
 
+With ``norm="batch"`` (a BatchNorm ConvNeXt, :mod:`medens.models.arch`) the batch statistics of every BatchNorm
+count visible positions only, as SparK's sparse BatchNorm does: empty positions are not data. The layers are
+:class:`SparseBatchNorm2d`, which holds exactly ``nn.BatchNorm2d``'s state, so the encoder still loads into timm's
+BatchNorm ConvNeXt.
+
 Which patches are hidden comes from :mod:`medens.ops`: the Shannon entropy of each patch's grey-level histogram
 (:func:`~medens.ops.patch_entropy`), then Gumbel top-k sampling weighted by it
 (:func:`~medens.ops.entropy_guided_mask`). ``masking="random"`` (infinite temperature) is MAE's uniform masking.
@@ -33,12 +38,13 @@ from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
 from medens import ops
-from medens.models.arch import DEFAULT_ARCH, ENCODER_STRIDE, check_arch
+from medens.models.arch import DEFAULT_ARCH, DEFAULT_NORM, ENCODER_STRIDE, check_arch, convnext_norm_kwargs
 
 __all__ = [
     "MaskedConvNeXt",
     "MaskedOutput",
     "FCMAEDecoder",
+    "SparseBatchNorm2d",
 ]
 
 Masking = Literal["entropy", "random"]
@@ -112,6 +118,40 @@ class _SparseMask:
     def channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """Zero hidden positions of ``x`` (B, h, w, C)."""
         return x.masked_fill(self.at((x.shape[1], x.shape[2])).permute(0, 2, 3, 1), 0.0)
+
+
+class SparseBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics, inside the masked encoder, count visible positions only.
+
+    :meth:`MaskedConvNeXt.forward_encoder` sets :attr:`sparse` for the length of one pass; with it unset, or in
+    evaluation (running statistics, a per-position map), this is ``nn.BatchNorm2d`` unchanged. Written here because
+    torch has no masked BatchNorm; the state dict is ``nn.BatchNorm2d``'s, so the weights load into timm's model.
+    """
+
+    sparse: _SparseMask | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sparse is None or not self.training:
+            return super().forward(x)
+        hidden = self.sparse.at((x.shape[-2], x.shape[-1]))
+        count = (~hidden).sum() * 1.0
+        if count < 2:  # nothing visible to take statistics from
+            return super().forward(x)
+        x32 = x.float().masked_fill(hidden, 0.0)  # also keeps a NaN at a hidden position out of the sums
+        mean = x32.sum(dim=(0, 2, 3)) / count
+        var = (x32 - mean.view(1, -1, 1, 1)).masked_fill(hidden, 0.0).square().sum(dim=(0, 2, 3)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                unbiased = var * (count / (count - 1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale, shift = scale * self.weight.float(), shift * self.weight.float() + self.bias.float()
+        return (x32 * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
 
 
 def _masked_mlp(mlp: nn.Module, x: torch.Tensor, zero_hidden) -> torch.Tensor:
@@ -201,6 +241,7 @@ class MaskedConvNeXt(nn.Module):
         norm_pix_loss: regress per-patch normalised pixels (MAE's ``norm_pix_loss``).
         drop_path_rate: stochastic depth of the encoder.
         ops_backend: backend for :mod:`medens.ops` (``"auto"``, ``"reference"``, or a kernel backend).
+        norm: the encoder's normalisation, ``"layer"`` (as published) or ``"batch"`` (:class:`SparseBatchNorm2d`).
         mean: per-channel mean used to normalise [0, 1] images; default from the arch's pretrained config.
         std: per-channel std, likewise.
 
@@ -227,6 +268,7 @@ class MaskedConvNeXt(nn.Module):
         ops_backend: str = "auto",
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
+        norm: str = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         self.arch = check_arch(arch)
@@ -260,7 +302,13 @@ class MaskedConvNeXt(nn.Module):
         self.norm_pix_loss = bool(norm_pix_loss)
         self.ops_backend = ops_backend
 
-        encoder = timm.create_model(self.arch, pretrained=False, drop_path_rate=drop_path_rate)
+        self.norm = norm
+        encoder = timm.create_model(
+            self.arch,
+            pretrained=False,
+            drop_path_rate=drop_path_rate,
+            **convnext_norm_kwargs(norm, batch_norm=SparseBatchNorm2d),
+        )
         if not isinstance(encoder, ConvNeXt):  # pragma: no cover - check_arch only admits ConvNeXt names
             raise ValueError(f"arch: expected a timm ConvNeXt, received {arch!r} ({type(encoder).__name__})")
         if encoder.feature_info[-1]["reduction"] != ENCODER_STRIDE:  # pragma: no cover - every ConvNeXt
@@ -268,6 +316,7 @@ class MaskedConvNeXt(nn.Module):
         # The classifier head is fine-tuning's business: the encoder is stem + stages (+ norm_pre).
         encoder.head = nn.Identity()
         self.encoder = encoder
+        self._sparse_norms = [m for m in encoder.modules() if isinstance(m, SparseBatchNorm2d)]
         self.num_features = encoder.num_features
 
         cfg = encoder.pretrained_cfg or {}
@@ -352,13 +401,19 @@ class MaskedConvNeXt(nn.Module):
         # Hidden pixels are zeroed before the stem too, so overlapping stems cannot see them either.
         x = ops.apply_patch_mask(x, mask, self.patch_size, fill=0.0, backend=self.ops_backend)
         enc = self.encoder
-        x = sparse(enc.stem(x))
-        for stage in enc.stages:
-            if not isinstance(stage.downsample, nn.Identity):
-                x = sparse(stage.downsample(x))
-            for block in stage.blocks:
-                x = _masked_block(block, x, sparse)
-        return sparse(enc.norm_pre(x))
+        for norm in self._sparse_norms:
+            norm.sparse = sparse
+        try:
+            x = sparse(enc.stem(x))
+            for stage in enc.stages:
+                if not isinstance(stage.downsample, nn.Identity):
+                    x = sparse(stage.downsample(x))
+                for block in stage.blocks:
+                    x = _masked_block(block, x, sparse)
+            return sparse(enc.norm_pre(x))
+        finally:
+            for norm in self._sparse_norms:
+                norm.sparse = None
 
     def forward_decoder(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predict the pixels of every patch.
@@ -438,6 +493,7 @@ class MaskedConvNeXt(nn.Module):
         """What a fine-tuning run needs to know about this encoder (stored with the exported weights)."""
         return {
             "arch": self.arch,
+            "norm": self.norm,
             "image_size": self.image_size,
             "patch_size": self.patch_size,
             "mask_ratio": self.mask_ratio,

@@ -18,7 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from medens.engine.atomic import atomic_path
-from medens.models.arch import split_arch
+from medens.models.arch import DEFAULT_NORM, split_arch
 
 __all__ = [
     "ENCODER_FORMAT",
@@ -99,7 +99,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 def load_encoder_into(
-    model: nn.Module, path: str | os.PathLike, arch: str, *, argument: str = "init"
+    model: nn.Module, path: str | os.PathLike, arch: str, *, argument: str = "init", norm: str = DEFAULT_NORM
 ) -> dict[str, Any]:
     """Load an exported encoder into a timm ConvNeXt classifier, leaving its head as initialised.
 
@@ -108,13 +108,16 @@ def load_encoder_into(
         path: an ``encoder.safetensors`` written by pre-training.
         arch: the classifier's architecture (a pretrained tag is ignored).
         argument: the option to name in error messages.
+        norm: the classifier's normalisation (``layer`` or ``batch``); an encoder records its own (``layer`` when
+            it predates the option).
 
     Returns:
         The encoder's metadata (arch, image size, patch size, masking settings).
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        WeightsMismatchError: when the encoder was pre-trained for another architecture, or its tensors do not fit.
+        WeightsMismatchError: when the encoder was pre-trained for another architecture or normalisation, or its
+            tensors do not fit.
     """
     state, meta = load_weights(path)
     want, _ = split_arch(arch)
@@ -123,6 +126,12 @@ def load_encoder_into(
         raise WeightsMismatchError(
             f"{argument}: the encoder in {path} was pre-trained as {have!r} but the model is {want!r}; "
             f"fine-tune with --arch {have} or pre-train a {want} encoder"
+        )
+    have_norm = str(meta.get("norm", DEFAULT_NORM))
+    if have_norm != norm:
+        raise WeightsMismatchError(
+            f"norm: the encoder in {path} was pre-trained with norm {have_norm!r} but the model has norm {norm!r}; "
+            f"fine-tune with --norm {have_norm} or pre-train with --norm {norm}"
         )
     if meta.get("format") not in (None, ENCODER_FORMAT):
         raise WeightsMismatchError(

@@ -45,6 +45,7 @@ from medens.models import (
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
     check_arch_for_init,
+    classifier_norm,
     create_classifier,
     load_weights,
     parse_init,
@@ -240,7 +241,9 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
     seed_everything(int(config["seed"]))
     init_requested = config["init"]
-    model, init_used = create_classifier(
+    # A resumed run rebuilds the model its checkpoint holds: the init it recorded decides the normalisation.
+    init_used = (_recorded_init(out / CONFIG_NAME) or init_requested) if ctx.resuming else None
+    model, built_init = create_classifier(
         config["arch"],
         len(classes),
         init="scratch" if ctx.resuming else init_requested,
@@ -249,10 +252,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         allow_partial=bool(config["allow_partial"]),
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
+        norm=classifier_norm(init_used, config["norm"]) if ctx.resuming else config["norm"],
     )
-    if ctx.resuming:  # the weights come from the checkpoint; the init is what the run recorded
-        saved = out / CONFIG_NAME
-        init_used = _recorded_init(saved) or init_requested
+    init_used = init_used or built_init  # resumed: the weights come from the checkpoint, the init from the record
+    norm_used = classifier_norm(init_used, config["norm"])
     cfg = model.pretrained_cfg or {}
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -323,6 +326,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
                 "mean": mean,
                 "std": std,
                 "layer_decay_applied": layer_decay,
+                "norm_applied": norm_used,
             },
         },
     )
@@ -330,6 +334,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     metadata = {
         "format": MODEL_FORMAT,
         "arch": config["arch"],
+        "norm": norm_used,
         "classes": classes,
         "image_size": size,
         "init": init_used,

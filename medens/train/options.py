@@ -18,6 +18,7 @@ from typing import Any
 from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine.config import yaml_value
 from medens.engine.precision import AMP_CHOICES
+from medens.models.arch import DEFAULT_NORM, NORM_CHOICES
 from medens.models.classifier import INIT_RANDOM_FALLBACK
 from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
 
@@ -138,6 +139,11 @@ OPTIONS: dict[str, Option] = {
     "arch": Option(
         "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines); "
         "fine-tuning from scratch takes any timm architecture (e.g. resnet18)"
+    ),
+    "norm": Option(
+        "ConvNeXt normalisation: layer (LayerNorm, as published) or batch (BatchNorm; learns better from random "
+        "weights on small datasets); a model from ImageNet weights keeps their LayerNorm",
+        choices=NORM_CHOICES,
     ),
     "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),
     "drop_path": Option("stochastic depth of the encoder", float),
@@ -327,6 +333,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "preset": None,
     **DATA_DEFAULTS,
     "pretrain_split": "train",
+    "norm": DEFAULT_NORM,
     "patch_size": None,
     "entropy_bins": 256,
     "drop_path": 0.0,
@@ -344,6 +351,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "preset": None,
     **DATA_DEFAULTS,
     "init": "imagenet",
+    "norm": DEFAULT_NORM,
     "pretrained_file": None,
     "allow_random_imagenet_fallback": False,
     "allow_partial": False,
@@ -369,6 +377,7 @@ PRETRAIN_CLI_KEYS = (
     *DATA_CLI_KEYS,
     "pretrain_split",
     "arch",
+    "norm",
     "image_size",
     "patch_size",
     "mask_ratio",
@@ -392,6 +401,7 @@ PRETRAIN_CLI_KEYS = (
 FINETUNE_CLI_KEYS = (
     *DATA_CLI_KEYS,
     "arch",
+    "norm",
     "init",
     "pretrained_file",
     "allow_partial",

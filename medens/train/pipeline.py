@@ -41,6 +41,7 @@ from medens.layout import (
     METRICS_NAME,
     REPORT_NAME,
 )
+from medens.models.arch import NORM_CHOICES
 from medens.train.guards import positive_int
 from medens.train.presets import (
     DEMO_DATASET,
@@ -219,6 +220,12 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True
         "seconds, for trying commands, never for results (default: small for synthetic, paper otherwise)",
     )
     run.add_argument("--arch", help="timm ConvNeXt for every stage (overrides the preset)")
+    run.add_argument(
+        "--norm",
+        choices=NORM_CHOICES,
+        help="ConvNeXt normalisation for every stage: layer (LayerNorm, as published) or batch (BatchNorm); the "
+        "ImageNet member keeps LayerNorm when its weights load (overrides the preset)",
+    )
     run.add_argument(
         "--image-size", type=int, metavar="N", help="input side in pixels (overrides the preset)"
     )

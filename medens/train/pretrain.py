@@ -90,6 +90,7 @@ def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
         norm_pix_loss=config["norm_pix_loss"],
         drop_path_rate=config["drop_path"],
         ops_backend=config["ops_backend"],
+        norm=config["norm"],
     )
 
 

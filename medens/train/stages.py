@@ -38,6 +38,7 @@ SHARED_KEYS = (
     "data_root",
     "cache_dir",
     "arch",
+    "norm",
     "image_size",
     "batch_size",
     "num_workers",
@@ -161,6 +162,8 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     if options.get("pretrained_file"):
         imagenet["pretrained_file"] = str(options["pretrained_file"])
     mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
+    if "norm" in pretrain:  # the MAE member is built like its encoder (also under --vary norm=...)
+        mae["norm"] = pretrain["norm"]
     configs = {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
     if options.get("baseline"):
         # Trained once, like the ImageNet member, on the split every variant shares.

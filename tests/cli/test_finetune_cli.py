@@ -262,3 +262,14 @@ def test_layer_decay_applies_to_pretrained_inits_only(tmp_path: Path) -> None:
         assert config["layer_decay"] == 0.8  # the option as given is recorded unchanged
         applied[name] = config["run"]["layer_decay_applied"]
     assert applied == {"scratch": 1.0, "mae": 0.8}
+
+
+def test_batch_norm_run_is_recorded_and_reloads(tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--init", "scratch", "--norm", "batch", "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["norm"] == config["run"]["norm_applied"] == "batch"
+    model, _ = load_model(out)  # rebuilt with BatchNorm: the saved state dict loads strictly
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert set(model.state_dict()) == set(load_file(str(out / "model.safetensors")))

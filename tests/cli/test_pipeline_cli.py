@@ -102,6 +102,16 @@ def test_stage_options_override_the_preset(tmp_path: Path) -> None:
     ]
 
 
+def test_norm_reaches_every_stage_and_the_mae_member_follows_its_encoder(tmp_path: Path) -> None:
+    configs = stages.stage_configs(pipeline.options_from_args(parse(["--out", str(tmp_path), "--norm", "batch"])))
+    assert {name: c["norm"] for name, c in configs.items()} == {"pretrain": "batch", "imagenet": "batch", "mae": "batch"}
+    options = pipeline.options_from_args(parse(["--out", str(tmp_path), "--norm", "layer"]))
+    varied = stages.stage_configs(options, stages.Variant("norm=batch", {"norm": "batch"}))
+    assert (varied["pretrain"]["norm"], varied["mae"]["norm"], varied["imagenet"]["norm"]) == ("batch",) * 2 + ("layer",)
+    with pytest.raises(SystemExit):
+        parse(["--out", str(tmp_path), "--norm", "group"])
+
+
 def test_unknown_preset_is_named() -> None:
     with pytest.raises(ValueError, match=r"preset: expected one of \['paper', 'small', 'smoke'\], received 'huge'"):
         stages.preset_configs("huge")

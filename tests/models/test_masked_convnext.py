@@ -103,6 +103,84 @@ def test_encoder_is_sparse(arch: str) -> None:
     assert sparse_violations(model) == []
 
 
+def _batch_norm_model(**kwargs) -> MaskedConvNeXt:
+    """A BatchNorm encoder with non-trivial layer scale and BatchNorm affine parameters and running statistics."""
+    torch.manual_seed(1)
+    model = MaskedConvNeXt("convnext_atto", image_size=IMAGE, decoder_dim=32, norm="batch", **kwargs)
+    with torch.no_grad():
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+        for stage in model.encoder.stages:
+            for block in stage.blocks:
+                block.gamma.fill_(1.0)
+    return model
+
+
+def test_batch_norm_encoder_is_sparse_in_evaluation() -> None:
+    model = _batch_norm_model()
+    assert all(type(m) is mc.SparseBatchNorm2d for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.encoder.modules())
+    assert sparse_violations(model) == []
+
+
+def test_batch_norm_statistics_in_training_count_visible_positions_only() -> None:
+    """In training, hidden pixels change neither a visible feature nor a running statistic."""
+    images = torch.rand(2, 3, IMAGE, IMAGE)
+    mask = _mask(2, IMAGE // PATCH, [[0, 3], [1, 2]])
+    pix = _hidden_pixels(mask, PATCH, IMAGE).expand_as(images)
+    other = torch.where(pix, torch.rand_like(images) * 5, images)
+    other[:, :, :2, :2] = torch.where(pix[:, :, :2, :2], torch.tensor(float("nan")), other[:, :, :2, :2])
+    results = []
+    for pixels in (images, other):
+        model = _batch_norm_model().train()
+        feats = model.forward_encoder(pixels, mask)
+        results.append((feats.detach(), {k: v.clone() for k, v in model.encoder.state_dict().items()}))
+    visible = ~_hidden_at(mask, results[0][0].shape, False).expand_as(results[0][0])
+    torch.testing.assert_close(results[1][0][visible], results[0][0][visible], rtol=1e-5, atol=1e-5)
+    for key, value in results[0][1].items():
+        torch.testing.assert_close(results[1][1][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert all(m.sparse is None for m in _batch_norm_model()._sparse_norms)  # cleared after every pass
+
+    # The stem's statistics are those of its convolution's output at visible positions.
+    model = _batch_norm_model().train()
+    stem_conv, stem_norm = model.encoder.stem
+    before = stem_norm.running_mean.clone()
+    with torch.no_grad():
+        x = ops.apply_patch_mask(model.normalize(images), mask, PATCH, fill=0.0, backend="reference")
+        out = stem_conv(x)
+        keep = ~_hidden_at(mask, out.shape, False)[:, 0]  # (B, h, w)
+        mean = out.permute(0, 2, 3, 1)[keep].mean(0)
+        model.forward_encoder(images, mask)
+    torch.testing.assert_close(stem_norm.running_mean, before.lerp(mean, stem_norm.momentum), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_unmasked_batch_norm_encoder_equals_timm_forward_features(training: bool) -> None:
+    """With no patch hidden, the BatchNorm encoder is timm's BatchNorm ConvNeXt, statistics included."""
+    model = _batch_norm_model().train(training)
+    ref = timm.create_model("convnext_atto", num_classes=4, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d)
+    missing, unexpected = ref.load_state_dict(model.encoder_state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("head.") for k in missing)
+    ref.train(training)
+    images = torch.rand(4, 3, IMAGE, IMAGE)
+    none_hidden = torch.zeros(4, (IMAGE // PATCH) ** 2, dtype=torch.bool)
+    ours = model.forward_encoder(images, none_hidden)
+    theirs = ref.forward_features(model.normalize(images))
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    ref_state = ref.state_dict()
+    for key, value in model.encoder_state_dict().items():
+        torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_bad_norm_is_named() -> None:
+    with pytest.raises(ValueError, match=r"norm: expected one of \['layer', 'batch'\], received 'group'"):
+        MaskedConvNeXt("convnext_atto", image_size=IMAGE, decoder_dim=32, norm="group")
+
+
 def _skip_first_sparse_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Leave out the mask after the stem (the first one each forward pass applies)."""
     original = mc._SparseMask.__call__

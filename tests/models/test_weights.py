@@ -15,6 +15,7 @@ from medens.models import (
     MaskedConvNeXt,
     PretrainedWeightsUnavailable,
     WeightsMismatchError,
+    classifier_norm,
     create_classifier,
     read_metadata,
     save_weights,
@@ -166,3 +167,54 @@ def test_any_timm_architecture_from_scratch_but_a_convnext_for_imagenet_or_mae(t
             create_classifier("resnet10t", 3, init=init)
     with pytest.raises(ValueError, match="arch: expected a timm architecture.*'resnet1008'.*Did you mean"):
         create_classifier("resnet1008", 3, init="scratch")
+
+
+def test_batch_norm_encoder_loads_into_a_batch_norm_classifier_only(tmp_path: Path) -> None:
+    mae = MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32, norm="batch").eval()
+    path = _export(mae, tmp_path / "encoder.safetensors")
+    assert read_metadata(path)["norm"] == "batch"
+
+    clf, init = create_classifier(ARCH, 3, init=f"mae:{path}", norm="batch")
+    assert init == f"mae:{path}"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules())
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in clf.modules())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            clf.eval().forward_features(mae.normalize(images)),
+            mae.forward_encoder(images, torch.zeros(2, 4, dtype=torch.bool)),
+            rtol=0,
+            atol=0,
+        )
+    with pytest.raises(WeightsMismatchError, match="pre-trained with norm 'batch' but the model has norm 'layer'"):
+        create_classifier(ARCH, 3, init=f"mae:{path}")
+    layer = _export(MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32), tmp_path / "layer.safetensors")
+    with pytest.raises(WeightsMismatchError, match="pre-trained with norm 'layer' but the model has norm 'batch'"):
+        create_classifier(ARCH, 3, init=f"mae:{layer}", norm="batch")
+
+
+def test_norm_applies_to_random_convnexts_and_imagenet_weights_bring_layer_norm(
+    offline: Path, tmp_path: Path
+) -> None:
+    scratch, _ = create_classifier(ARCH, 3, init="scratch", norm="batch")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in scratch.modules())
+    # Another architecture keeps its own normalisation.
+    resnet, _ = create_classifier("resnet10t", 3, init="scratch", norm="batch")
+    plain = timm.create_model("resnet10t", num_classes=3)
+    assert [type(m) for m in resnet.modules()] == [type(m) for m in plain.modules()]
+
+    # ImageNet weights are LayerNorm weights: they load as such, whatever norm says.
+    weights = tmp_path / "in1k.safetensors"
+    state = _imagenet_like_file(weights)
+    loaded, init = create_classifier(ARCH, 3, init="imagenet", norm="batch", pretrained_file=weights)
+    assert init == "imagenet" and classifier_norm(init, "batch") == "layer"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+    assert torch.equal(loaded.state_dict()["stem.0.weight"], state["stem.0.weight"])
+    # Their random fallback is built with norm.
+    with pytest.raises(PretrainedWeightsUnavailable):
+        create_classifier(ARCH, 3, init="imagenet", norm="batch")
+    fallback, init = create_classifier(ARCH, 3, init="imagenet", norm="batch", allow_random_fallback=True)
+    assert init == INIT_RANDOM_FALLBACK and classifier_norm(init, "batch") == "batch"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fallback.modules())
+    with pytest.raises(ValueError, match=r"norm: expected one of \['layer', 'batch'\], received 'group'"):
+        create_classifier(ARCH, 3, init="scratch", norm="group")
