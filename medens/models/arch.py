@@ -6,7 +6,7 @@ are ConvNeXts (:func:`check_arch`); a classifier trained from random weights, su
 a pipeline or study may add (``--baseline resnet18``), may be any timm architecture (:func:`check_timm_arch`).
 
 A ConvNeXt normalises with LayerNorm as published (``norm="layer"``; timm's ImageNet weights are for it) or with
-BatchNorm (``norm="batch"``: timm's ``conv_mlp=True, norm_layer=BatchNorm2d``), which learns far better from random
+BatchNorm (``norm="batch"``: timm's ``conv_mlp=True, norm_layer=BatchNorm2d``), which learns much better from random
 weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm").
 """
 

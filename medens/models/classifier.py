@@ -13,9 +13,9 @@
 - ``"scratch"``: random initialisation.
 
 ``norm`` (``"layer"`` or ``"batch"``, :mod:`medens.models.arch`) is the normalisation of a ConvNeXt that starts
-from random weights or from an MAE encoder; other architectures keep their own. A model that starts from ImageNet
-weights has the LayerNorm those weights were trained with, whatever ``norm`` says (:func:`classifier_norm`); only
-its random fallback takes ``norm``.
+from random weights; other architectures keep their own. A model that starts from weights has the normalisation
+they were trained with, whatever ``norm`` says (:func:`classifier_norm`): LayerNorm for ImageNet weights (their
+random fallback takes ``norm``), the norm an MAE encoder records for it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from medens.models.arch import (
     convnext_norm_kwargs,
     split_arch,
 )
-from medens.models.weights import load_encoder_into
+from medens.models.weights import load_encoder_into, read_metadata
 
 __all__ = [
     "INIT_RANDOM_FALLBACK",
@@ -88,8 +88,18 @@ def check_arch_for_init(arch: str, init_kind: str) -> str:
 
 
 def classifier_norm(init_used: str, norm: str) -> str:
-    """The normalisation a ConvNeXt classifier was built with: LayerNorm when ImageNet weights were loaded."""
-    return DEFAULT_NORM if init_used == "imagenet" else check_norm(norm)
+    """The normalisation of a ConvNeXt classifier initialised by ``init_used`` when ``norm`` was asked for.
+
+    LayerNorm for ImageNet weights, an MAE encoder's own (recorded in its metadata; ``layer`` for encoders written
+    before the option), else ``norm``.
+    """
+    check_norm(norm)
+    if init_used == "imagenet":
+        return DEFAULT_NORM
+    kind, mae_path = parse_init(init_used) if init_used.startswith("mae:") else (init_used, None)
+    if kind == "mae" and mae_path.is_file():
+        return check_norm(str(read_metadata(mae_path).get("norm", DEFAULT_NORM)), argument=f"norm of {mae_path}")
+    return norm
 
 
 def create_classifier(
@@ -118,7 +128,8 @@ def create_classifier(
         allow_partial: accept a ``pretrained_file`` that lacks some of the model's tensors (besides the classifier,
             which is always new): they stay random, with a warning naming them. Off: such a file is refused.
         norm: a ConvNeXt's normalisation, ``"layer"`` or ``"batch"``, for random weights (``scratch`` and the
-            ImageNet fallback) and MAE encoders; ImageNet weights bring LayerNorm. Other architectures ignore it.
+            ImageNet fallback); ImageNet weights bring LayerNorm, an MAE encoder its own. Other architectures
+            ignore it.
 
     Returns:
         ``(model, init_used)`` where ``init_used`` is ``"imagenet"``, ``"imagenet-unavailable-random-init"``,
@@ -156,8 +167,12 @@ def create_classifier(
                 f"init: expected mae:PATH to name an encoder.safetensors written by 'medens.train pretrain', "
                 f"but {mae_path} does not exist"
             )
-        model = timm.create_model(base, pretrained=False, **kwargs)
-        load_encoder_into(model, mae_path, arch, norm=norm)
+        encoder_norm = classifier_norm(init, norm)
+        if encoder_norm != norm:
+            _logger.info("norm: %s, as the encoder %s was pre-trained (%s asked for)", encoder_norm, mae_path, norm)
+        encoder_kwargs = {**imagenet_kwargs, **(convnext_norm_kwargs(encoder_norm) if base in convnext_archs() else {})}
+        model = timm.create_model(base, pretrained=False, **encoder_kwargs)
+        load_encoder_into(model, mae_path, arch, norm=encoder_norm)
         return model, f"mae:{mae_path}"
 
     try:

@@ -64,9 +64,16 @@ def save_weights(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata written by :func:`save_weights` (JSON-decoded); ``{}`` for files without any."""
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    """The metadata written by :func:`save_weights` (JSON-decoded); ``{}`` for files without any.
+
+    Raises:
+        ValueError: a file that is not a readable safetensors file.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # safetensors' SafetensorError (header, truncation), OSError
+        raise _unreadable(path, err) from None
     out: dict[str, Any] = {}
     for k, v in raw.items():
         try:
@@ -92,10 +99,13 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except ValueError:
         raise
     except Exception as err:  # safetensors' SafetensorError (header, truncation), OSError
-        raise ValueError(
-            f"{path}: expected a safetensors weights file, received one that cannot be read "
-            f"({type(err).__name__}: {err})"
-        ) from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> ValueError:
+    return ValueError(
+        f"{path}: expected a safetensors weights file, received one that cannot be read ({type(err).__name__}: {err})"
+    )
 
 
 def load_encoder_into(

@@ -141,8 +141,8 @@ OPTIONS: dict[str, Option] = {
         "fine-tuning from scratch takes any timm architecture (e.g. resnet18)"
     ),
     "norm": Option(
-        "ConvNeXt normalisation: layer (LayerNorm, as published) or batch (BatchNorm; learns better from random "
-        "weights on small datasets); a model from ImageNet weights keeps their LayerNorm",
+        "ConvNeXt normalisation from random weights: layer (LayerNorm, as published) or batch (BatchNorm; learns "
+        "better on small datasets); weights keep theirs (ImageNet: layer; an MAE encoder: its own)",
         choices=NORM_CHOICES,
     ),
     "image_size": Option("input side in pixels, a multiple of the patch size (32)", int),

@@ -25,6 +25,7 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
+from medens.models.arch import DEFAULT_NORM
 from medens.train.options import EXECUTION_KEYS
 from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
 
@@ -58,6 +59,8 @@ SHARED_KEYS = (
 #: ``init`` (compared below by what was requested, since an MAE encoder may be named by another path), and the
 #: paths of its inputs, ``split_file`` and ``pretrained_file``.
 _UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
+#: Options added after runs were recorded without them, with the value those runs had.
+_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM}
 
 
 @dataclass
@@ -162,8 +165,8 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     if options.get("pretrained_file"):
         imagenet["pretrained_file"] = str(options["pretrained_file"])
     mae = {**common_ft, "init": f"mae:{pretrain_dir / ENCODER_NAME}", "out": str(root / variant.folder(MAE_DIR))}
-    if "norm" in pretrain:  # the MAE member is built like its encoder (also under --vary norm=...)
-        mae["norm"] = pretrain["norm"]
+    # The MAE member is built like its encoder, whatever the fine-tuning options say (also under --vary norm=...).
+    mae["norm"] = pretrain.get("norm", DEFAULT_NORM)
     configs = {"pretrain": {**pretrain, "out": str(pretrain_dir)}, "imagenet": imagenet, "mae": mae}
     if options.get("baseline"):
         # Trained once, like the ImageNet member, on the split every variant shares.
@@ -178,7 +181,7 @@ def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str
 
     from medens.engine import load_yaml
 
-    recorded = load_yaml(folder / CONFIG_NAME)
+    recorded = {**_VALUES_BEFORE_THE_OPTION, **load_yaml(folder / CONFIG_NAME)}
     diffs = []
     for key, value in requested.items():
         if key in _UNCHECKED_KEYS:

@@ -108,6 +108,9 @@ def test_norm_reaches_every_stage_and_the_mae_member_follows_its_encoder(tmp_pat
     options = pipeline.options_from_args(parse(["--out", str(tmp_path), "--norm", "layer"]))
     varied = stages.stage_configs(options, stages.Variant("norm=batch", {"norm": "batch"}))
     assert (varied["pretrain"]["norm"], varied["mae"]["norm"], varied["imagenet"]["norm"]) == ("batch",) * 2 + ("layer",)
+    fine_only = stages.stage_configs(pipeline.options_from_args(parse(
+        ["--out", str(tmp_path), "--set-pretrain", "norm=layer", "--set-finetune", "norm=batch"])))
+    assert (fine_only["imagenet"]["norm"], fine_only["mae"]["norm"]) == ("batch", "layer")  # the encoder's
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--norm", "group"])
 
@@ -128,6 +131,14 @@ def test_finished_stage_with_other_options_is_refused(tmp_path: Path) -> None:
     )
     diffs = stages._recorded_mismatches(folder, {"epochs": 7, "arch": "convnext_atto"})
     assert diffs == ["epochs=5 (requested 7)"]
+
+
+def test_a_stage_recorded_before_the_norm_option_had_layer_norm(tmp_path: Path) -> None:
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": 5, "arch": "convnext_atto"}))
+    assert stages._recorded_mismatches(folder, {"epochs": 5, "norm": "layer"}) == []
+    assert stages._recorded_mismatches(folder, {"epochs": 5, "norm": "batch"}) == ["norm='layer' (requested 'batch')"]
 
 
 def test_a_finished_stage_is_reused_whatever_it_ran_with(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from medens.models import read_metadata
 from medens.train.__main__ import main
 from medens.train.pretrain import default_config, is_complete, run_pretrain
 from tests._installed import installed
@@ -56,8 +57,10 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
     with Image.open(out / "reconstructions.png") as png:
         assert png.format == "PNG" and png.width > 4 * 100 and png.height > 4 * 100
 
-    # The encoder loads into a timm classifier with only the head missing.
-    classifier = timm.create_model("convnext_atto", num_classes=5)
+    # The encoder loads into a timm classifier with only the head missing: a BatchNorm ConvNeXt, as the preset
+    # (small, the default on the generated images) and the encoder's metadata say.
+    assert config["norm"] == read_metadata(out / "encoder.safetensors")["norm"] == "batch"
+    classifier = timm.create_model("convnext_atto", num_classes=5, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d)
     missing, unexpected = classifier.load_state_dict(
         load_file(str(out / "encoder.safetensors")), strict=False
     )

@@ -17,6 +17,7 @@ from medens.models import (
     WeightsMismatchError,
     classifier_norm,
     create_classifier,
+    load_encoder_into,
     read_metadata,
     save_weights,
 )
@@ -186,11 +187,16 @@ def test_batch_norm_encoder_loads_into_a_batch_norm_classifier_only(tmp_path: Pa
             rtol=0,
             atol=0,
         )
-    with pytest.raises(WeightsMismatchError, match="pre-trained with norm 'batch' but the model has norm 'layer'"):
-        create_classifier(ARCH, 3, init=f"mae:{path}")
+    # A classifier from an encoder is built with the encoder's norm, whatever norm asks for.
+    follows, _ = create_classifier(ARCH, 3, init=f"mae:{path}", norm="layer")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in follows.modules())
+    assert classifier_norm(f"mae:{path}", "layer") == "batch"
     layer = _export(MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32), tmp_path / "layer.safetensors")
-    with pytest.raises(WeightsMismatchError, match="pre-trained with norm 'layer' but the model has norm 'batch'"):
-        create_classifier(ARCH, 3, init=f"mae:{layer}", norm="batch")
+    from_layer, _ = create_classifier(ARCH, 3, init=f"mae:{layer}", norm="batch")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in from_layer.modules())
+    # Loading into a model of the other norm is refused by name.
+    with pytest.raises(WeightsMismatchError, match="pre-trained with norm 'batch' but the model has norm 'layer'"):
+        load_encoder_into(timm.create_model(ARCH, num_classes=3), path, ARCH)
 
 
 def test_norm_applies_to_random_convnexts_and_imagenet_weights_bring_layer_norm(
