@@ -60,7 +60,7 @@ def load_model(
 
     from medens.engine import load_yaml
     from medens.models import DEFAULT_NORM, load_weights, split_arch
-    from medens.models.arch import convnext_archs, convnext_norm_kwargs
+    from medens.models.arch import norm_kwargs
 
     out = Path(out_dir)
     if not (out / CONFIG_NAME).is_file():
@@ -71,8 +71,7 @@ def load_model(
     state, meta = load_weights(out / MODEL_NAME)
     arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
     norm = str(meta.get("norm") or config.get("norm") or DEFAULT_NORM)  # runs before the option: LayerNorm
-    kwargs = convnext_norm_kwargs(norm) if arch in convnext_archs() else {}
-    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]), **kwargs)
+    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm))
     model.load_state_dict(state)
     return model.to(device).eval(), config
 

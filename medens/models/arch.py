@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_NORM",
     "check_norm",
     "convnext_norm_kwargs",
+    "norm_kwargs",
 ]
 
 #: The paper's encoder.
@@ -123,3 +124,9 @@ def convnext_norm_kwargs(norm: str, batch_norm: type[nn.Module] = nn.BatchNorm2d
     if check_norm(norm) == "layer":
         return {}
     return {"conv_mlp": True, "norm_layer": batch_norm}
+
+
+def norm_kwargs(arch: str, norm: str) -> dict[str, Any]:
+    """:func:`convnext_norm_kwargs` for a ConvNeXt ``arch``; none for another architecture, which keeps its own."""
+    check_norm(norm)
+    return convnext_norm_kwargs(norm) if split_arch(arch)[0] in convnext_archs() else {}

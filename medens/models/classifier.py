@@ -35,8 +35,7 @@ from medens.models.arch import (
     check_arch,
     check_norm,
     check_timm_arch,
-    convnext_archs,
-    convnext_norm_kwargs,
+    norm_kwargs,
     split_arch,
 )
 from medens.models.weights import load_encoder_into, read_metadata
@@ -146,10 +145,8 @@ def create_classifier(
     base = check_arch_for_init(arch, kind)  # without the pretrained tag
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
-    imagenet_kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
-    check_norm(norm)
-    norm_kwargs = convnext_norm_kwargs(norm) if base in convnext_archs() else {}
-    kwargs = {**imagenet_kwargs, **norm_kwargs}
+    base_kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
+    kwargs = {**base_kwargs, **norm_kwargs(base, norm)}
     if pretrained_file is not None and kind != "imagenet":
         raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")
 
@@ -170,13 +167,12 @@ def create_classifier(
         encoder_norm = classifier_norm(init, norm)
         if encoder_norm != norm:
             _logger.info("norm: %s, as the encoder %s was pre-trained (%s asked for)", encoder_norm, mae_path, norm)
-        encoder_kwargs = {**imagenet_kwargs, **(convnext_norm_kwargs(encoder_norm) if base in convnext_archs() else {})}
-        model = timm.create_model(base, pretrained=False, **encoder_kwargs)
+        model = timm.create_model(base, pretrained=False, **base_kwargs, **norm_kwargs(base, encoder_norm))
         load_encoder_into(model, mae_path, arch, norm=encoder_norm)
         return model, f"mae:{mae_path}"
 
     try:
-        return _create_imagenet(arch, pretrained_file, imagenet_kwargs, allow_partial), "imagenet"
+        return _create_imagenet(arch, pretrained_file, base_kwargs, allow_partial), "imagenet"
     except PretrainedWeightsUnavailable as err:
         if not allow_random_fallback:
             raise
