@@ -70,7 +70,7 @@ def load_model(
     config = load_yaml(out / CONFIG_NAME)
     state, meta = load_weights(out / MODEL_NAME)
     arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
-    norm = str(meta.get("norm") or config.get("norm") or DEFAULT_NORM)  # runs before the option: LayerNorm
+    norm = str(meta.get("norm", DEFAULT_NORM))  # models saved before the option are LayerNorm ConvNeXts
     model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm))
     model.load_state_dict(state)
     return model.to(device).eval(), config

@@ -95,8 +95,8 @@ def classifier_norm(init_used: str, norm: str) -> str:
     check_norm(norm)
     if init_used == "imagenet":
         return DEFAULT_NORM
-    kind, mae_path = parse_init(init_used) if init_used.startswith("mae:") else (init_used, None)
-    if kind == "mae" and mae_path.is_file():
+    if init_used.startswith("mae:"):
+        _, mae_path = parse_init(init_used)
         return check_norm(str(read_metadata(mae_path).get("norm", DEFAULT_NORM)), argument=f"norm of {mae_path}")
     return norm
 

@@ -134,9 +134,9 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
         if self.sparse is None or not self.training:
             return super().forward(x)
         hidden = self.sparse.at((x.shape[-2], x.shape[-1]))
-        count = (~hidden).sum() * 1.0
-        if count < 2:  # nothing visible to take statistics from
-            return super().forward(x)
+        # At least one patch per image is visible (the mask ratio leaves one), so count >= 1; it stays a tensor,
+        # so no layer waits for the device.
+        count = (~hidden).sum().float()
         x32 = x.float().masked_fill(hidden, 0.0)  # also keeps a NaN at a hidden position out of the sums
         mean = x32.sum(dim=(0, 2, 3)) / count
         var = (x32 - mean.view(1, -1, 1, 1)).masked_fill(hidden, 0.0).square().sum(dim=(0, 2, 3)) / count
@@ -145,7 +145,7 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
                 self.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                unbiased = var * (count / (count - 1))
+                unbiased = var * (count / (count - 1).clamp_min(1))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         scale = torch.rsqrt(var + self.eps)
         shift = -mean * scale

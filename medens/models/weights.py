@@ -141,7 +141,7 @@ def load_encoder_into(
     if have_norm != norm:
         raise WeightsMismatchError(
             f"norm: the encoder in {path} was pre-trained with norm {have_norm!r} but the model has norm {norm!r}; "
-            f"fine-tune with --norm {have_norm} or pre-train with --norm {norm}"
+            f"build the model with norm {have_norm!r} (create_classifier takes it from the encoder)"
         )
     if meta.get("format") not in (None, ENCODER_FORMAT):
         raise WeightsMismatchError(

@@ -241,8 +241,11 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
     seed_everything(int(config["seed"]))
     init_requested = config["init"]
-    # A resumed run rebuilds the model its checkpoint holds: the init it recorded decides the normalisation.
-    init_used = (_recorded_init(out / CONFIG_NAME) or init_requested) if ctx.resuming else None
+    # A resumed run rebuilds the model its checkpoint holds, with the init and normalisation it recorded.
+    init_used, norm_used = _recorded_init_and_norm(out / CONFIG_NAME) if ctx.resuming else (None, None)
+    if ctx.resuming:
+        init_used = init_used or init_requested
+        norm_used = norm_used or classifier_norm(init_used, config["norm"])
     model, built_init = create_classifier(
         config["arch"],
         len(classes),
@@ -252,10 +255,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         allow_partial=bool(config["allow_partial"]),
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
-        norm=classifier_norm(init_used, config["norm"]) if ctx.resuming else config["norm"],
+        norm=norm_used or config["norm"],
     )
-    init_used = init_used or built_init  # resumed: the weights come from the checkpoint, the init from the record
-    norm_used = classifier_norm(init_used, config["norm"])
+    init_used = init_used or built_init
+    norm_used = norm_used or classifier_norm(init_used, config["norm"])
     cfg = model.pretrained_cfg or {}
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -415,13 +418,15 @@ def _layer_decay_for(init_used: str, layer_decay: float) -> float:
     return layer_decay
 
 
-def _recorded_init(config_path: Path) -> str | None:
+def _recorded_init_and_norm(config_path: Path) -> tuple[str | None, str | None]:
+    """The init and the normalisation a run recorded (``None`` for what it did not record)."""
     from medens.engine import load_yaml
 
     if not config_path.is_file():
-        return None
-    value = load_yaml(config_path).get("init")
-    return None if value is None else str(value)
+        return None, None
+    recorded = load_yaml(config_path)
+    init, norm = recorded.get("init"), (recorded.get("run") or {}).get("norm_applied")
+    return (None if init is None else str(init)), (None if norm is None else str(norm))
 
 
 def _write_outputs(

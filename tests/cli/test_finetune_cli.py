@@ -273,3 +273,18 @@ def test_batch_norm_run_is_recorded_and_reloads(tmp_path: Path) -> None:
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     assert set(model.state_dict()) == set(load_file(str(out / "model.safetensors")))
+
+
+def test_a_run_from_a_batch_norm_encoder_resumes_without_it(tmp_path: Path) -> None:
+    """The encoder's norm is taken over and recorded, so --resume rebuilds the model even once the encoder is gone."""
+    mae = MaskedConvNeXt("convnext_atto", image_size=64, decoder_dim=32, norm="batch")
+    encoder = save_weights(tmp_path / "encoder.safetensors", mae.encoder_state_dict(),
+                           {"format": ENCODER_FORMAT, **mae.encoder_config()})
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--norm", "layer", "--init", f"mae:{encoder}", "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["norm"], config["run"]["norm_applied"]) == ("layer", "batch")
+    metrics = json.loads((out / "metrics.json").read_text())
+    encoder.unlink()
+    assert main(["finetune", "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == metrics
