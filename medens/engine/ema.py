@@ -12,7 +12,12 @@ __all__ = ["ModelEma"]
 
 
 class ModelEma:
-    """Keeps ``ema = decay * ema + (1 - decay) * weights`` after every optimiser step; buffers are copied.
+    """Keeps ``ema = decay * ema + (1 - decay) * weights`` after every optimiser step.
+
+    Floating-point buffers (BatchNorm's running mean and variance) are averaged the same way, so that the averaged
+    weights are evaluated with statistics of the same window (as timm's ``ModelEmaV2``/``V3`` do by default);
+    copying the live model's statistics instead pairs the averaged weights with statistics of the latest weights.
+    Other buffers (BatchNorm's batch counter) are copied.
 
     Args:
         model: the model being trained (unwrapped, not DDP).
@@ -33,7 +38,10 @@ class ModelEma:
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+            if b_ema.is_floating_point():
+                b_ema.lerp_(b.detach(), 1.0 - self.decay)
+            else:
+                b_ema.copy_(b)
 
     def state_dict(self) -> dict[str, Any]:
         return self.module.state_dict()

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from medens.engine import (
+    ModelEma,
     ResumableDistributedSampler,
     WarmupCosine,
     create_optimizer,
@@ -135,3 +136,19 @@ def test_precision_policy() -> None:
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match=r"amp: expected one of \('auto', 'bf16', 'fp16', 'off'\)"):
         resolve_precision("fp8", cpu)
+
+
+def test_ema_averages_weights_and_batchnorm_statistics_and_copies_the_counter() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    ema = ModelEma(model, decay=0.75)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    model.train()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model(torch.randn(4, 2, 5, 5) + 3.0)  # moves the running statistics, counts one batch
+    ema.update(model)
+    live, averaged = model.state_dict(), ema.module.state_dict()
+    for key in ("0.weight", "1.running_mean", "1.running_var"):
+        torch.testing.assert_close(averaged[key], 0.75 * before[key] + 0.25 * live[key], msg=key)
+        assert not torch.equal(live[key], before[key]), key  # the check above compares distinct values
+    assert averaged["1.num_batches_tracked"].item() == live["1.num_batches_tracked"].item() == 1
