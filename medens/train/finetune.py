@@ -69,6 +69,7 @@ from medens.train.session import (
 
 __all__ = [
     "run_finetune",
+    "recompute_batchnorm_statistics",
     "default_config",
     "is_complete",
     "load_model",
@@ -345,9 +346,21 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         "std": std,
     }
 
+    # Precise BatchNorm: the running statistics (momentum 0.1, about the last ten batches) move so much from step to
+    # step on a few hundred images that nearly equal weights score 0.2 apart in validation accuracy
+    # (benchmarks/RESULTS.md, "noisy BatchNorm statistics"); averaged over the whole training split they depend on
+    # the weights alone. Evaluation transforms: no random draws, so a resumed run stays exact.
+    bn_set = None
+    if config["precise_bn"]:
+        bn_set, _ = SplitDataset(dataset, splits["train"], eval_tf, substitute=False).without_unreadable()
+
     def evaluate(epoch: int, tr: Trainer) -> dict[str, Any]:
         from medens.evaluate.metrics import summary_metrics
 
+        if bn_set is not None:
+            recompute_batchnorm_statistics(
+                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=int(config["num_workers"])
+            )
         probs = sharded_probs(
             tr.eval_module,
             val_set,
@@ -404,6 +417,35 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(
+    model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, num_workers: int = 0
+) -> bool:
+    """Replace every BatchNorm layer's running statistics by their average over ``dataset`` (one pass, in order).
+
+    ``torch.optim.swa_utils.update_bn`` does the averaging (a cumulative mean over batches); this adds the loader
+    and the model's device. Every rank passes over the whole dataset, so all ranks end with the same statistics.
+
+    Args:
+        model: the model whose statistics are replaced (left in the mode it was in).
+        dataset: ``(image tensor, label)`` items.
+        batch_size: images per forward pass.
+        num_workers: loader worker processes.
+
+    Returns:
+        Whether the model has BatchNorm layers (False: nothing was done).
+    """
+    from torch.optim.swa_utils import update_bn
+    from torch.utils.data import DataLoader
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    update_bn((images for images, _ in loader), model, device=device)
+    return True
 
 
 def _layer_decay_for(init_used: str, layer_decay: float) -> float:

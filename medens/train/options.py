@@ -243,6 +243,11 @@ OPTIONS: dict[str, Option] = {
         choices=IMBALANCE_CHOICES,
     ),
     "select_metric": Option("validation metric that picks the best epoch", choices=SELECT_METRICS),
+    "precise_bn": Option(
+        "before each evaluation, recompute the BatchNorm statistics of the weights evaluated over the training "
+        "split (evaluation transforms); no effect on a model without BatchNorm",
+        bool,
+    ),
     "eval_batch_size": Option(
         "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N", minimum=1
     ),
@@ -361,6 +366,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "cutmix": 0.0,
     "mixup_prob": 1.0,
     "eval_batch_size": None,
+    "precise_bn": False,
     "crop_scale_min": 0.75,
     "hflip": 0.5,
     "vflip": 0.0,
@@ -417,6 +423,7 @@ FINETUNE_CLI_KEYS = (
     "mixup_prob",
     "imbalance",
     "select_metric",
+    "precise_bn",
     "eval_batch_size",
     "crop_scale_min",
     "hflip",

@@ -60,7 +60,7 @@ SHARED_KEYS = (
 #: paths of its inputs, ``split_file`` and ``pretrained_file``.
 _UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
 #: Options added after runs were recorded without them, with the value those runs had.
-_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM}
+_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False}
 
 
 @dataclass
