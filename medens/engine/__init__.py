@@ -9,8 +9,10 @@
 - :mod:`~medens.engine.config`       YAML defaults + command-line overrides, resolved config written out
 - :mod:`~medens.engine.records`      logging, ``log.csv``, TensorBoard
 - :mod:`~medens.engine.atomic`       atomic file writes
+- :mod:`~medens.engine.batchnorm`    BatchNorm statistics recomputed over a dataset (precise BN)
 """
 
+from medens.engine.batchnorm import recompute_batchnorm_statistics
 from medens.engine.checkpoint import CHECKPOINT_NAME, capture_rng_state, load_checkpoint, restore_rng_state
 from medens.engine.config import load_yaml, merge_config, parse_overrides, write_config
 from medens.engine.distributed import DistContext, init_distributed, resolve_device
@@ -51,6 +53,7 @@ __all__ = [
     "merge_config",
     "param_groups",
     "parse_overrides",
+    "recompute_batchnorm_statistics",
     "resolve_device",
     "resolve_precision",
     "restore_rng_state",

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
+from medens.engine import (
+    EngineConfig,
+    Trainer,
+    create_optimizer,
+    recompute_batchnorm_statistics,
+    seed_everything,
+    steps_per_epoch,
+)
 from medens.engine.atomic import atomic_write_text
 from medens.inference import load_model, sharded_probs
 from medens.layout import (
@@ -42,6 +49,7 @@ from medens.layout import (
     is_finetune_complete,
 )
 from medens.models import (
+    DEFAULT_NORM,
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
     check_arch_for_init,
@@ -69,7 +77,6 @@ from medens.train.session import (
 
 __all__ = [
     "run_finetune",
-    "recompute_batchnorm_statistics",
     "default_config",
     "is_complete",
     "load_model",
@@ -242,11 +249,13 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
     seed_everything(int(config["seed"]))
     init_requested = config["init"]
-    # A resumed run rebuilds the model its checkpoint holds, with the init and normalisation it recorded.
-    init_used, norm_used = _recorded_init_and_norm(out / CONFIG_NAME) if ctx.resuming else (None, None)
+    # A resumed run rebuilds the model its checkpoint holds, with the init and normalisation it recorded (a run
+    # recorded before the norm option had LayerNorm); a new run takes them from its options.
     if ctx.resuming:
-        init_used = init_used or init_requested
-        norm_used = norm_used or classifier_norm(init_used, config["norm"])
+        recorded_init, recorded_norm = _recorded_init_and_norm(out / CONFIG_NAME)
+        init_used, norm = recorded_init or init_requested, recorded_norm or DEFAULT_NORM
+    else:
+        init_used, norm = None, config["norm"]
     model, built_init = create_classifier(
         config["arch"],
         len(classes),
@@ -256,10 +265,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         allow_partial=bool(config["allow_partial"]),
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
-        norm=norm_used or config["norm"],
+        norm=norm,
     )
     init_used = init_used or built_init
-    norm_used = norm_used or classifier_norm(init_used, config["norm"])
+    norm_used = norm if ctx.resuming else classifier_norm(init_used, norm)
     cfg = model.pretrained_cfg or {}
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -418,35 +427,6 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
-
-
-@torch.no_grad()
-def recompute_batchnorm_statistics(
-    model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, num_workers: int = 0
-) -> bool:
-    """Replace every BatchNorm layer's running statistics by their average over ``dataset`` (one pass, in order).
-
-    ``torch.optim.swa_utils.update_bn`` does the averaging (a cumulative mean over batches); this adds the loader
-    and the model's device. Every rank passes over the whole dataset, so all ranks end with the same statistics.
-
-    Args:
-        model: the model whose statistics are replaced (left in the mode it was in).
-        dataset: ``(image tensor, label)`` items.
-        batch_size: images per forward pass.
-        num_workers: loader worker processes.
-
-    Returns:
-        Whether the model has BatchNorm layers (False: nothing was done).
-    """
-    from torch.optim.swa_utils import update_bn
-    from torch.utils.data import DataLoader
-
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return False
-    device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    update_bn((images for images, _ in loader), model, device=device)
-    return True
 
 
 def _layer_decay_for(init_used: str, layer_decay: float) -> float:

@@ -12,9 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from medens.engine import recompute_batchnorm_statistics
 from medens.models import ENCODER_FORMAT, INIT_RANDOM_FALLBACK, MaskedConvNeXt, save_weights
 from medens.train.__main__ import main
-from medens.train.finetune import default_config, is_complete, load_model, recompute_batchnorm_statistics
+from medens.train.finetune import default_config, is_complete, load_model
 from tests._installed import installed
 
 #: A fine-tuning run small enough for a CPU test (72 synthetic 64x64 images, ConvNeXt-Atto, 2 epochs).
@@ -290,21 +291,6 @@ def test_a_run_from_a_batch_norm_encoder_resumes_without_it(tmp_path: Path) -> N
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
-def test_recompute_batchnorm_statistics_averages_the_whole_dataset() -> None:
-    data = torch.randn(12, 2, 3, 3) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1) + torch.tensor([5.0, -2.0]).view(1, 2, 1, 1)
-    items = torch.utils.data.TensorDataset(data, torch.zeros(12))
-    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2)).eval()
-    assert recompute_batchnorm_statistics(model, items, batch_size=4)
-    assert not model.training  # left in its mode
-    bn = model[0]
-    torch.testing.assert_close(bn.running_mean, data.mean(dim=(0, 2, 3)))
-    # update_bn's cumulative mean of each batch's (unbiased) variance; three equal batches of four images
-    per_batch = torch.stack([data[i : i + 4].var(dim=(0, 2, 3)) for i in (0, 4, 8)])
-    torch.testing.assert_close(bn.running_var, per_batch.mean(dim=0))
-    assert bn.momentum == 0.1  # restored
-    assert not recompute_batchnorm_statistics(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1)), items)
-
-
 @pytest.mark.slow
 def test_precise_bn_saves_statistics_of_the_training_split(tmp_path: Path) -> None:
     from medens.data import SplitDataset, build_transforms
@@ -334,3 +320,15 @@ def test_precise_bn_saves_statistics_of_the_training_split(tmp_path: Path) -> No
         torch.testing.assert_close(saved[key], recomputed[key], rtol=1e-4, atol=1e-5, msg=key)
     saved, recomputed = runs["--no-precise-bn"]  # without it, the kept statistics are those of the last batches
     assert any(not torch.allclose(saved[k], recomputed[k], rtol=1e-4, atol=1e-5) for k in saved)
+
+
+def test_a_run_recorded_before_the_norm_option_resumes_with_layer_norm(tmp_path: Path) -> None:
+    """Such a run recorded neither ``norm`` nor ``run.norm_applied``; it was a LayerNorm ConvNeXt, whatever --norm says."""
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--init", "scratch", "--norm", "layer", "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["norm"], config["run"]["norm_applied"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert main(["finetune", "--resume", "--norm", "batch", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == metrics

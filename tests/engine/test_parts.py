@@ -17,6 +17,7 @@ from medens.engine import (
     load_yaml,
     merge_config,
     parse_overrides,
+    recompute_batchnorm_statistics,
     resolve_precision,
     scaled_lr,
     write_config,
@@ -152,3 +153,18 @@ def test_ema_averages_weights_and_batchnorm_statistics_and_copies_the_counter() 
         torch.testing.assert_close(averaged[key], 0.75 * before[key] + 0.25 * live[key], msg=key)
         assert not torch.equal(live[key], before[key]), key  # the check above compares distinct values
     assert averaged["1.num_batches_tracked"].item() == live["1.num_batches_tracked"].item() == 1
+
+
+def test_recompute_batchnorm_statistics_averages_the_whole_dataset() -> None:
+    data = torch.randn(12, 2, 3, 3) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1) + torch.tensor([5.0, -2.0]).view(1, 2, 1, 1)
+    items = torch.utils.data.TensorDataset(data, torch.zeros(12))
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2)).eval()
+    assert recompute_batchnorm_statistics(model, items, batch_size=4)
+    assert not model.training  # left in its mode
+    bn = model[0]
+    torch.testing.assert_close(bn.running_mean, data.mean(dim=(0, 2, 3)))
+    # update_bn's cumulative mean of each batch's (unbiased) variance; three equal batches of four images
+    per_batch = torch.stack([data[i : i + 4].var(dim=(0, 2, 3)) for i in (0, 4, 8)])
+    torch.testing.assert_close(bn.running_var, per_batch.mean(dim=0))
+    assert bn.momentum == 0.1  # restored
+    assert not recompute_batchnorm_statistics(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1)), items)
