@@ -358,11 +358,10 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     # Precise BatchNorm: the running statistics (momentum 0.1, about the last ten batches) move so much from step to
     # step on a few hundred images that nearly equal weights score 0.2 apart in validation accuracy
     # (benchmarks/RESULTS.md, "noisy BatchNorm statistics"); averaged over the whole training split they depend on
-    # the weights alone. Evaluation transforms, so no augmentation draws; like the validation pass it runs before the
-    # epoch's checkpoint, so a resumed run stays exact.
-    bn_set = None
-    if config["precise_bn"]:
-        bn_set, _ = SplitDataset(dataset, splits["train"], eval_tf, substitute=False).without_unreadable()
+    # the weights alone. Evaluation transforms, so no augmentation draws; an unreadable image is substituted as in
+    # training (no extra decoding pass up front, and a model without BatchNorm never reads the set). Like the
+    # validation pass it runs before the epoch's checkpoint, so a resumed run stays exact.
+    bn_set = SplitDataset(dataset, splits["train"], eval_tf) if config["precise_bn"] else None
 
     def evaluate(epoch: int, tr: Trainer) -> dict[str, Any]:
         from medens.evaluate.metrics import summary_metrics
