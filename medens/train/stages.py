@@ -25,7 +25,7 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
-from medens.models.arch import DEFAULT_NORM
+from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE
 from medens.train.options import EXECUTION_KEYS
 from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
 
@@ -57,10 +57,10 @@ SHARED_KEYS = (
 
 #: Options a finished stage may have recorded differently and still be reused: how it ran (EXECUTION_KEYS),
 #: ``init`` (compared below by what was requested, since an MAE encoder may be named by another path), and the
-#: paths of its inputs, ``split_file`` and ``pretrained_file``.
-_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
+#: paths of its inputs, ``split_file`` and ``pretrained_file``, and ``probe`` (a score after training, not what it learns).
+_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file", "probe", "probe_every"})
 #: Options added after runs were recorded without them, with the value those runs had.
-_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False}
+_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False, "output_stride": ENCODER_STRIDE}
 
 
 @dataclass
