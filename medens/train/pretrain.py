@@ -333,6 +333,7 @@ class _Prober:
                 batch_size=int(self.config["batch_size"]),
                 device=next(model.parameters()).device,
                 progress=bool(self.config.get("progress", True)),
+                refresh_batchnorm=True,
             )
 
     def random_features(self, device: torch.device):
