@@ -96,7 +96,7 @@ SHIFT_STEP = 0.5
 LINKAGE = "average"
 #: Components larger than this are cut using only the pairs already compared (the others count as unlike).
 _MAX_LINKED = 256
-_ROW_CHUNK = 1024
+_ROW_CHUNK = 512
 _PAIR_CHUNK = 16384
 
 
@@ -107,13 +107,27 @@ def _as_words(hashes: np.ndarray) -> np.ndarray:
     return hashes[:, None] if hashes.ndim == 1 else hashes
 
 
-def _distance_rows(words: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Hamming distances of rows ``start:stop`` to every row: ``(stop - start, N)`` uint16."""
-    block = words[start:stop]
-    distance = np.zeros((len(block), len(words)), dtype=np.uint16)
-    for w in range(words.shape[1]):
-        distance += np.bitwise_count(block[:, w, None] ^ words[None, :, w])
-    return distance
+class _DistanceRows:
+    """Hamming distances of blocks of rows to every row, in reused buffers (no 100 MB allocation per block)."""
+
+    def __init__(self, words: np.ndarray, rows: int):
+        self.words = words
+        self.columns = [np.ascontiguousarray(words[:, w]) for w in range(words.shape[1])]
+        self._xor = np.empty((rows, len(words)), dtype=np.uint64)
+        self._bits = np.empty((rows, len(words)), dtype=np.uint8)
+        self._sum = np.empty((rows, len(words)), dtype=np.int16)
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start, N)`` int16 distances of rows ``start:stop`` (a view into a reused buffer)."""
+        block = self.words[start:stop]
+        n = len(block)
+        xor, bits, total = self._xor[:n], self._bits[:n], self._sum[:n]
+        total[:] = 0
+        for w, column in enumerate(self.columns):
+            np.bitwise_xor(block[:, w, None], column[None, :], out=xor)
+            np.bitwise_count(xor, out=bits)
+            np.add(total, bits, out=total, casting="unsafe")
+        return total
 
 
 def hamming_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
@@ -122,9 +136,10 @@ def hamming_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     ``hashes``: ``(N,)`` uint64 (64-bit hashes) or ``(N, W)`` uint64 (``64 W``-bit hashes).
     """
     words = _as_words(hashes)
+    distances = _DistanceRows(words, min(_ROW_CHUNK, len(words)))
     found = [np.zeros((0, 2), dtype=np.int64)]
     for start in range(0, len(words), _ROW_CHUNK):
-        rows, cols = np.nonzero(_distance_rows(words, start, start + _ROW_CHUNK) <= threshold)
+        rows, cols = np.nonzero(distances(start, start + _ROW_CHUNK) <= threshold)
         rows = rows + start
         keep = rows < cols
         found.append(np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64))
@@ -148,19 +163,21 @@ def nearest_neighbours(hashes: np.ndarray, k: int, usable: np.ndarray | None = N
     words = _as_words(hashes)
     count = len(words)
     k = max(0, min(int(k), count - 1))
-    far = np.iinfo(np.uint16).max
+    far = np.iinfo(np.int16).max
     indices = np.zeros((count, k), dtype=np.int64)
     distances = np.full((count, k), 2**30, dtype=np.int32)
     if k == 0:
         return indices, distances
+    masked = None if usable is None or usable.all() else ~np.asarray(usable, dtype=bool)
+    rows_of = _DistanceRows(words, min(_ROW_CHUNK, count))
     for start in range(0, count, _ROW_CHUNK):
-        distance = _distance_rows(words, start, start + _ROW_CHUNK).astype(np.int32)
+        distance = rows_of(start, start + _ROW_CHUNK)
         rows = np.arange(len(distance))
         distance[rows, rows + start] = far  # not one's own neighbour
-        if usable is not None:
-            distance[:, ~usable] = far
+        if masked is not None:
+            distance[:, masked] = far
         values, found = torch.topk(torch.from_numpy(distance), k, dim=1, largest=False, sorted=True)
-        values = values.numpy()
+        values = values.numpy().astype(np.int32)
         indices[start:start + len(distance)] = found.numpy()
         distances[start:start + len(distance)] = np.where(values >= far, 2**30, values)
     if usable is not None:
@@ -175,13 +192,14 @@ def detail_spectra(thumbnails: np.ndarray, sigma: float = DETAIL_SIGMA) -> np.nd
 
     The detail is the thumbnail minus its Gaussian blur (``sigma`` px), less its mean, scaled to unit norm.
     """
+    from scipy.fft import rfft2
     from scipy.ndimage import gaussian_filter
 
     pixels = np.asarray(thumbnails, dtype=np.float32)
     detail = pixels - gaussian_filter(pixels, (0, sigma, sigma), mode="nearest")
     detail -= detail.mean(axis=(1, 2), keepdims=True)
     detail /= np.maximum(np.sqrt((detail ** 2).sum(axis=(1, 2), keepdims=True)), 1e-6)
-    return np.fft.rfft2(detail).reshape(len(pixels), -1).astype(np.complex64)
+    return rfft2(detail).reshape(len(pixels), -1).astype(np.complex64, copy=False)
 
 
 def _shift_basis(side: int, max_shift: float, step: float) -> tuple[np.ndarray, np.ndarray]:
