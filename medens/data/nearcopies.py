@@ -116,36 +116,39 @@ class InjectionResult:
                 "dataset_largest_group": max((len(g) for g in self.dataset_groups), default=0)}
 
 
-def injection_check(images: Sequence[Image.Image] | Callable[[int], Image.Image], count: int, *,
-                    originals: int = 50, kinds: Sequence[str] | None = None, seed: int = 0,
-                    thumbnails: np.ndarray | None = None, **detect_options: Any) -> InjectionResult:
-    """Hide copies of ``originals`` random images among all ``count`` images and measure the detector on them.
+def make_injection(images: Sequence[Image.Image] | Callable[[int], Image.Image], count: int, *,
+                   originals: int = 50, kinds: Sequence[str] | None = None,
+                   seed: int = 0) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Thumbnails of copies of ``originals`` random images (every kind each).
 
     Args:
         images: The dataset's images, as a sequence or as ``load(index) -> PIL image``.
         count: Number of images.
-        originals: How many images get copies (every kind each).
+        originals: How many images get copies.
         kinds: Kinds of copy (default every kind of :data:`COPY_KINDS`).
         seed: Chooses the originals.
-        thumbnails: The images' thumbnails, if already made (``(count, 32, 32)`` uint8).
-        **detect_options: Settings of :func:`medens.data.duplicates.detect` (``threshold``, ...).
 
     Returns:
-        An :class:`InjectionResult`.
+        ``(thumbnails (C, 32, 32) uint8, source)``: ``source[c]`` is ``(original index, kind)`` of copy ``c``.
     """
-    from .duplicates import detect
-
     load = images if callable(images) else images.__getitem__
-    kinds = list(COPY_KINDS) if kinds is None else list(kinds)
-    if thumbnails is None:
-        thumbnails = np.stack([thumbnail(load(i)) for i in range(count)])
     chosen = np.sort(np.random.default_rng(seed).choice(count, min(originals, count), replace=False))
-    copy_thumbs, source = [], []
+    thumbs, source = [], []
     for index in chosen.tolist():
         for kind, copy in near_copies(load(index), kinds).items():
-            copy_thumbs.append(thumbnail(copy))
+            thumbs.append(thumbnail(copy))
             source.append((index, kind))
-    everything = np.concatenate([thumbnails, np.stack(copy_thumbs)]) if copy_thumbs else thumbnails
+    side = thumbnail(Image.new("L", (1, 1))).shape
+    return (np.stack(thumbs) if thumbs else np.zeros((0, *side), dtype=np.uint8)), source
+
+
+def score_injection(thumbnails: np.ndarray, copies: np.ndarray, source: Sequence[tuple[int, str]],
+                    **detect_options: Any) -> InjectionResult:
+    """Run the detector on the dataset's ``thumbnails`` with the ``copies`` of :func:`make_injection` among them."""
+    from .duplicates import detect
+
+    count = len(thumbnails)
+    everything = np.concatenate([thumbnails, copies])
     groups, _ = detect(everything, **detect_options)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     origin = np.arange(len(everything))
@@ -157,5 +160,29 @@ def injection_check(images: Sequence[Image.Image] | Callable[[int], Image.Image]
     false = sum(1 for copy in range(count, len(everything))
                 if copy in group_of and group_of.get(int(origin[copy])) != group_of[copy])
     own = [[i for i in members if i < count] for members in groups]
-    recall = {kind: float(np.mean([d[2] for d in details if d[1] == kind])) for kind in kinds} if details else {}
-    return InjectionResult(count, len(chosen), recall, false, [g for g in own if len(g) > 1], groups, details)
+    kinds = list(dict.fromkeys(kind for _, kind in source))
+    recall = {kind: float(np.mean([d[2] for d in details if d[1] == kind])) for kind in kinds}
+    return InjectionResult(count, len({index for index, _ in source}), recall, false,
+                           [g for g in own if len(g) > 1], groups, details)
+
+
+def injection_check(images: Sequence[Image.Image] | Callable[[int], Image.Image], count: int, *,
+                    originals: int = 50, kinds: Sequence[str] | None = None, seed: int = 0,
+                    thumbnails: np.ndarray | None = None, **detect_options: Any) -> InjectionResult:
+    """Hide copies of ``originals`` random images among all ``count`` images and measure the detector on them.
+
+    Args:
+        images: The dataset's images, as a sequence or as ``load(index) -> PIL image``.
+        count: Number of images.
+        originals, kinds, seed: As :func:`make_injection`.
+        thumbnails: The images' thumbnails, if already made (``(count, 32, 32)`` uint8).
+        **detect_options: Settings of :func:`medens.data.duplicates.detect` (``threshold``, ...).
+
+    Returns:
+        An :class:`InjectionResult`.
+    """
+    load = images if callable(images) else images.__getitem__
+    if thumbnails is None:
+        thumbnails = np.stack([thumbnail(load(i)) for i in range(count)])
+    copies, source = make_injection(load, count, originals=originals, kinds=kinds, seed=seed)
+    return score_injection(thumbnails, copies, source, **detect_options)
