@@ -27,8 +27,7 @@ from medens.data import load_dataset
 from medens.data.duplicates import (
     DEFAULT_MIN_CORRELATION,
     DEFAULT_THRESHOLD,
-    aligned_similarity,
-    detail_spectra,
+    PairSimilarity,
     detect,
 )
 from medens.data.nearcopies import COPY_KINDS, make_injection, score_injection
@@ -55,9 +54,9 @@ def check(name: str, root: str, *, originals: int, seed: int, cache_dir: str | N
     conflicts = [g for g in groups if len({dataset.targets[i] for i in g}) > 1]
     copies, source = make_injection(lambda i: dataset.load_image(i), len(dataset), originals=originals, seed=seed)
     default = score_injection(thumbs, copies, source)
-    # The two humps: each dataset image's best correlation with its candidates, and each copy's with its original.
-    spectra = detail_spectra(np.concatenate([thumbs, copies]))
-    own = aligned_similarity(spectra, np.array([(len(thumbs) + c, s[0]) for c, s in enumerate(source)]))
+    # The two humps: each dataset image's best similarity with its candidates, and each copy's with its original.
+    measure = PairSimilarity(np.concatenate([thumbs, copies]))
+    own = measure(np.array([(len(thumbs) + c, s[0]) for c, s in enumerate(source)]))
     grouped = {i for g in groups for i in g}
     lonely = np.array([i for i in range(len(thumbs)) if i not in grouped and readable[i]])
     distinct = facts["nearest_similarity"][lonely] if len(lonely) else np.zeros(0)
@@ -87,9 +86,9 @@ def _print(report: dict) -> None:
     print(f"  copies of {inj['num_originals']} images hidden among them: recall {inj['overall_recall']:.1%}, "
           f"{inj['false_matches']} copies joined without their original")
     for kind, value in inj["recall"].items():
-        print(f"    {kind:16s} recall {value:6.1%}   lowest correlation to its original "
+        print(f"    {kind:16s} recall {value:6.1%}   lowest similarity to its original "
               f"{report['copy_similarity'][kind]:.3f}")
-    print(f"  distinct images (in no group): best correlation with a candidate, quantiles "
+    print(f"  distinct images (in no group): best similarity with a candidate, quantiles "
           f"{report['distinct_nearest_similarity']}")
     print("  other settings: threshold bits, min_correlation -> recall, false matches, groups among the dataset's "
           "own images (images, largest)")

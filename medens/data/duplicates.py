@@ -29,9 +29,10 @@ modalities"):
    still matches. Measured with 100 originals per dataset: every kind of copy scores >= 0.83 (resized, JPEG
    re-encoded and re-exposed copies >= 0.95; shifted or re-cropped by 2-4 px >= 0.83), while for the images in
    no group the best candidate scores a median 0.53 and at most 0.80 on PneumoniaMNIST's chest X-rays (the
-   global correlation of the old 16 x 16 thumbnails was >= 0.9 for most of them), a median 0.14 on BUSI.
+   global correlation of the old 16 x 16 thumbnails was >= 0.9 for most of them), a median 0.15 on BUSI.
    The whole thumbnails, aligned the same way, must also correlate >= :data:`MIN_GLOBAL_CORRELATION` (copies:
-   >= 0.90): a veto for tiny images (8 x 8 px) whose few pixels can share their finest detail by chance.
+   >= 0.917): a veto for tiny images (8 x 8 px) whose few pixels can share their finest detail by chance
+   (such false pairs among synthetic 8 px images correlate <= 0.87 as a whole).
    :class:`PairSimilarity` folds both tests into the one similarity that the groups, the plots and the
    contact sheet use.
 4. **Groups, without chaining**: confirmed pairs are joined into connected components, and each component is
@@ -251,10 +252,11 @@ def aligned_similarity(spectra: np.ndarray, pairs: np.ndarray, *, side: int = TH
 class PairSimilarity:
     """The similarity the detector decides on, for any pair of a set of thumbnails.
 
-    ``min(detail, whole - (MIN_GLOBAL_CORRELATION - min_correlation))``, with ``detail`` the aligned detail
-    correlation and ``whole`` the aligned correlation of the whole thumbnails: a pair reaches ``min_correlation``
-    exactly when its detail does and its whole thumbnails reach :data:`MIN_GLOBAL_CORRELATION`. (Where the
-    detail is below 0.5 the whole is not computed and the similarity is the detail's.)
+    ``detail``, the aligned detail correlation, where ``whole``, the aligned correlation of the whole thumbnails,
+    reaches :data:`MIN_GLOBAL_CORRELATION`; else ``min(detail, whole - (MIN_GLOBAL_CORRELATION -
+    min_correlation))``, which is below ``min_correlation``. So a pair reaches ``min_correlation`` exactly when
+    its detail does and its whole thumbnails reach :data:`MIN_GLOBAL_CORRELATION`. (Where the detail is below
+    0.5 the whole is not computed: the similarity is the detail's.)
     """
 
     def __init__(self, thumbnails: np.ndarray, min_correlation: float = DEFAULT_MIN_CORRELATION):
@@ -269,7 +271,8 @@ class PairSimilarity:
         check = similarity >= _GLOBAL_FLOOR
         if check.any():
             whole = aligned_similarity(self.whole, pairs[check])
-            similarity[check] = np.minimum(similarity[check], whole - self.margin)
+            vetoed = np.minimum(similarity[check], whole - self.margin)
+            similarity[check] = np.where(whole >= MIN_GLOBAL_CORRELATION, similarity[check], vetoed)
         return similarity
 
 
