@@ -55,7 +55,7 @@ def check(name: str, root: str, *, originals: int, seed: int, cache_dir: str | N
     copies, source = make_injection(lambda i: dataset.load_image(i), len(dataset), originals=originals, seed=seed)
     default = score_injection(thumbs, copies, source)
     # The two humps: each dataset image's best similarity with its candidates, and each copy's with its original.
-    measure = PairSimilarity(np.concatenate([thumbs, copies]))
+    measure = PairSimilarity(np.concatenate([thumbs, copies]), DEFAULT_MIN_CORRELATION)
     own = measure(np.array([(len(thumbs) + c, s[0]) for c, s in enumerate(source)]))
     grouped = {i for g in groups for i in g}
     lonely = np.array([i for i in range(len(thumbs)) if i not in grouped and readable[i]])

@@ -394,3 +394,25 @@ def test_thumbnail_of_a_tiny_image_still_drops_its_border():
     image = Image.new("L", (28, 28), 0)
     image.paste(200, (1, 1, 27, 27))  # a one-pixel black frame
     assert thumbnail(image).min() > 150
+
+
+def test_the_groups_a_dataset_ships_come_first_and_detection_adds_what_they_miss(tmp_path, monkeypatch):
+    """Two different-looking images of one lesion stay together (and conflict when labelled apart); a copy the
+    lesion ids miss is joined by the detector; ``known_groups=False`` leaves only the detector's groups."""
+    originals = _originals(4, 64)
+    images = {"a/0.png": originals[0], "a/1.png": originals[0].rotate(90), "a/2.png": originals[1],
+              "b/3.png": originals[2], "b/4.png": originals[3]}
+    dataset = _folder_dataset(tmp_path / "data", images)
+    lesion = {"a/2.png": "L1", "b/3.png": "L1"}
+    monkeypatch.setattr(type(dataset), "groups", property(lambda self: [lesion.get(i) for i in self.ids]))
+    ids = lambda groups: sorted(sorted(dataset.ids[i] for i in g) for g in groups)  # noqa: E731
+    found = find_duplicates(dataset, cache_dir=tmp_path / "cache", progress=False)
+    assert ids(found.groups) == [["a/2.png", "b/3.png"]]  # a rotated image is not a copy; the lesion is a group
+    assert ids(found.conflicts) == [["a/2.png", "b/3.png"]]
+    (tmp_path / "data" / "b" / "4.png").unlink()
+    originals[0].save(tmp_path / "data" / "b" / "4.png")  # now a copy of a/0.png, under another label
+    dataset = load_dataset("folder", tmp_path / "data")
+    found = find_duplicates(dataset, cache_dir=tmp_path / "cache", progress=False)
+    assert ids(found.groups) == [["a/0.png", "b/4.png"], ["a/2.png", "b/3.png"]]
+    plain = find_duplicates(dataset, cache_dir=tmp_path / "cache", progress=False, known_groups=False)
+    assert ids(plain.groups) == [["a/0.png", "b/4.png"]]
