@@ -110,7 +110,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     for name, root in args.dataset:
         report = check(name, root, originals=args.originals, seed=args.seed, cache_dir=args.cache_dir)
-        print(json.dumps(report)) if args.json else _print(report)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            _print(report)
 
 
 if __name__ == "__main__":
