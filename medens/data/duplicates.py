@@ -296,6 +296,11 @@ def detect(thumbnails: np.ndarray, readable: np.ndarray | None = None, *, thresh
     _check_settings(threshold, min_correlation, neighbours)
     count = len(thumbnails)
     usable = np.ones(count, dtype=bool) if readable is None else np.asarray(readable, dtype=bool)
+    if count < 2:
+        nothing = np.full(count, np.nan, dtype=np.float32)
+        return [], {"hashes": np.zeros((count, HASH_BITS // 64), dtype=np.uint64),
+                    "similarity": PairSimilarity(thumbnails, min_correlation), "nearest_distance": nothing,
+                    "nearest_similarity": nothing.copy()}
     hashes = perceptual_hash(thumbnails)
     measure = PairSimilarity(thumbnails, min_correlation)
     index, distance = nearest_neighbours(hashes, neighbours, usable)

@@ -128,7 +128,8 @@ def detail_spectra(thumbnails: np.ndarray, sigma: float | None = DETAIL_SIGMA) -
         else pixels.copy()
     detail -= detail.mean(axis=(1, 2), keepdims=True)
     detail /= np.maximum(np.sqrt((detail ** 2).sum(axis=(1, 2), keepdims=True)), 1e-6)
-    return rfft2(detail).reshape(len(pixels), -1).astype(np.complex64, copy=False)
+    side = pixels.shape[1] if pixels.ndim == 3 else THUMBNAIL_SIDE
+    return rfft2(detail).reshape(len(pixels), side * (side // 2 + 1)).astype(np.complex64, copy=False)
 
 
 def _shift_basis(side: int, max_shift: float, step: float) -> tuple[np.ndarray, np.ndarray]:

@@ -70,7 +70,7 @@ def perceptual_hash(thumbnails: np.ndarray) -> np.ndarray:
     from scipy.fft import dct
 
     pixels = np.asarray(thumbnails, dtype=np.float64)
-    coefficients = dct(dct(pixels, axis=1), axis=2)[:, :HASH_SIDE, :HASH_SIDE].reshape(len(pixels), -1)
+    coefficients = dct(dct(pixels, axis=1), axis=2)[:, :HASH_SIDE, :HASH_SIDE].reshape(len(pixels), HASH_BITS)
     bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).reshape(len(pixels), HASH_BITS // 64)
 

@@ -416,3 +416,15 @@ def test_the_groups_a_dataset_ships_come_first_and_detection_adds_what_they_miss
     assert ids(found.groups) == [["a/0.png", "b/4.png"], ["a/2.png", "b/3.png"]]
     plain = find_duplicates(dataset, cache_dir=tmp_path / "cache", progress=False, known_groups=False)
     assert ids(plain.groups) == [["a/0.png", "b/4.png"]]
+
+
+def test_detect_on_fewer_than_two_images_and_on_unreadable_ones():
+    from medens.data.duplicates import detect
+
+    for count in (0, 1):
+        groups, facts = detect(np.zeros((count, 32, 32), np.uint8))
+        assert groups == [] and facts["nearest_similarity"].shape == (count,)
+    twins = np.random.default_rng(5).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    twins[1] = twins[0]
+    assert detect(twins)[0] == [[0, 1]]
+    assert detect(twins, np.array([True, False, True]))[0] == []  # an unreadable image joins nothing
