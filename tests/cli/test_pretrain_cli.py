@@ -126,7 +126,7 @@ def test_loss_falls_on_the_synthetic_dataset(tmp_path: Path) -> None:
     ("flags", "message"),
     [
         (["--mask-ratio", "1.2"], "mask_ratio: expected a number strictly between 0 and 1"),
-        (["--image-size", "100"], "image_size: expected a positive multiple of the patch size 32"),
+        (["--image-size", "100"], "image_size: expected a positive multiple of the patch size 16"),
         (["--arch", "convnext_tinny"], "arch: expected a timm ConvNeXt architecture"),
         (["--arch", "resnet50"], "arch: expected a timm ConvNeXt architecture"),
         (["--set", "epoch=3"], "unknown option 'epoch'"),
