@@ -194,6 +194,15 @@ def test_slurm_study_with_a_unit_stopped_by_scancel_and_requeued(tmp_path: Path,
     assert job and study.poll() is None, study.stderr.read()[-3000:] if study.poll() is not None else job
     env = {**os.environ, **slurm_cluster}
     subprocess.run(["scancel", "--signal=TERM", job], env=env, check=True, timeout=30)
+    # SLURM holds a requeued job back for a while before it may start again; let it start at once.
+    while time.monotonic() < deadline and study.poll() is None and _state(out, 0).get("requeues") != 1:
+        time.sleep(0.1)
+    pending = ""
+    while time.monotonic() < deadline and study.poll() is None and pending != "PENDING":
+        pending = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job], env=env, capture_output=True,
+                                 text=True).stdout.strip()
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, timeout=30)
     _, err = study.communicate(timeout=300)
     assert study.returncode == 0, err[-3000:]
 
