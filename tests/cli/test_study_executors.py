@@ -76,6 +76,13 @@ def test_two_local_workers_match_the_sequential_study_and_rerun_only_a_killed_un
     assert lines["0"].split()[2] == "done"
     assert lines["1"].split()[2] == "failed" and "unit.log" in lines["1"] and "exit code -9" in lines["1"]
 
+    # The finished unit alone, marked partial.
+    assert train_main([*ARGV, "--out", str(parallel), "--partial"]) == 0
+    assert "partial study: 1 units not finished" in capsys.readouterr().out
+    record = json.loads((parallel / "study.json").read_text())
+    assert record["partial"] is True and record["missing_units"] == [{"fold": 1, "seed": 0}]
+    assert {r["fold"] for r in record["runs"]} == {0}
+
     # The same command again: fold 0 is left alone, fold 1 runs again.
     kept = {p: p.stat().st_mtime_ns for p in (parallel / "fold-0").rglob("*") if p.is_file()}
     study = _study("--workers", "2", "--out", str(parallel))
@@ -83,11 +90,22 @@ def test_two_local_workers_match_the_sequential_study_and_rerun_only_a_killed_un
     assert study.returncode == 0, err[-3000:]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert _state(parallel, 1)["state"] == "done"
+    assert "partial" not in json.loads((parallel / "study.json").read_text())
 
     # The same runs, with the same metrics, as the units run one after another in one process.
     sequential = tmp_path / "sequential"
     assert train_main([*ARGV, "--out", str(sequential)]) == 0
     assert _runs(parallel) == _runs(sequential)
+
+
+def test_executor_flags_are_checked_before_anything_runs(tmp_path: Path, capsys) -> None:
+    assert train_main(["study", "--out", str(tmp_path), "--workers", "0"]) == 2
+    assert "workers: expected at least 1 unit at once, received 0" in capsys.readouterr().err
+    assert train_main(["study", "--out", str(tmp_path), "--executor", "slurm", "--workers", "2"]) == 2
+    assert "workers: only for --executor local" in capsys.readouterr().err
+    assert train_main(["study", "--out", str(tmp_path), "--executor", "slurm", "--slurm-extra", "x"]) == 2
+    assert "slurm-extra: expected KEY=VALUE, received 'x'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 # ---- SLURM -----------------------------------------------------------------------------------------------------
