@@ -24,7 +24,7 @@ from tests._installed import installed
 
 #: A 2-fold study at the smoke preset: two units, each a pre-training, two members and an ensemble.
 ARGV = ["study", "--preset", "smoke", "--folds", "2", "--seeds", "1", "--dataset-option", "num_images=36",
-        "--bootstrap", "20"]
+        "--bootstrap", "20", "--pretrain-epochs", "4"]
 UNITS = [(0, 0), (1, 0)]
 
 
@@ -44,9 +44,19 @@ def _runs(out: Path) -> list[dict]:
     return sorted(json.loads((out / "study.json").read_text())["runs"], key=lambda r: (r["fold"], r["model"]))
 
 
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The study run as before: one unit after another, in one process (the reference of both executors)."""
+    out = tmp_path_factory.mktemp("sequential") / "study"
+    study = _study("--out", str(out))
+    _, err = study.communicate(timeout=300)
+    assert study.returncode == 0, err[-3000:]
+    return out
+
+
 @pytest.mark.slow
-def test_two_local_workers_match_the_sequential_study_and_rerun_only_a_killed_unit(tmp_path: Path,
-                                                                                  capsys) -> None:
+def test_two_local_workers_match_the_sequential_study_and_rerun_only_a_killed_unit(tmp_path: Path, capsys,
+                                                                                  sequential: Path) -> None:
     parallel = tmp_path / "parallel"
     study = _study("--workers", "2", "--out", str(parallel))
     # Both units hold their lock at the same time, each in its own process.
@@ -93,8 +103,6 @@ def test_two_local_workers_match_the_sequential_study_and_rerun_only_a_killed_un
     assert "partial" not in json.loads((parallel / "study.json").read_text())
 
     # The same runs, with the same metrics, as the units run one after another in one process.
-    sequential = tmp_path / "sequential"
-    assert train_main([*ARGV, "--out", str(sequential)]) == 0
     assert _runs(parallel) == _runs(sequential)
 
 
@@ -106,6 +114,24 @@ def test_executor_flags_are_checked_before_anything_runs(tmp_path: Path, capsys)
     assert train_main(["study", "--out", str(tmp_path), "--executor", "slurm", "--slurm-extra", "x"]) == 2
     assert "slurm-extra: expected KEY=VALUE, received 'x'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_submitits_warning_signal_stops_a_training_stage_like_sigterm() -> None:
+    from medens.engine.signals import GracefulStop
+    from medens.train.executors import _usr2_stops_training
+
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda *a: calls.append("outside"))
+    try:
+        with _usr2_stops_training():
+            os.kill(os.getpid(), signal.SIGUSR2)  # no stage is training: the handler before (submitit's) runs
+            assert calls == ["outside"]
+            with GracefulStop() as stop:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert stop.requested and stop.signal_name == "SIGTERM"
+            assert calls == ["outside"]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 # ---- SLURM -----------------------------------------------------------------------------------------------------
@@ -197,10 +223,11 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_slurm_study_with_a_unit_stopped_by_scancel_and_requeued(tmp_path: Path, slurm_cluster) -> None:
+def test_slurm_study_with_a_unit_stopped_by_scancel_and_requeued(tmp_path: Path, slurm_cluster,
+                                                                  sequential: Path) -> None:
     out = tmp_path / "study"
     study = _study("--executor", "slurm", "--slurm-cpus-per-run", "1", "--slurm-gpus-per-run", "0",
-                   "--slurm-time", "30", "--pretrain-epochs", "4", "--out", str(out), **slurm_cluster)
+                   "--slurm-time", "30", "--out", str(out), **slurm_cluster)
     # Once fold 0's pre-training has finished an epoch (and has more to go), SIGTERM its job as a cluster would.
     pretrain = out / "fold-0" / "seed-0" / "pretrain"
     deadline = time.monotonic() + 180
@@ -231,3 +258,5 @@ def test_slurm_study_with_a_unit_stopped_by_scancel_and_requeued(tmp_path: Path,
     log = (pretrain / "train.log").read_text()
     assert "SIGTERM received" in log and "resuming" in log  # stopped at a step, then continued from it
     assert _state(out, 1)["state"] == "done"
+    # A unit stopped and requeued ends where an uninterrupted one does.
+    assert _runs(out) == _runs(sequential)

@@ -58,3 +58,4 @@ def test_the_plan_gives_the_epochs_after_a_stage(tmp_path: Path) -> None:
         assert later_epochs(tmp_path / "b") == (0, 0, "this study unit")
         assert later_epochs(tmp_path / "elsewhere") is None
     assert later_epochs(tmp_path / "pretrain") is None
+

@@ -68,3 +68,18 @@ def test_workers_ignore_stop_signals() -> None:
 
     loader = build_loader(Handler(), 1, shuffle=False, num_workers=1)
     assert [int(b) for b in loader] == [1, 1]
+
+
+def test_default_worker_count_follows_the_cores_this_process_may_use() -> None:
+    from medens.engine.loader import MAX_DEFAULT_WORKERS, default_num_workers, resolve_num_workers
+
+    cores = os.sched_getaffinity(0)
+    assert default_num_workers() == min(MAX_DEFAULT_WORKERS, len(cores))
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert default_num_workers() == resolve_num_workers(None) == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert resolve_num_workers(7) == 7  # an explicit count is kept
+    with pytest.raises(ValueError, match="num_workers: expected 0 or more"):
+        resolve_num_workers(-1)
