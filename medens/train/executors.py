@@ -460,7 +460,11 @@ def _shares(workers: int) -> tuple[list[str | None], list[list[int] | None]]:
 
 def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], variants: Sequence[Any], folds: int,
                        workers: int) -> None:
-    """Up to ``workers`` units at once, each a child process (``python -m medens.train.executors JOB.pkl``)."""
+    """Up to ``workers`` units at once, each a child process (``python -m medens.train.executors JOB.pkl``).
+
+    The children run in sessions of their own, so a signal to this command's process group (Ctrl-C, ``timeout``)
+    reaches them once, forwarded as SIGTERM: each saves a checkpoint of its step and stops.
+    """
     from medens.engine.signals import GracefulStop
     from medens.engine.trainer import TrainingInterrupted
 
@@ -469,6 +473,7 @@ def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], varian
     pending = [u for u in units if not unit_done(out, u, variants)]
     running: dict[int, tuple[Unit, subprocess.Popen, Any]] = {}
     failed: list[str] = []
+    forwarded = False
     with GracefulStop() as stop:
         while (pending and not stop.requested) or running:
             for slot in range(workers):
@@ -491,12 +496,13 @@ def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], varian
                 handle = open(log, "a")  # noqa: SIM115 - closed when the unit ends
                 child = subprocess.Popen([sys.executable, "-m", "medens.train.executors",
                                           str(folder / UNIT_JOB_NAME)], stdout=handle,
-                                         stderr=subprocess.STDOUT, env=env)
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
                 logger.info("%s: started (pid %d, %s), log %s", unit, child.pid,
                             f"GPU {gpus[slot]}" if gpus[slot] is not None else f"cores {shares[slot]}", log)
                 running[slot] = (unit, child, handle)
             time.sleep(POLL_SECONDS / 4)
-            if stop.requested:
+            if stop.requested and not forwarded:
+                forwarded = True  # once: a second signal would abort the units without their checkpoints
                 for _, child, _ in running.values():
                     with contextlib.suppress(OSError):
                         child.send_signal(signal.SIGTERM)  # the units checkpoint their step and stop
