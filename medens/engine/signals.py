@@ -29,10 +29,29 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT (its main process handles them)."""
+    """A DataLoader ``worker_init_fn``: the worker leaves SIGTERM and SIGINT sent to its group to its main process.
+
+    SIGINT is ignored. SIGTERM is still obeyed from the main process itself (the loader and ``multiprocessing``
+    end a worker that does not stop with ``terminate()``, which is a SIGTERM): a thread of the worker waits for it
+    with the signal blocked, and ends the worker when its main process sent it, ignoring it otherwise.
+    """
     del worker_id
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # pragma: no cover - not Linux: ignore it (no terminate() then)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a forked worker inherits the main process's handler)
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:  # terminate() by the main process: end as SIGTERM ends a process
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="medens-sigterm", daemon=True).start()
 
 
 class GracefulStop:

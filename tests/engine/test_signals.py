@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from medens.engine.loader import ResumableDistributedSampler, build_loader
-from medens.engine.signals import GracefulStop
+from medens.engine.signals import GracefulStop, ignore_stop_signals
 
 
 def test_a_second_sigint_aborts_at_once() -> None:
@@ -25,7 +26,7 @@ def test_a_second_sigint_aborts_at_once() -> None:
 def test_a_second_sigterm_ends_the_process_by_that_signal() -> None:
     code = (
         "import os, signal, time\n"
-        "from medens.engine.signals import GracefulStop\n"
+        "from medens.engine.signals import GracefulStop, ignore_stop_signals\n"
         "with GracefulStop() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    assert stop.requested\n"
@@ -57,17 +58,41 @@ def test_worker_randomness_follows_the_sample_not_the_worker() -> None:
     assert torch.equal(torch.cat(list(resumed)), full[8:])
 
 
-def test_workers_ignore_stop_signals() -> None:
+def _loader_worker(ready) -> None:
+    ignore_stop_signals(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_workers_leave_group_signals_to_the_main_process_but_obey_its_terminate() -> None:
+    import multiprocessing
+
     class Handler(torch.utils.data.Dataset):
         def __len__(self) -> int:
             return 2
 
-        def __getitem__(self, index: int) -> int:
-            return int(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN and
-                       signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        def __getitem__(self, index: int) -> tuple[int, int]:
+            blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+            return int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN), int(blocked)
 
-    loader = build_loader(Handler(), 1, shuffle=False, num_workers=1)
-    assert [int(b) for b in loader] == [1, 1]
+    assert [tuple(int(x) for x in b) for b in build_loader(Handler(), 1, shuffle=False, num_workers=1)] == [
+        (1, 1), (1, 1)]
+    context = multiprocessing.get_context("fork")  # as a DataLoader starts its workers on Linux
+    ready = context.Event()
+    worker = context.Process(target=_loader_worker, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(timeout=30)
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # as a group signal: from elsewhere
+        worker.join(timeout=1)
+        assert worker.is_alive()
+        worker.terminate()  # what the loader and multiprocessing do to a worker that does not stop
+        worker.join(timeout=30)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        if worker.is_alive():
+            worker.kill()
+
 
 
 def test_default_worker_count_follows_the_cores_this_process_may_use() -> None:
