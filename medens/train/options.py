@@ -132,7 +132,7 @@ OPTIONS: dict[str, Option] = {
         choices=("on", "off"),
         allowed=("on", "off", True, False),
     ),
-    "dedupe_threshold": Option("dHash bits up to which two images are candidate copies", int, metavar="BITS"),
+    "dedupe_threshold": Option("perceptual-hash bits (of 256) up to which two images are candidate copies", int, metavar="BITS"),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
     "num_workers": Option(
         "data-loading worker processes per rank (none: one per core this process may use, at most 4)",

@@ -167,20 +167,23 @@ def run_pretrain(config: dict[str, Any]) -> Path:
         seed_everything(int(config["seed"]))
         model = build_model(config)
         engine = EngineConfig.from_config(config)
-    with run_session(config, "pretrain", is_complete) as ctx:
+    with run_session(config, "pretrain", is_complete, headline=_grid_line(model)) as ctx:
         return _pretrain(ctx, model, engine)
+
+
+def _grid_line(model: MaskedConvNeXt) -> str:
+    """The masking grid in words, for the first line of the log."""
+    rows, cols = model.mask_grid
+    return (
+        f"masking grid {rows} x {cols}: {model.patch_size} px patches of {model.image_size} px images, encoder "
+        f"stride {model.output_stride}, {model.num_patches - model.num_visible} of {model.num_patches} hidden"
+    )
 
 
 def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> Path:
     from medens.data import SplitDataset, build_transforms
 
     config, dist, out = ctx.config, ctx.dist, ctx.out_dir
-    rows, cols = model.mask_grid
-    _logger.info(
-        "masking grid %d x %d: %d px patches of %d px images, encoder stride %d, %d of %d patches hidden",
-        rows, cols, model.patch_size, model.image_size, model.output_stride,
-        model.num_patches - model.num_visible, model.num_patches,
-    )
     dataset, splits = open_data(config, ctx)
     indices = sorted(i for name in PRETRAIN_SPLITS[config["pretrain_split"]] for i in splits[name])
     if config["pretrain_split"] == "all":
@@ -333,6 +336,7 @@ class _Prober:
                 batch_size=int(self.config["batch_size"]),
                 device=next(model.parameters()).device,
                 progress=bool(self.config.get("progress", True)),
+                refresh_batchnorm=True,
             )
 
     def random_features(self, device: torch.device):

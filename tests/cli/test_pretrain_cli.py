@@ -60,7 +60,8 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
     # The masking grid (the small preset's 16 px patches at stride 16: 4 x 4 at 64 px) is recorded everywhere.
     assert config["mask_grid"] == [4, 4] == read_metadata(out / "encoder.safetensors")["mask_grid"]
     assert config["encoder"]["output_stride"] == read_metadata(out / "encoder.safetensors")["output_stride"] == 16
-    assert "masking grid 4 x 4: 16 px patches" in (out / "train.log").read_text()
+    first_line = (out / "train.log").read_text().splitlines()[0]
+    assert "pretrain: starting into" in first_line and "masking grid 4 x 4: 16 px patches" in first_line
     probe = json.loads((out / "probe.json").read_text())
     assert probe["mask_grid"] == [4, 4] and probe["num_images"] > 0
     for who in ("encoder", "random_init"):
