@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from medens.engine.distributed import DistContext
+from medens.engine.loader import resolve_num_workers
 from medens.engine.precision import Precision
+from medens.engine.signals import ignore_stop_signals
 from medens.evaluate.members import IncompatibleMembersError, Member
 from medens.evaluate.predictions import Predictions
 from medens.layout import CONFIG_NAME, MODEL_NAME
@@ -89,15 +91,17 @@ def sharded_probs(
     dist: DistContext,
     precision: Precision,
     channels_last: bool = False,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` float64 for every item of ``dataset``, in order, on every rank.
 
     Each rank predicts an interleaved shard; the shards are gathered so all ranks hold the full result.
     """
     positions = list(range(dist.rank, len(dataset), dist.world_size))
+    workers = resolve_num_workers(num_workers)
     loader = DataLoader(
-        Subset(dataset, positions), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        Subset(dataset, positions), batch_size=batch_size, shuffle=False, num_workers=workers,
+        worker_init_fn=ignore_stop_signals if workers else None,
     )
     was_training = model.training
     model.eval()

@@ -25,7 +25,9 @@ A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-im
 ``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
 
 A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
-``ROOT/study.json``, ``ROOT/report.md`` with its plots ``study_runs.png`` and ``study_differences.png``.
+``ROOT/study.json``, ``ROOT/report.md`` with its plots ``study_runs.png`` and ``study_differences.png``. Each fold-seed
+unit also holds ``unit.json`` (its state), ``unit.lock`` (held while it runs), and with local workers ``unit.pkl``
+(the job) and ``unit.log`` (its output); SLURM jobs keep their scripts and output in ``ROOT/slurm-jobs/``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ __all__ = [
     "is_pretrain_complete",
     "is_finetune_complete",
     "study_run_folder",
+    "UNIT_STATE_NAME",
+    "UNIT_LOCK_NAME",
+    "UNIT_LOG_NAME",
+    "UNIT_JOB_NAME",
+    "JOBS_DIR",
     "recorded_stage",
 ]
 
@@ -104,6 +111,11 @@ CACHE_DIR = "cache"
 STUDY_NAME = "study.json"
 STUDY_RUNS_PLOT = "study_runs.png"
 STUDY_DIFFERENCES_PLOT = "study_differences.png"
+UNIT_STATE_NAME = "unit.json"
+UNIT_LOCK_NAME = "unit.lock"
+UNIT_LOG_NAME = "unit.log"
+UNIT_JOB_NAME = "unit.pkl"
+JOBS_DIR = "slurm-jobs"
 
 #: What a finished pre-training run holds (``encoder.safetensors`` is written last).
 PRETRAIN_OUTPUTS = (ENCODER_NAME, CONFIG_NAME, LOG_NAME)

@@ -375,7 +375,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
         if bn_set is not None:
             recompute_batchnorm_statistics(
-                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=int(config["num_workers"])
+                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=config["num_workers"]
             )
         probs = sharded_probs(
             tr.eval_module,
@@ -384,7 +384,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
             dist=dist,
             precision=tr.precision,
             channels_last=engine.channels_last,
-            num_workers=int(config["num_workers"]),
+            num_workers=config["num_workers"],
         )
         metrics = summary_metrics(probs, np.asarray(val_set.targets))
         score = metrics[config["select_metric"]]
@@ -425,7 +425,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         dist=dist,
         precision=trainer.precision,
         channels_last=engine.channels_last,
-        num_workers=int(config["num_workers"]),
+        num_workers=config["num_workers"],
     )
     val_probs = sharded_probs(trainer.eval_module, val_set, **kwargs)
     test_probs = sharded_probs(trainer.eval_module, test_set, **kwargs)

@@ -134,7 +134,11 @@ OPTIONS: dict[str, Option] = {
     ),
     "dedupe_threshold": Option("perceptual-hash bits (of 256) up to which two images are candidate copies", int, metavar="BITS"),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
-    "num_workers": Option("data-loading worker processes per rank", int),
+    "num_workers": Option(
+        "data-loading worker processes per rank (none: one per core this process may use, at most 4)",
+        _optional_int,
+        minimum=0,
+    ),
     # model geometry
     "arch": Option(
         "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines); "
@@ -289,7 +293,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "dedupe": "on",
     "dedupe_threshold": DEFAULT_THRESHOLD,
     "keep_conflicts": False,
-    "num_workers": 4,
+    "num_workers": None,  # medens.engine.loader.default_num_workers()
 }
 
 ENGINE_DEFAULTS: dict[str, Any] = {

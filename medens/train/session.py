@@ -263,7 +263,7 @@ def train_loader(
         seed=int(config["seed"]),
         drop_last=True,
         weights=weights,
-        num_workers=int(config["num_workers"]),
+        num_workers=config["num_workers"],
         pin_memory=dist.device.type == "cuda",
         persistent_workers=True,
     )

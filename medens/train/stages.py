@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medens.engine.estimate import PlannedStage
 from medens.layout import (
     BASELINE_DIR,
     CACHE_DIR,
@@ -36,7 +37,8 @@ from medens.train.presets import (
     load_preset,
 )
 
-__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage"]
+__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage",
+           "training_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +231,28 @@ def run_stage(
     start = time.perf_counter()
     run({**config, "resume": resume})
     return StageOutcome(name, "resumed" if resume else "ran", time.perf_counter() - start, folder)
+
+
+def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> list[PlannedStage]:
+    """The training stages :func:`medens.train.pipeline.run_variants` will run, in order, finished ones left out.
+
+    For the estimates of :mod:`medens.engine.estimate`: each variant's pre-training, the shared ImageNet member
+    (and ``--baseline``) once after the first pre-training, then the variant's MAE member.
+    """
+    from medens.train import finetune, pretrain
+
+    plan: list[PlannedStage] = []
+    shared_done = False
+    for variant in variants:
+        configs = stage_configs(options, variant)
+        keys = ["pretrain"]
+        if not shared_done:
+            keys += ["imagenet", *(["baseline"] if "baseline" in configs else [])]
+            shared_done = True
+        keys.append("mae")
+        for key in keys:
+            config = configs[key]
+            is_complete = pretrain.is_complete if key == "pretrain" else finetune.is_complete
+            if not is_complete(Path(config["out"])):
+                plan.append(PlannedStage(Path(config["out"]), int(config["epochs"])))
+    return plan

@@ -224,6 +224,11 @@ def test_default_run_end_to_end_then_resume(
     results = json.loads((root / "ensemble" / "metrics.json").read_text())
     assert [m["init_kind"] for m in results["members"]] == ["imagenet-unavailable-random-init", "mae"]
     hashes = {yaml.safe_load((root / s / "config.yaml").read_text())["split_hash"] for s in stage_dirs[:3]}
+    # Every training stage said how long it and the stages after it would take, before its loop ran.
+    for stage, later in zip(stage_dirs[:3], ["; ", "; ", " (cpu) "], strict=True):
+        estimate = next(line for line in (root / stage / "train.log").read_text().splitlines() if "estimated" in line)
+        assert "on this machine (cpu) for this stage's" in estimate
+        assert ("for the whole pipeline" in estimate) == (later == "; "), estimate
     assert len(hashes) == 1  # every stage on one split
     for name in [
         "report.md",
