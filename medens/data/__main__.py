@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from medens.cli import apply_config_file, config_file_argument, run_command
+from medens.cli import apply_config_file, config_file_argument, int_in_range, run_command
 from medens.errors import UsageError
 
-from .duplicates import DEFAULT_THRESHOLD, find_duplicates
+from .duplicates import DEFAULT_THRESHOLD, HASH_BITS, find_duplicates
 from .filedataset import VERIFY_MODES
 from .registry import list_datasets, load_dataset
 from .summary import format_summary, summarize
@@ -68,9 +68,9 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     parser.add_argument("--strict", action="store_true", help="fail on the first corrupt image instead of skipping it")
     parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
                         help="how image files are checked (default header; full decodes every file)")
-    parser.add_argument("--split-seed", dest="seed", type=int, default=0,
+    parser.add_argument("--split-seed", dest="seed", type=int_in_range(0), default=0,
                         help="seed of the default split shown (default 0)")
-    parser.add_argument("--seed", dest="seed", type=int, action=_DeprecatedAlias, new="--split-seed",
+    parser.add_argument("--seed", dest="seed", type=int_in_range(0), action=_DeprecatedAlias, new="--split-seed",
                         help=argparse.SUPPRESS)
     parser.add_argument("--dataset-option", dest="option", action="append", type=_option, default=[],
                         metavar="KEY=VALUE",
@@ -85,7 +85,7 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     dup.add_argument("--dedupe", choices=("on", "off"), default="on",
                      help="keep near-duplicate images on one side of the split shown (default on; off: plain "
                           "stratified, a leaky protocol)")
-    dup.add_argument("--dedupe-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",
+    dup.add_argument("--dedupe-threshold", type=int_in_range(0, HASH_BITS), default=DEFAULT_THRESHOLD, metavar="BITS",
                      help=f"dHash bits up to which two images are candidate copies (default {DEFAULT_THRESHOLD})")
     dup.add_argument("--keep-conflicts", action="store_true",
                      help="keep images of duplicate groups whose labels disagree (excluded by default)")
@@ -97,10 +97,11 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
 
 
 def _duplicates(args: argparse.Namespace, dataset) -> int:
-    from .sheet import duplicate_sheet
+    from .sheet import check_sheet_path, duplicate_sheet
 
-    found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
     sheet = Path(args.sheet or f"duplicates-{dataset.name.replace(':', '-')}.png")
+    check_sheet_path(dataset, sheet)  # before the hashing: the sheet never overwrites an input
+    found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
     duplicate_sheet(dataset, found, sheet)
     record = {"dataset": dataset.name, "num_images": len(dataset), **found.record(dataset.ids),
               "num_groups": len(found.groups), "sheet": str(sheet)}

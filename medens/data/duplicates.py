@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ class SignatureCache:
             try:
                 with np.load(self.path, allow_pickle=False) as data:
                     self._entries = dict(zip(data["keys"].tolist(), data["thumbnails"], strict=True))
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # random bytes, truncation
                 logger.warning("signature cache %s is unreadable (%s); it will be rebuilt", self.path, exc)
 
     def get(self, key: str) -> np.ndarray | None:

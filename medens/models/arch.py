@@ -31,6 +31,7 @@ __all__ = [
     "check_norm",
     "convnext_norm_kwargs",
     "norm_kwargs",
+    "check_input_size",
 ]
 
 #: The paper's encoder.
@@ -130,3 +131,31 @@ def norm_kwargs(arch: str, norm: str) -> dict[str, Any]:
     """:func:`convnext_norm_kwargs` for a ConvNeXt ``arch``; none for another architecture, which keeps its own."""
     check_norm(norm)
     return convnext_norm_kwargs(norm) if split_arch(arch)[0] in convnext_archs() else {}
+
+
+def check_input_size(arch: str, image_size: int, *, num_classes: int = 2, norm: str = DEFAULT_NORM,
+                     argument: str = "image_size") -> None:
+    """Refuse an input side that ``arch`` cannot take (a ViT or Swin built for 224 px given 64 px images).
+
+    The model is built on the meta device (no memory, no weights) and one ``(1, 3, image_size, image_size)`` batch
+    goes through it, so every architecture's own rule applies (a fixed patch grid, windows, a too-small input).
+
+    Raises:
+        ValueError: naming ``argument``, the architecture, the size received and, where timm records one, the
+            size the model was built for.
+    """
+    import torch
+
+    bare, _ = split_arch(arch)
+    with torch.device("meta"):
+        model = timm.create_model(bare, pretrained=False, num_classes=num_classes, **norm_kwargs(bare, norm))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, int(image_size), int(image_size), device="meta"))
+    except Exception as err:  # an architecture's own checks raise AssertionError, RuntimeError, ValueError, ...
+        built = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        hint = f"; it was built for {built[-1]} px (--image-size {built[-1]})" if built else ""
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"{argument}: expected an input side that {bare} can take, received {image_size} ({first}){hint}"
+        ) from None
