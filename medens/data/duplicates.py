@@ -129,7 +129,7 @@ class SignatureCache:
             remove_stale_temporaries(folder, target=SIGNATURE_CACHE_FILE)  # left by a killed save
         if self.path is not None and self.path.is_file():
             try:
-                with np.load(self.path, allow_pickle=False) as data:
+                with open(self.path, "rb") as handle, np.load(handle, allow_pickle=False) as data:  # closed on failure
                     self._entries = dict(zip(data["keys"].tolist(), data["thumbnails"], strict=True))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # random bytes, truncation
                 logger.warning("signature cache %s is unreadable (%s); it will be rebuilt", self.path, exc)
