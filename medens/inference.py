@@ -60,7 +60,7 @@ def load_model(
 
     from medens.engine import load_yaml
     from medens.models import DEFAULT_NORM, load_weights, split_arch
-    from medens.models.arch import norm_kwargs
+    from medens.models.arch import ENCODER_STRIDE, norm_kwargs, stride_kwargs
 
     out = Path(out_dir)
     if not (out / CONFIG_NAME).is_file():
@@ -71,7 +71,11 @@ def load_model(
     state, meta = load_weights(out / MODEL_NAME)
     arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
     norm = str(meta.get("norm", DEFAULT_NORM))  # models saved before the option are LayerNorm ConvNeXts
-    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm))
+    # Models saved before the output_stride option have the published stride, 32.
+    stride = stride_kwargs(int(meta.get("output_stride", ENCODER_STRIDE)))
+    model = timm.create_model(
+        arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm), **stride
+    )
     model.load_state_dict(state)
     return model.to(device).eval(), config
 

@@ -41,6 +41,8 @@ __all__ = [
     "CHECKPOINT_NAME",
     "ENCODER_NAME",
     "RECONSTRUCTIONS_NAME",
+    "LOSS_CURVE_NAME",
+    "PROBE_NAME",
     "MODEL_NAME",
     "PREDICTIONS_NAME",
     "VAL_PREDICTIONS_NAME",
@@ -74,6 +76,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # Pre-training
 ENCODER_NAME = "encoder.safetensors"
 RECONSTRUCTIONS_NAME = "reconstructions.png"
+LOSS_CURVE_NAME = "loss_curve.png"
+#: The linear and k-NN probes of the encoder and of random init (medens.evaluate.probe).
+PROBE_NAME = "probe.json"
 
 # Fine-tuning (a member) and the ensemble
 MODEL_NAME = "model.safetensors"

@@ -23,6 +23,7 @@ from medens.models.classifier import (
     PretrainedWeightsUnavailable,
     check_arch_for_init,
     classifier_norm,
+    classifier_stride,
     create_classifier,
     parse_init,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "check_arch",
     "check_arch_for_init",
     "classifier_norm",
+    "classifier_stride",
     "check_timm_arch",
     "check_input_size",
     "create_classifier",

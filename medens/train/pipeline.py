@@ -34,7 +34,7 @@ from medens.cli import command, command_help, config_file_argument
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.report import comparison_table, skipped_note
+from medens.evaluate.report import comparison_table, probe_table, skipped_note
 from medens.evaluate.tables import text_table
 from medens.layout import (
     ENSEMBLE_DIR,
@@ -312,6 +312,10 @@ def main(args: argparse.Namespace) -> int:
     print(stage_table(outcomes))
     print()
     print(comparison_table(results))
+    probes = probe_table(results)
+    if probes:
+        print("\npre-training probe (balanced accuracy, cross-validated on the training and validation images):")
+        print(probes)
     note = skipped_note(results)
     if note:
         print("\n" + note)

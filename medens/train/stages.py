@@ -25,9 +25,16 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
-from medens.models.arch import DEFAULT_NORM
+from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE
 from medens.train.options import EXECUTION_KEYS
-from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
+from medens.train.presets import (
+    DEMO_DATASET,
+    DEMO_DATASET_OPTIONS,
+    DEMO_OVERRIDES,
+    STAGES,
+    default_preset,
+    load_preset,
+)
 
 __all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "check_plan",
            "run_stage"]
@@ -58,10 +65,10 @@ SHARED_KEYS = (
 
 #: Options a finished stage may have recorded differently and still be reused: how it ran (EXECUTION_KEYS),
 #: ``init`` (compared below by what was requested, since an MAE encoder may be named by another path), and the
-#: paths of its inputs, ``split_file`` and ``pretrained_file``.
-_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
+#: paths of its inputs, ``split_file`` and ``pretrained_file``, and ``probe`` (a score after training, not what it learns).
+_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file", "probe", "probe_every"})
 #: Options added after runs were recorded without them, with the value those runs had.
-_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False}
+_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False, "output_stride": ENCODER_STRIDE}
 
 
 @dataclass
@@ -132,16 +139,17 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     pretrain, finetune = preset_configs(options["preset"])
     shared = {key: options[key] for key in SHARED_KEYS if options.get(key) is not None}
     dataset_options = dict(options.get("dataset_options") or {})
+    demo: dict[str, dict[str, Any]] = {}
     if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
         dataset_options = dict(DEMO_DATASET_OPTIONS)
         if options["preset"] == default_preset(DEMO_DATASET):
-            # The demo trains at its images' own size, not at the one its preset sets for real scans.
-            shared.setdefault("image_size", DEMO_DATASET_OPTIONS["image_size"])
+            # The demo's trade-offs to stay within minutes (presets.DEMO_OVERRIDES); any flag still wins.
+            demo = DEMO_OVERRIDES
     shared["dataset_options"] = dataset_options
     if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
         shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages
-    pretrain = {**pretrain, **shared}
-    finetune = {**finetune, **shared}
+    pretrain = {**pretrain, **demo.get("pretrain", {}), **shared}
+    finetune = {**finetune, **demo.get("finetune", {}), **shared}
     if options.get("pretrain_epochs") is not None:
         pretrain["epochs"] = int(options["pretrain_epochs"])
     if options.get("finetune_epochs") is not None:

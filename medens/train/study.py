@@ -34,6 +34,7 @@ from medens.layout import (
     METRICS_NAME,
     PREDICTIONS_NAME,
     PRETRAIN_DIR,
+    PROBE_NAME,
     REPORT_NAME,
     SPLITS_NAME,
     STUDY_NAME,
@@ -164,6 +165,31 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
     return runs, {key: _concat(parts) for key, parts in pooled.items()}
 
 
+def collect_probes(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> list[dict]:
+    """The pre-training probe of every finished run and variant (``pretrain/probe.json``), where one was written.
+
+    Returns:
+        One dict per fold, seed and variant: ``fold``, ``seed``, ``variant``, ``mask_grid`` and, for ``linear``
+        and ``knn``, the balanced accuracy of the ``encoder`` and of ``random_init`` and the ``gain``.
+    """
+    probes = []
+    for fold, seed in itertools.product(range(folds), seeds):
+        root = study_run_folder(out, fold, seed)
+        for variant in variants:
+            path = root / variant.folder(PRETRAIN_DIR) / PROBE_NAME
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text("utf-8"))
+            entry: dict[str, Any] = {"fold": fold, "seed": seed, "variant": variant.name,
+                                     "mask_grid": record.get("mask_grid")}
+            for probe in ("linear", "knn"):
+                enc = record["encoder"][probe]["balanced_accuracy"]
+                rnd = record["random_init"][probe]["balanced_accuracy"]
+                entry[probe] = {"encoder": enc, "random_init": rnd, "gain": enc - rnd}
+            probes.append(entry)
+    return probes
+
+
 def _concat(parts: list) -> tuple[list[str], np.ndarray, np.ndarray]:
     classes = parts[0][3]
     index = {c: i for i, c in enumerate(classes)}
@@ -240,7 +266,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     from tqdm import tqdm
 
     from medens.engine.atomic import atomic_write_text
-    from medens.evaluate.study_report import summarize_study, write_report
+    from medens.evaluate.study_report import summarize_probes, summarize_study, write_report
     from medens.train.pipeline import run_variants
 
     if int(folds) < 2:
@@ -258,6 +284,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
             run_variants(run_options, variants)
             bar.update()
     runs, pooled = collect_runs(out, int(folds), seeds, variants)
+    probes = collect_probes(out, int(folds), seeds, variants)
     ratio = test_train_ratio(out, int(folds), seeds, variants)
     summary = summarize_study(runs, pooled, variants=[v.name for v in variants],
                               baselines={v.name: b.name for v in variants if (b := baseline_of(v, variants))},
@@ -266,7 +293,8 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
               "folds": int(folds), "seeds": list(seeds), "split_seed": options.get("split_seed") or 0,
               "dedupe": options.get("dedupe") or "on",
               "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
-              "test_train_ratio": ratio, "runs": runs, **summary}
+              "test_train_ratio": ratio, "runs": runs, **summary,
+              "probes": probes, "probe_summary": summarize_probes(probes, [v.name for v in variants])}
     atomic_write_text(out / STUDY_NAME, json.dumps(record, indent=1, default=float) + "\n")
     write_report(record, out)
     return record

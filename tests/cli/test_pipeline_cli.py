@@ -27,7 +27,16 @@ def test_no_arguments_means_the_demo() -> None:
         assert configs[stage]["dataset_options"] == stages.DEMO_DATASET_OPTIONS
         assert configs[stage]["arch"] == "convnext_atto"
         assert "cache_dir" not in configs[stage]  # generated images need no decode cache
-        assert configs[stage]["image_size"] == stages.DEMO_DATASET_OPTIONS["image_size"]  # the images' own size
+    # Pre-training at the images' own size, on the small preset's masking grid; the members at 64 px.
+    pretrain = configs["pretrain"]
+    assert pretrain["image_size"] == stages.DEMO_DATASET_OPTIONS["image_size"] == 96
+    assert pretrain["image_size"] // (pretrain["patch_size"] or pretrain["output_stride"]) >= 6
+    assert pretrain["epochs"] == stages.DEMO_OVERRIDES["pretrain"]["epochs"]
+    assert configs["imagenet"]["image_size"] == configs["mae"]["image_size"] == 64
+    # A flag still wins over the demo's own settings.
+    flagged = stages.stage_configs(pipeline.options_from_args(parse(["--image-size", "32", "--pretrain-epochs", "3"])))
+    assert flagged["imagenet"]["image_size"] == flagged["pretrain"]["image_size"] == 32
+    assert flagged["pretrain"]["epochs"] == 3
 
 
 def test_small_preset_on_a_real_dataset_and_on_the_demo_images_at_another_size() -> None:
