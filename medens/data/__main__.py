@@ -8,7 +8,8 @@ Prints the classes, the images per class and split, the image sizes seen, and th
     python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, contact sheet
 
 ``medens data ...`` is the same command. Exit status: 0 on success, 2 for a usage error (an unknown option or
-dataset name), 1 when the dataset cannot be read (the message says why).
+dataset name, an option value of the wrong type or range, a ``--sheet`` over the data), 1 when the dataset cannot
+be read (the message says why).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     dup.add_argument("--cache-dir", default=None, metavar="DIR",
                      help="folder of the image-signature cache (default: $MEDENS_CACHE_DIR or ~/.cache/medens)")
     dup.add_argument("--sheet", default=None, metavar="PNG",
-                     help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here)")
+                     help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here); never "
+                          "a file of the dataset, a folder of its images, or another file in its folder")
     return parser
 
 

@@ -245,10 +245,10 @@ def check_config(config: dict[str, Any]) -> None:
     no data read): for a pipeline to refuse a bad fine-tuning option before its first stage trains.
 
     Raises:
-        medens.errors.UsageError: as :func:`run_finetune` would for the same options; a ``pretrained_file`` that is
-            not a file.
+        medens.errors.UsageError: as :func:`run_finetune` would for the same options.
+        FileNotFoundError: a ``pretrained_file`` that is not a file.
     """
-    from medens.errors import UsageError, describe_path
+    from medens.errors import describe_path
 
     config = resolve_config(FINETUNE_DEFAULTS, {**config, "resume": False}, stage="finetune")
     with option_checks():
@@ -256,7 +256,7 @@ def check_config(config: dict[str, Any]) -> None:
         EngineConfig.from_config(config)
     path = config.get("pretrained_file")
     if path is not None and not Path(path).expanduser().is_file():
-        raise UsageError(f"pretrained_file: expected a weights file, received {path}, {describe_path(path)}")
+        raise FileNotFoundError(f"pretrained_file: expected a weights file, received {path}, {describe_path(path)}")
 
 
 def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:

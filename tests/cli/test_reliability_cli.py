@@ -144,20 +144,21 @@ def test_more_folds_than_the_smallest_class_allows_are_refused_up_front(tmp_path
     assert not _trained_anything(out)
 
 
-@pytest.mark.parametrize(("command", "extra", "named"), [
-    ("study", ["--folds", "2", "--seeds", "1", "--vary", "mask_ratio=0.6,1.5"], "mask_ratio"),
-    ("study", ["--folds", "2", "--seeds", "1", "--vary", "arch=convnext_atto,bogusnet"], "bogusnet"),
-    ("pipeline", ["--set-finetune", "precise_bn=maybe"], "precise_bn"),
-    ("pipeline", ["--set-pretrain", "masking=entopy"], "masking"),
-    ("pipeline", ["--baseline", "vit_tiny_patch16_224"], "image_size"),
-    ("pipeline", ["--dedupe-threshold", "99"], "dedupe_threshold"),
-    ("pipeline", ["--pretrained-file", "absent.safetensors"], "pretrained_file"),
+@pytest.mark.parametrize(("command", "extra", "named", "exit_code"), [
+    ("study", ["--folds", "2", "--seeds", "1", "--vary", "mask_ratio=0.6,1.5"], "mask_ratio", 2),
+    ("study", ["--folds", "2", "--seeds", "1", "--vary", "arch=convnext_atto,bogusnet"], "bogusnet", 2),
+    ("pipeline", ["--set-finetune", "precise_bn=maybe"], "precise_bn", 2),
+    ("pipeline", ["--set-pretrain", "masking=entopy"], "masking", 2),
+    ("pipeline", ["--baseline", "vit_tiny_patch16_224"], "image_size", 2),
+    ("pipeline", ["--dedupe-threshold", "99"], "dedupe_threshold", 2),
+    ("pipeline", ["--set-finetune", "val_fraction=1.5"], "val_fraction", 2),
+    ("pipeline", ["--pretrained-file", "absent.safetensors"], "pretrained_file", 1),  # a missing file: exit 1
 ])
 def test_a_mistake_in_any_stage_or_variant_is_reported_before_the_first_stage(tmp_path, capsys, command, extra,
-                                                                              named):
+                                                                              named, exit_code):
     out = tmp_path / "out"
     code, err = _run([command, *SMOKE, *extra, "--out", str(out)], capsys)
-    assert code == 2 and named in err, err
+    assert code == exit_code and named in err, err
     assert not _trained_anything(out)
 
 
