@@ -18,6 +18,7 @@ weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm"
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 import timm
@@ -175,18 +176,24 @@ def check_input_size(arch: str, image_size: int, *, num_classes: int = 2, norm: 
         ValueError: naming ``argument``, the architecture, the size received and, where timm records one, the
             size the model was built for.
     """
+    bare, _ = split_arch(arch)
+    problem = _input_size_problem(bare, int(image_size), int(num_classes), norm)
+    if problem is not None:
+        raise ValueError(f"{argument}: expected an input side that {bare} can take, received {image_size} ({problem})")
+
+
+@functools.lru_cache(maxsize=64)
+def _input_size_problem(arch: str, image_size: int, num_classes: int, norm: str) -> str | None:
+    """Why ``arch`` cannot take ``image_size`` inputs (None: it can); cached, as a study asks once per run."""
     import torch
 
-    bare, _ = split_arch(arch)
     with torch.device("meta"):
-        model = timm.create_model(bare, pretrained=False, num_classes=num_classes, **norm_kwargs(bare, norm))
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **norm_kwargs(arch, norm))
     try:
         with torch.no_grad():
-            model.eval()(torch.empty(1, 3, int(image_size), int(image_size), device="meta"))
+            model.eval()(torch.empty(1, 3, image_size, image_size, device="meta"))
     except Exception as err:  # an architecture's own checks raise AssertionError, RuntimeError, ValueError, ...
         built = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-        hint = f"; it was built for {built[-1]} px (--image-size {built[-1]})" if built else ""
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(
-            f"{argument}: expected an input side that {bare} can take, received {image_size} ({first}){hint}"
-        ) from None
+        return first + (f"; it was built for {built[-1]} px (--image-size {built[-1]})" if built else "")
+    return None

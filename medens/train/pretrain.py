@@ -181,7 +181,8 @@ def check_config(config: dict[str, Any]) -> None:
     config = resolve_config(PRETRAIN_DEFAULTS, {**config, "resume": False}, stage="pretrain")
     with option_checks():
         _check_ops_backend(config["ops_backend"])
-        build_model(config)
+        with torch.device("meta"):  # names and geometry, without the memory and time of initialising weights
+            build_model(config)
         EngineConfig.from_config(config)
 
 
