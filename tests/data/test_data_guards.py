@@ -97,6 +97,8 @@ def test_a_damaged_signature_cache_is_rebuilt_with_a_warning(tmp_path, layouts, 
     (["--dataset", "synthetic", "--duplicates", "--dedupe-threshold", "99"], "--dedupe-threshold"),
     (["--dataset", "synthetic", "--dedupe-threshold", "-1"], "--dedupe-threshold"),
     (["--dataset", "synthetic", "--split-seed", "-1"], "--split-seed"),
+    (["--dataset", "synthetic", "--dataset-option", "num_classes=9"], "--dataset-option num_classes"),
+    (["--dataset", "busi"], "--data-root"),
 ])
 def test_wrong_option_values_are_usage_errors_named_by_their_flag(tmp_path, capsys, monkeypatch, argv, named):
     monkeypatch.chdir(tmp_path)
@@ -107,4 +109,37 @@ def test_wrong_option_values_are_usage_errors_named_by_their_flag(tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
-    assert "argument 'threshold'" not in err and "too many values to unpack" not in err
+    assert "argument '" not in err and "too many values to unpack" not in err
+
+
+def test_a_split_file_keeps_the_duplicates_an_official_split_divides_with_a_warning(tmp_path, layouts, caplog):
+    """The publisher's split is kept as shipped (so the pipeline's stages accept its splits.json); any other
+    division of a duplicate group is a leak, refused."""
+    import json
+
+    import numpy as np
+
+    from medens.data import DatasetError, load_dataset, make_splits
+
+    root = layouts.medmnist(tmp_path / "mnist", counts=(8, 4, 4))
+    file = root / "breastmnist.npz"
+    with np.load(file) as npz:
+        arrays = dict(npz)
+    for (a, i), (b, j) in ((("train", 0), ("test", 0)), (("train", 2), ("train", 4))):  # across, and within train
+        arrays[f"{b}_images"][j] = arrays[f"{a}_images"][i]
+        arrays[f"{b}_labels"][j] = arrays[f"{a}_labels"][i]
+    np.savez(file, **arrays)
+    dataset = load_dataset("medmnist:breastmnist", root)
+    cache = tmp_path / "cache"
+    made = make_splits(dataset, out_dir=tmp_path / "a", hash_cache_dir=cache, progress=False)
+    assert made["train"] and made["test"]
+    reused = make_splits(dataset, out_dir=tmp_path / "b", split_file=tmp_path / "a" / "splits.json",
+                         hash_cache_dir=cache, progress=False)
+    assert reused == made and "official split divides stay divided" in caplog.text
+    record = json.loads((tmp_path / "a" / "splits.json").read_text())
+    train_items = [dataset.ids[i] for i, s in enumerate(dataset.official_splits) if s == "train"]
+    record["splits"]["train"].remove(train_items[4])  # the copy of train item 2 moves to test: a leak
+    record["splits"]["test"].append(train_items[4])
+    (tmp_path / "leaky.json").write_text(json.dumps(record))
+    with pytest.raises(DatasetError, match=r"divides 1 groups.*\(test\)"):
+        make_splits(dataset, split_file=tmp_path / "leaky.json", hash_cache_dir=cache, progress=False)
