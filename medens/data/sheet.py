@@ -14,6 +14,7 @@ from medens.errors import OverwritesInputError, refuse_output_over_inputs
 from .base import LabeledDataset
 from .duplicates import DuplicateGroups
 from .errors import CorruptImageError
+from .imageio import open_regular
 
 _TILE = 112
 _CAPTION = 14
@@ -34,9 +35,9 @@ def _input_files(dataset: LabeledDataset) -> list[str]:
 
 def _is_sheet(path: Path) -> bool:
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:  # never blocks on a pipe
             return image.info.get(SHEET_MARK[0]) == SHEET_MARK[1]
-    except (OSError, ValueError, SyntaxError):
+    except (CorruptImageError, OSError, ValueError, SyntaxError):
         return False
 
 

@@ -293,7 +293,7 @@ def plan_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float =
 #: Keys of a ``splits.json`` record that describe the data it was written for, not how the split was made: a run
 #: that reuses the file records its own.
 _DATA_KEYS = ("format", "dataset", "root", "num_items", "classes", "counts", "splits", "duplicates", "dedupe",
-              "source", "straddling_groups")
+              "source")
 
 
 def _split_file_settings(split_file: str | os.PathLike[str], dedupe: bool, duplicates: DuplicateGroups | None,
@@ -344,7 +344,8 @@ def check_split_file_groups(split_file: str | os.PathLike[str], dataset: Labeled
         raise DatasetError(
             f"split file {str(split_file)!r}: expected every duplicate group of {dataset.name} "
             f"({dataset.root or 'generated'}) on one side, received a split that divides {len(leaking)} groups "
-            f"({sum(len(g) for g in leaking)} images), so near-copies of test images would be trained on: "
+            f"({sum(len(g) for g in leaking)} images), so a model would be evaluated on near-copies of its training "
+            f"images: "
             f"{pairs(leaking)}. Make a new split (drop --split-file), or pass --dedupe off to use it as it is "
             f"(a leaky protocol, on purpose)"
         )

@@ -309,11 +309,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_pipeline_arguments(p, with_seed=False)
     cv = p.add_argument_group("study")
     cv.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
-                    help=f"folds of the cross-validation (default {DEFAULT_FOLDS})")
+                    help=f"folds of the cross-validation (default {DEFAULT_FOLDS}; at most the images of the smallest "
+                         "class, so that every test fold holds each class)")
     cv.add_argument("--seeds", default=str(DEFAULT_SEEDS), metavar="S",
                     help=f"seeds per fold: a count (seeds 0..S-1) or a list such as 0,1,7 (default {DEFAULT_SEEDS})")
     cv.add_argument("--vary", action="append", metavar="KEY=V1,V2",
-                    help="a pre-training option to vary, repeatable (the grid of all values), e.g. "
+                    help="a pre-training option to vary, repeatable (the grid of all values, each value once), e.g. "
                          "--vary masking=random,entropy --vary mask_ratio=0.6,0.75")
     p.set_defaults(func=main)
     return p
