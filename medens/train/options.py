@@ -145,7 +145,8 @@ OPTIONS: dict[str, Option] = {
         allowed=("on", "off", True, False),
     ),
     "dedupe_threshold": Option(
-        "dHash bits up to which two images are candidate copies", int, metavar="BITS", minimum=0, maximum=HASH_BITS
+        f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies", int, metavar="BITS",
+        minimum=0, maximum=HASH_BITS,
     ),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
     "num_workers": Option("data-loading worker processes per rank", int),

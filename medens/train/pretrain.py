@@ -250,9 +250,10 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         last = epoch + 1 == engine.epochs
         if prober is None or not (last or (every and (epoch + 1) % every == 0)):
             return {}
-        columns = prober.epoch_columns(model)
-        prober.final = prober.last_record if last else None
-        return columns
+        record = prober.try_record(model)
+        if last:
+            prober.final = record
+        return _Prober.columns(record) if record is not None else {}
 
     resume_and_fit(ctx, trainer, loader, ENCODER_NAME, epoch_end=probe_during_training)
 
@@ -301,32 +302,40 @@ class _Prober:
     """
 
     def __init__(self, model: MaskedConvNeXt, dataset: Any, splits: dict, config: dict, out: Path) -> None:
-        from medens.data import SplitDataset, build_transforms
-        from medens.evaluate.probe import probe_groups
-
-        indices = sorted(splits.get("train", []) + splits.get("val", []))
-        with preserved_rng():
-            self.view, unreadable = SplitDataset(
-                dataset, indices, transform=build_transforms(config["image_size"], normalize=False), substitute=False
-            ).without_unreadable()
-        if unreadable:
-            _logger.info("probe: %d unreadable images left out", len(unreadable))
-        record = json.loads((out / SPLITS_NAME).read_text("utf-8")) if (out / SPLITS_NAME).is_file() else {}
-        by_id = dict(zip(dataset.ids, dataset.groups, strict=True)) if dataset.groups is not None else None
-        ids = self.view.ids
-        self.groups = probe_groups(
-            ids, [by_id[i] for i in ids] if by_id else None, (record.get("duplicates") or {}).get("groups")
-        )
-        self.labels = self.view.targets
+        self.dataset, self.splits, self.out = dataset, splits, out
         self.config = config
         self.seed = int(config["seed"])
         self.mask_grid = model.mask_grid
         self.image_size = model.image_size
+        self._images = None
         self._random_features = None
         #: The record of the last epoch's probe, once training ends in this process (else None).
         self.final: dict[str, Any] | None = None
-        self.last_record: dict[str, Any] | None = None
-        self.skipped: str | None = None
+
+    def _probe_images(self):
+        """The readable training and validation images, their labels and groups (read on first use)."""
+        if self._images is None:
+            from medens.data import SplitDataset, build_transforms
+            from medens.evaluate.probe import probe_groups
+
+            indices = sorted(self.splits.get("train", []) + self.splits.get("val", []))
+            transform = build_transforms(self.config["image_size"], normalize=False)
+            with preserved_rng():
+                view, unreadable = SplitDataset(
+                    self.dataset, indices, transform=transform, substitute=False
+                ).without_unreadable()
+            if unreadable:
+                _logger.info("probe: %d unreadable images left out", len(unreadable))
+            split_file = self.out / SPLITS_NAME
+            record = json.loads(split_file.read_text("utf-8")) if split_file.is_file() else {}
+            dataset_groups = self.dataset.groups
+            by_id = dict(zip(self.dataset.ids, dataset_groups, strict=True)) if dataset_groups is not None else None
+            groups = probe_groups(
+                view.ids, [by_id[i] for i in view.ids] if by_id else None,
+                (record.get("duplicates") or {}).get("groups"),
+            )
+            self._images = (view, view.targets, groups)
+        return self._images
 
     def _features(self, model: MaskedConvNeXt):
         from medens.evaluate.probe import encoder_features
@@ -334,11 +343,12 @@ class _Prober:
         with preserved_rng():
             return encoder_features(
                 model.encoder,
-                self.view,
+                self._probe_images()[0],
                 normalize=model.normalize,
                 batch_size=int(self.config["batch_size"]),
                 device=next(model.parameters()).device,
                 progress=bool(self.config.get("progress", True)),
+                refresh_batchnorm=True,
             )
 
     def random_features(self, device: torch.device):
@@ -354,25 +364,24 @@ class _Prober:
         from medens.evaluate.probe import probe_record
 
         device = next(model.parameters()).device
+        _, labels, groups = self._probe_images()
         return probe_record(
-            self._features(model), self.random_features(device), self.labels, self.groups,
+            self._features(model), self.random_features(device), labels, groups,
             mask_grid=self.mask_grid, seed=self.seed, extra={"images": "train+val", "image_size": self.image_size},
         )
 
-    def epoch_columns(self, model: MaskedConvNeXt) -> dict[str, float]:
-        """The balanced accuracy of both probes, encoder and random init, as ``log.csv`` columns."""
+    def try_record(self, model: MaskedConvNeXt) -> dict[str, Any] | None:
+        """:meth:`record`, or None where the probe cannot be scored (:func:`_write_probe` says why)."""
         from medens.evaluate.probe import ProbeSkipped
 
         try:
-            self.last_record = self.record(model)
-        except ProbeSkipped as skipped:
-            self.last_record, self.skipped = None, str(skipped)
-            return {}
-        return self.columns(self.last_record)
+            return self.record(model)
+        except ProbeSkipped:
+            return None
 
     @staticmethod
     def columns(record: dict[str, Any]) -> dict[str, float]:
-        """A ``probe.json`` record as the ``log.csv`` columns of :meth:`epoch_columns`."""
+        """The balanced accuracy of both probes, encoder and random init, as ``log.csv`` columns."""
         return {
             f"probe_{probe}_{who}": record[key][probe]["balanced_accuracy"]
             for probe in ("linear", "knn")

@@ -100,3 +100,36 @@ def test_encoder_features_pool_the_final_map_and_leave_the_model_as_it_was() -> 
     np.testing.assert_allclose(features, expected.double().numpy(), rtol=1e-5, atol=1e-6)
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_refreshed_batchnorm_statistics_are_those_of_the_images_and_the_encoder_is_not_changed() -> None:
+    torch.manual_seed(0)
+    encoder = timm.create_model("convnext_atto", num_classes=0, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d)
+    with torch.no_grad():  # statistics far from those of the images, as after masked pre-training
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.fill_(3.0)
+                module.running_var.fill_(0.01)
+    images = [(torch.rand(3, 32, 32), 0) for _ in range(6)]
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    stale = encoder_features(encoder, images, batch_size=3)
+    fresh = encoder_features(encoder, images, batch_size=3, refresh_batchnorm=True)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    stem_norm = encoder.stem[1]
+    reference = timm.create_model("convnext_atto", num_classes=0, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d)
+    reference.load_state_dict(before)
+    from medens.engine import recompute_batchnorm_statistics
+
+    class Features(torch.nn.Module):
+        def forward(self, x):
+            return reference.forward_features(x)
+
+    wrapper = Features()
+    wrapper.add_module("reference", reference)
+    recompute_batchnorm_statistics(wrapper, images, batch_size=3)
+    assert not torch.equal(reference.stem[1].running_mean, stem_norm.running_mean)
+    with torch.no_grad():
+        expected = reference.eval().forward_features(torch.stack([x for x, _ in images])).mean(dim=(-2, -1))
+    np.testing.assert_allclose(fresh, expected.double().numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(fresh, stale)
