@@ -150,7 +150,7 @@ def test_more_folds_than_the_smallest_class_allows_are_refused_up_front(tmp_path
     ("pipeline", ["--set-finetune", "precise_bn=maybe"], "precise_bn", 2),
     ("pipeline", ["--set-pretrain", "masking=entopy"], "masking", 2),
     ("pipeline", ["--baseline", "vit_tiny_patch16_224"], "image_size", 2),
-    ("pipeline", ["--dedupe-threshold", "99"], "dedupe_threshold", 2),
+    ("pipeline", ["--dedupe-threshold", "999"], "dedupe_threshold", 2),
     ("pipeline", ["--set-finetune", "val_fraction=1.5"], "val_fraction", 2),
     ("pipeline", ["--pretrained-file", "absent.safetensors"], "pretrained_file", 1),  # a missing file: exit 1
 ])
