@@ -12,6 +12,12 @@ from PIL import Image
 from medens.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path, monkeypatch):
+    """``--duplicates`` writes its default PNGs into the working folder: a temporary one, never the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _images(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -97,11 +103,12 @@ def test_a_damaged_signature_cache_is_rebuilt_with_a_warning(tmp_path, layouts, 
     (["--dataset", "synthetic", "--duplicates", "--dedupe-threshold", "999"], "--dedupe-threshold"),
     (["--dataset", "synthetic", "--dedupe-threshold", "-1"], "--dedupe-threshold"),
     (["--dataset", "synthetic", "--split-seed", "-1"], "--split-seed"),
+    (["--dataset", "folder", "--data-root", "data", "--duplicates", "--plot", "data/a/img0.png"], "--plot"),
     (["--dataset", "synthetic", "--dataset-option", "num_classes=9"], "--dataset-option num_classes"),
     (["--dataset", "busi"], "--data-root"),
 ])
-def test_wrong_option_values_are_usage_errors_named_by_their_flag(tmp_path, capsys, monkeypatch, argv, named):
-    monkeypatch.chdir(tmp_path)
+def test_wrong_option_values_are_usage_errors_named_by_their_flag(tmp_path, layouts, capsys, argv, named):
+    layouts.folder(tmp_path / "data", classes=("a", "b"))
     try:
         code = main(["data", *argv])
     except SystemExit as stop:  # argparse's own usage error
