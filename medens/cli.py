@@ -42,6 +42,7 @@ __all__ = [
     "run_command",
     "apply_config_file",
     "cli_logging",
+    "int_in_range",
     "main",
 ]
 
@@ -213,6 +214,23 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
             value = [value]
         action.required = False
         parser.set_defaults(**{dest: value})
+
+
+def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (a bad value is a usage error, exit 2, naming the flag)."""
+    expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, received {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's own message names the type
+    return parse
 
 
 # ---------------------------------------------------------------------------------------------------------------

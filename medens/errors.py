@@ -14,9 +14,15 @@ without a traceback. :func:`medens.cli.run_command` applies the rule; readers an
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "UsageError",
+    "OverwritesInputError",
+    "refuse_output_over_inputs",
+    "describe_path",
     "EXIT_OK",
     "EXIT_ERROR",
     "EXIT_USAGE",
@@ -34,6 +40,84 @@ EXIT_USAGE = 2
 
 class UsageError(ValueError):
     """The command line is wrong: an unknown option, a bad value, a missing or conflicting option (exit 2)."""
+
+
+class OverwritesInputError(UsageError):
+    """An output path that is one of the command's inputs, or lies inside an input folder."""
+
+
+def _real(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same_inode(st: os.stat_result, path: str | os.PathLike[str]) -> bool:
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
+def refuse_output_over_inputs(
+    option: str,
+    out: str | os.PathLike[str],
+    folders: Iterable[str | os.PathLike[str]] = (),
+    files: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse an output that would replace an input.
+
+    Args:
+        option: the output's option, for the message (e.g. ``"--out"``).
+        out: the output file or folder.
+        folders: input folders (member folders): ``out`` may be neither one of them nor inside one.
+        files: input files (images): ``out`` may not be one of them, nor another name (a hard link) of one.
+
+    Raises:
+        OverwritesInputError: naming ``option``, the output and the input it would overwrite.
+    """
+    target = _real(out)
+    for folder in folders:
+        real = _real(folder)
+        if target == real or real in target.parents:
+            raise OverwritesInputError(
+                f"{option}: expected a path outside the input folder {folder}, received {out} "
+                f"(writing there would overwrite that input); choose another {option}"
+            )
+    existing = os.stat(target) if target.is_file() else None
+    for file in files:
+        if target == _real(file) or (existing is not None and _same_inode(existing, file)):
+            raise OverwritesInputError(
+                f"{option}: expected a path that is not one of the inputs, received {out}, "
+                f"which is the input {file}; choose another {option}"
+            )
+
+
+def describe_path(path: str | os.PathLike[str]) -> str:
+    """What stands at ``path``, for a message: ``"which does not exist"``, ``"which is a file"``, ``"which is a
+    folder"``, ``"a broken symbolic link to X"``, ``"which is a named pipe (FIFO)"``, ...
+
+    Lets a message say why a path was refused instead of calling every wrong kind of path missing.
+    """
+    import stat
+
+    path = Path(path).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a broken symbolic link to {os.readlink(path)}, which does not exist"
+        return "which does not exist"
+    except OSError as err:
+        return f"which cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "which is a folder"
+    if stat.S_ISREG(mode):
+        return "which is a file"
+    if stat.S_ISFIFO(mode):
+        return "which is a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "which is a socket"
+    return "which is a device, not a regular file"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

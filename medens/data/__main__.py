@@ -8,7 +8,8 @@ Prints the classes, the images per class and split, the image sizes seen, and th
     python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, evidence
 
 ``medens data ...`` is the same command. Exit status: 0 on success, 2 for a usage error (an unknown option or
-dataset name), 1 when the dataset cannot be read (the message says why).
+dataset name, an option value of the wrong type or range, a ``--sheet`` over the data), 1 when the dataset cannot
+be read (the message says why).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from medens.cli import apply_config_file, config_file_argument, run_command
+from medens.cli import apply_config_file, config_file_argument, int_in_range, run_command
 from medens.errors import UsageError
 
 from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, HASH_BITS, find_duplicates
@@ -68,9 +69,9 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     parser.add_argument("--strict", action="store_true", help="fail on the first corrupt image instead of skipping it")
     parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
                         help="how image files are checked (default header; full decodes every file)")
-    parser.add_argument("--split-seed", dest="seed", type=int, default=0,
+    parser.add_argument("--split-seed", dest="seed", type=int_in_range(0), default=0,
                         help="seed of the default split shown (default 0)")
-    parser.add_argument("--seed", dest="seed", type=int, action=_DeprecatedAlias, new="--split-seed",
+    parser.add_argument("--seed", dest="seed", type=int_in_range(0), action=_DeprecatedAlias, new="--split-seed",
                         help=argparse.SUPPRESS)
     parser.add_argument("--dataset-option", dest="option", action="append", type=_option, default=[],
                         metavar="KEY=VALUE",
@@ -87,7 +88,7 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     dup.add_argument("--dedupe", choices=("on", "off"), default="on",
                      help="keep near-duplicate images on one side of the split shown (default on; off: plain "
                           "stratified, a leaky protocol)")
-    dup.add_argument("--dedupe-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",
+    dup.add_argument("--dedupe-threshold", type=int_in_range(0, HASH_BITS), default=DEFAULT_THRESHOLD, metavar="BITS",
                      help=f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies "
                           f"(default {DEFAULT_THRESHOLD}); a candidate is a copy when its aligned detail correlates "
                           f">= {DEFAULT_MIN_CORRELATION}")
@@ -96,10 +97,11 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     dup.add_argument("--cache-dir", default=None, metavar="DIR",
                      help="folder of the image-signature cache (default: $MEDENS_CACHE_DIR or ~/.cache/medens)")
     dup.add_argument("--sheet", default=None, metavar="PNG",
-                     help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here)")
+                     help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here); never "
+                          "a file of the dataset, a folder of its images, or another file in its folder")
     dup.add_argument("--plot", default=None, metavar="PNG",
                      help="where --duplicates plots the nearest-neighbour distances (default: "
-                          "duplicates-<dataset>-distances.png here)")
+                          "duplicates-<dataset>-distances.png here); never over the data, as --sheet")
     return parser
 
 
@@ -109,12 +111,14 @@ def _listing(dataset, group: list[int], most: int = 8) -> str:
 
 
 def _duplicates(args: argparse.Namespace, dataset) -> int:
-    from .sheet import distance_plot, duplicate_sheet
+    from .sheet import check_sheet_path, distance_plot, duplicate_sheet
 
-    found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
     stem = f"duplicates-{dataset.name.replace(':', '-')}"
     sheet = Path(args.sheet or f"{stem}.png")
     plot = Path(args.plot or f"{stem}-distances.png")
+    check_sheet_path(dataset, sheet)  # before the hashing: neither PNG ever overwrites or joins the data
+    check_sheet_path(dataset, plot, option="--plot")
+    found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
     duplicate_sheet(dataset, found, sheet)
     distance_plot(dataset.name, found, plot)
     record = {"dataset": dataset.name, "num_images": len(dataset), **found.record(dataset.ids),

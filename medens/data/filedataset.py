@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .base import LabeledDataset, Skipped
-from .errors import CorruptImageError, DatasetError
+from .errors import CorruptImageError, DatasetError, DatasetUsageError
 from .files import describe_folder, list_images
 from .imageio import HIGH_BIT_DEPTH_MODES, HighBitDepth, ImageInfo, probe_image, read_image
 
@@ -115,10 +115,11 @@ class ImageDataset(LabeledDataset):
         skipped: list[Skipped] | None = None,
     ) -> None:
         if verify not in VERIFY_MODES:
-            raise DatasetError(f"{name}: argument 'verify' must be one of {VERIFY_MODES}, got {verify!r}")
+            raise DatasetUsageError(f"{name}: option 'verify' (--verify) must be one of {VERIFY_MODES}, got {verify!r}")
         if high_bit_depth not in HIGH_BIT_DEPTH_MODES:
-            raise DatasetError(
-                f"{name}: argument 'high_bit_depth' must be one of {HIGH_BIT_DEPTH_MODES}, got {high_bit_depth!r}"
+            raise DatasetUsageError(
+                f"{name}: option 'high_bit_depth' (--dataset-option high_bit_depth=...) must be one of "
+                f"{HIGH_BIT_DEPTH_MODES}, got {high_bit_depth!r}"
             )
         self.name = name
         self.root = str(Path(root))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from medens.engine.atomic import atomic_path
 
-from .errors import DatasetNotFoundError
+from .errors import DatasetNotFoundError, DatasetUsageError
 
 _logger = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ def require_root(root: str | os.PathLike[str] | None, dataset: str) -> Path:
         DatasetNotFoundError: ``root`` is None, missing, or a file.
     """
     if root is None:
-        raise DatasetNotFoundError(f"{dataset}: argument 'root' is required (expected a folder path), got None")
+        raise DatasetUsageError(
+            f"{dataset}: root (--data-root) is required: expected the folder the dataset was unpacked in, received none"
+        )
     path = Path(root).expanduser()
     if not path.exists():
         raise DatasetNotFoundError(f"{dataset}: root folder {str(path)!r} does not exist")

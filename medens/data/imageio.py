@@ -17,8 +17,9 @@ made by :func:`to_rgb8`:
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -116,6 +117,42 @@ def _orient(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def _not_regular(mode: int) -> str:
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "a device")
+    return f"not a regular file but {kind}; skipped without reading it"
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a regular file for reading, without ever blocking on a named pipe or a device.
+
+    The file is opened non-blocking and checked on its open descriptor, so what is read is what was checked.
+
+    Raises:
+        CorruptImageError: the path is a named pipe, socket, device or folder; a broken symbolic link; or a file
+            that vanished (the reason says which).
+        OSError: another failure to open (e.g. no permission).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise CorruptImageError(str(path), f"a broken symbolic link: its target {os.readlink(path)} does not "
+                                               "exist") from exc
+        raise CorruptImageError(str(path), "file disappeared after the dataset was listed") from exc
+    except IsADirectoryError as exc:
+        raise CorruptImageError(str(path), _not_regular(stat.S_IFDIR)) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CorruptImageError(str(path), _not_regular(mode))
+        os.set_blocking(fd, True)
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_image(path: str | os.PathLike[str], high_bit_depth: HighBitDepth = "full") -> Image.Image:
     """Decode an image file into 8-bit RGB (see the module docstring for the conversions).
 
@@ -127,16 +164,15 @@ def read_image(path: str | os.PathLike[str], high_bit_depth: HighBitDepth = "ful
         A new ``"RGB"`` image, independent of the (closed) file.
 
     Raises:
-        CorruptImageError: The file is empty, truncated, or not an image Pillow can decode.
+        CorruptImageError: The file is empty, truncated, not an image Pillow can decode, or not a regular file
+            (a named pipe is never opened for reading, so it cannot block).
     """
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:
             image.load()
             return to_rgb8(_orient(image), high_bit_depth)
     except CorruptImageError:
         raise
-    except FileNotFoundError as exc:
-        raise CorruptImageError(str(path), "file disappeared after the dataset was listed") from exc
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(str(path), _reason(exc)) from exc
 
@@ -176,12 +212,13 @@ def probe_image(path: str | os.PathLike[str], *, full: bool = False) -> ImageInf
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise CorruptImageError(str(path), "empty file (0 bytes)")
-        with Image.open(path) as image:
-            info = ImageInfo(image.width, image.height, image.mode, image.format or "")
-            if full or not _tail_looks_complete(path, info.format):
-                image.load()
+        with open_regular(path) as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise CorruptImageError(str(path), "empty file (0 bytes)")
+            with Image.open(handle) as image:
+                info = ImageInfo(image.width, image.height, image.mode, image.format or "")
+                if full or not _tail_looks_complete(path, info.format):
+                    image.load()
     except CorruptImageError:
         raise
     except _DECODE_ERRORS as exc:

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 
 from .base import Skipped
-from .errors import DatasetError, DatasetNotFoundError
+from .errors import DatasetError, DatasetNotFoundError, DatasetUsageError
 from .filedataset import ImageDataset, Sample
 from .files import describe_folder, find_child_dir, list_images, require_root, subfolders
 
@@ -192,7 +192,8 @@ def _has_isic2018(folder: Path) -> bool:
 def find_isic_dir(root: Path, layout: str) -> tuple[Path, str]:
     """Locate the dataset folder (``root`` or a sub-folder) and which layout it holds."""
     if layout not in LAYOUTS:
-        raise DatasetError(f"{NAME}: argument 'layout' must be one of {LAYOUTS}, got {layout!r}")
+        raise DatasetUsageError(f"{NAME}: option 'layout' (--dataset-option layout=...) must be one of {LAYOUTS}, "
+                                f"got {layout!r}")
     for candidate in [root, *subfolders(root)]:
         if layout in ("auto", "isic2018") and _has_isic2018(candidate):
             return candidate, "isic2018"

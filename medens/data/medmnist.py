@@ -26,6 +26,7 @@ from PIL import Image
 from .base import SPLIT_NAMES, LabeledDataset
 from .errors import DatasetError, DatasetNotFoundError
 from .files import require_root
+from .imageio import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class MedMNISTDataset(LabeledDataset):
         self.skipped = []
         images, targets, splits, ids = [], [], [], []
         try:
-            with open(self.file, "rb") as handle:  # closed even when numpy fails half-way
+            with open_regular(self.file) as handle:  # closed even when numpy fails half-way; never a pipe
                 npz = np.load(handle, allow_pickle=False)
                 if not isinstance(npz, np.lib.npyio.NpzFile):
                     raise DatasetError(f"{self.name}: {str(self.file)!r}: expected an .npz archive of arrays, received a "

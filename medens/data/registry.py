@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .base import LabeledDataset
 from .busi import load_busi
 from .cache import CachedDataset
 from .covid import load_covid
 from .errors import DatasetError, DatasetUsageError
+from .filedataset import VERIFY_MODES
 from .folder import load_folder
+from .imageio import HIGH_BIT_DEPTH_MODES
 from .isic import load_isic2018
 from .kvasir import load_kvasir
 from .medmnist import load_medmnist
@@ -21,6 +26,47 @@ from .synthetic import load_synthetic
 FILE_OPTIONS: tuple[str, ...] = ("strict", "verify", "high_bit_depth")
 # Options load_dataset handles itself, for any dataset.
 CACHE_OPTIONS: tuple[str, ...] = ("cache_dir", "cache_size", "cache_workers")
+
+
+def _integer(value: Any, low: int | None = None) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (low is None or value >= low)
+
+
+def _side(value: Any, low: int) -> bool:
+    """A side in pixels, or a ``[height, width]`` pair of them."""
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(_integer(v, low) for v in value)
+    return _integer(value, low)
+
+
+#: What each reader option takes: (what the message says is expected, the test a value must pass). Checked by
+#: :func:`load_dataset` before a reader runs, so a wrong type is named by its option instead of failing inside.
+OPTION_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "strict": ("true or false", lambda v: isinstance(v, bool)),
+    "verify": (f"one of {list(VERIFY_MODES)}", lambda v: v in VERIFY_MODES),
+    "high_bit_depth": (f"one of {list(HIGH_BIT_DEPTH_MODES)}", lambda v: v in HIGH_BIT_DEPTH_MODES),
+    "layout": ("a layout name (a string)", lambda v: isinstance(v, str)),
+    "size": ("an image side in pixels such as 28, 64, 128 or 224", lambda v: v is None or _integer(v, 1)),
+    "num_images": ("an integer >= 1", lambda v: _integer(v, 1)),
+    "image_size": ("a side in pixels (at least 8) or [height, width]", lambda v: _side(v, 8)),
+    "num_classes": ("an integer >= 2", lambda v: _integer(v, 2)),
+    "seed": ("an integer >= 0", lambda v: _integer(v, 0)),
+    "cache_dir": ("a folder path", lambda v: v is None or isinstance(v, (str, os.PathLike))),
+    "cache_size": ("a side in pixels or [height, width]", lambda v: _side(v, 1)),
+    "cache_workers": ("an integer >= 1 or null", lambda v: v is None or _integer(v, 1)),
+}
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse a reader option whose value has the wrong type or range (see :data:`OPTION_VALUES`).
+
+    Raises:
+        DatasetUsageError: naming the option (as ``--dataset-option KEY``), what it takes and what it received.
+    """
+    for key, value in options.items():
+        expected, valid = OPTION_VALUES.get(key, ("", lambda v: True))
+        if not valid(value):
+            raise DatasetUsageError(f"{name}: --dataset-option {key}: expected {expected}, received {value!r}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +115,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
         A :class:`LabeledDataset` (a :class:`CachedDataset` when ``cache_dir`` is given).
 
     Raises:
-        DatasetError: Unknown name or option, or a layout problem (the message says what was expected,
+        DatasetUsageError: Unknown name or option, or an option value of the wrong type or range.
+        DatasetError: A layout problem (the message says what was expected,
             what was found, and where).
         DatasetNotFoundError: ``root`` does not exist.
         CorruptImageError: ``strict=True`` and an image cannot be decoded.
@@ -84,6 +131,7 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
     if unknown:
         raise DatasetUsageError(f"{name}: unknown option(s) {unknown}; this dataset accepts "
                            f"{sorted(entry.options + CACHE_OPTIONS)}")
+    check_options(name, {**options, **cache})
     if flag:
         options["flag"] = flag.strip().lower()
     dataset = entry.loader(root, **options)

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from medens.engine.atomic import atomic_path
+from medens.errors import OverwritesInputError, refuse_output_over_inputs
 
 from .base import LabeledDataset
 from .duplicates import DuplicateGroups
 from .errors import CorruptImageError
+from .imageio import open_regular
 from .signatures import HASH_BITS
 
 _TILE = 112
@@ -27,6 +30,53 @@ _CAPTION = 40
 _MAX_PER_ROW = 8
 _RED, _GREY = (200, 30, 30), (90, 90, 90)
 _CHARS = 18
+#: PNG text chunk that marks a contact sheet or distance plot medens wrote (the next run may replace such a file).
+SHEET_MARK = ("Software", "medens duplicate contact sheet")
+
+
+def _input_files(dataset: LabeledDataset) -> list[str]:
+    """Every file the dataset reads or listed: its images (or archive), and the files it skipped."""
+    fingerprint = dataset.fingerprint()
+    while "cached" in fingerprint:  # a decode cache wraps the dataset it serves
+        fingerprint = fingerprint["cached"]
+    files = [str(entry[0]) for entry in fingerprint.get("files", [])]
+    return files + [s.path for s in dataset.skipped]
+
+
+def _is_sheet(path: Path) -> bool:
+    try:
+        with open_regular(path) as handle, Image.open(handle) as image:  # never blocks on a pipe
+            return image.info.get(SHEET_MARK[0]) == SHEET_MARK[1]
+    except (CorruptImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def check_sheet_path(dataset: LabeledDataset, path: str | os.PathLike[str], option: str = "--sheet") -> None:
+    """Refuse a contact-sheet path that would overwrite the dataset's data or become part of it.
+
+    Refused: one of the dataset's files (an image, an archive, a skipped file, under any name or link); inside
+    the dataset's folder, a folder that holds its images (the sheet would be read as an image next time) and an
+    existing file that is not an earlier contact sheet (a mask, a CSV: data the dataset ships).
+
+    Raises:
+        OverwritesInputError: (a usage error) naming ``option``, the path and the input it would overwrite.
+    """
+    files = _input_files(dataset)
+    refuse_output_over_inputs(option, path, files=files)
+    target = Path(path).expanduser().resolve()
+    if dataset.root is None or not target.is_relative_to(Path(dataset.root).resolve()):
+        return
+    image_folders = {Path(f).resolve().parent for f in files}
+    if target.parent in image_folders:
+        raise OverwritesInputError(
+            f"{option}: expected a path outside the image folders of {dataset.name}, received {path}: a PNG there "
+            f"would be read as one of its images next time; choose another {option}"
+        )
+    if target.exists() and not _is_sheet(target):
+        raise OverwritesInputError(
+            f"{option}: expected a new file or an earlier contact sheet, received {path}, a file of the dataset "
+            f"folder {dataset.root} that medens did not write; choose another {option}"
+        )
 
 
 def _tile(dataset: LabeledDataset, index: int) -> Image.Image:
@@ -56,7 +106,12 @@ def duplicate_sheet(dataset: LabeledDataset, duplicates: DuplicateGroups, path: 
 
     Returns:
         The path written (atomically).
+
+    Raises:
+        OverwritesInputError: ``path`` would overwrite the dataset's data or become part of it
+            (:func:`check_sheet_path`, checked before drawing).
     """
+    check_sheet_path(dataset, path)
     conflicts = duplicates.conflicts
     others = [g for g in duplicates.groups if g not in conflicts]
     rows = (conflicts + others)[:max_groups] if max_groups > 0 else conflicts + others
@@ -93,7 +148,9 @@ def duplicate_sheet(dataset: LabeledDataset, duplicates: DuplicateGroups, path: 
                 draw.text((left, y + 24), "same group (dataset)", fill=_GREY)
     path = Path(path)
     with atomic_path(path, fsync=False) as tmp:
-        sheet.save(tmp, format="PNG")
+        mark = PngInfo()
+        mark.add_text(*SHEET_MARK)
+        sheet.save(tmp, format="PNG", pnginfo=mark)
     return path
 
 
@@ -135,5 +192,5 @@ def distance_plot(dataset_name: str, duplicates: DuplicateGroups, path: str | os
                  f"images; largest {duplicates.largest_group}")
     path = Path(path)
     with atomic_path(path, fsync=False) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=dict([SHEET_MARK]))
     return path

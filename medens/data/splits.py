@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from medens.errors import describe_path
 from medens.layout import SPLITS_NAME
 
 from .base import SPLIT_NAMES, LabeledDataset
@@ -165,7 +166,9 @@ def make_splits(
 
     Rules, in order:
 
-    1. ``split_file`` given: read it (see :func:`load_splits`); every other option is ignored.
+    1. ``split_file`` given: read it (see :func:`load_splits`); with ``dedupe``, it must keep every duplicate group
+       of ``dataset`` on one side (:func:`check_split_file_groups`). The other options of the split are ignored;
+       ``splits.json`` records the file as ``source``, with this dataset's root and duplicate statistics.
     2. The dataset has official splits (and ``use_official``): they are kept. A missing ``val`` or ``test``
        part is carved out of the official training part, stratified (and grouped), in the proportions
        ``val_fraction : test_fraction : rest``. With ``folds``, the official test part stays the test split and
@@ -207,12 +210,15 @@ def make_splits(
     """
     if split_file is not None:
         splits = load_splits(split_file, dataset)
+        duplicates = None
+        if dedupe:  # the split file meets this data's duplicate groups, whoever made it and for whichever data
+            duplicates = find_duplicates(dataset, threshold=dedupe_threshold, min_correlation=min_correlation,
+                                         cache_dir=hash_cache_dir, progress=progress, known_groups=grouped)
+            check_split_file_groups(split_file, dataset, splits, duplicates)
         if out_dir is not None:
-            record = json.loads(Path(split_file).read_text(encoding="utf-8"))
-            record["source"] = str(split_file)
             target = Path(out_dir) / SPLITS_FILENAME
             if not target.exists() or not target.samefile(split_file):
-                atomic_write_json(target, record)
+                save_splits(target, dataset, splits, _split_file_settings(split_file, dedupe, duplicates, dataset))
         return splits
     plan = plan_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, folds=folds,
                        fold=fold, use_official=use_official, grouped=grouped, dedupe=dedupe,
@@ -290,6 +296,67 @@ def plan_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float =
     return SplitPlan(splits, method, duplicates, excluded)
 
 
+#: Keys of a ``splits.json`` record that describe the data it was written for, not how the split was made: a run
+#: that reuses the file records its own.
+_DATA_KEYS = ("format", "dataset", "root", "num_items", "classes", "counts", "splits", "duplicates", "dedupe",
+              "source")
+
+
+def _split_file_settings(split_file: str | os.PathLike[str], dedupe: bool, duplicates: DuplicateGroups | None,
+                         dataset: LabeledDataset) -> dict[str, Any]:
+    """How a reused split was made (from the file), with this run's duplicate setting and statistics."""
+    record = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    settings = {k: v for k, v in record.items() if k not in _DATA_KEYS}
+    settings["source"] = str(split_file)
+    settings["dedupe"] = bool(dedupe)
+    if duplicates is not None:
+        settings["duplicates"] = duplicates.record(dataset.ids)
+    return settings
+
+
+def check_split_file_groups(split_file: str | os.PathLike[str], dataset: LabeledDataset, splits: Splits,
+                            duplicates: DuplicateGroups) -> None:
+    """Refuse a split file that puts images of one duplicate group of ``dataset`` on different sides.
+
+    A group the publisher's own split already divides (an official split kept as shipped) is a warning, as for
+    :func:`plan_splits`; any other divided group would leak test images into training, and is an error.
+
+    Raises:
+        DatasetError: naming the file, how many groups straddle, and the first pairs (id and side of each).
+    """
+    side = {i: name for name, part in splits.items() for i in part}
+    official = dataset.official_splits
+    leaking, shipped = [], []
+    for group in duplicates.groups:
+        sides = {side[i] for i in group if i in side}
+        if len(sides) < 2:
+            continue
+        as_shipped = official is not None and len({official[i] for i in group if i in side}) > 1
+        (shipped if as_shipped else leaking).append(group)
+
+    def pairs(groups: list[list[int]]) -> str:
+        shown = []
+        for group in groups[:5]:
+            placed = [i for i in group if i in side]
+            first = placed[0]
+            other = next(i for i in placed if side[i] != side[first])
+            shown.append(f"{dataset.ids[first]!r} ({side[first]}) ~ {dataset.ids[other]!r} ({side[other]})")
+        return "; ".join(shown) + (f"; ... ({len(groups)} groups in all)" if len(groups) > 5 else "")
+
+    if shipped:
+        logger.warning("split file %s: %d duplicate groups that %s's official split divides stay divided: %s",
+                       split_file, len(shipped), dataset.name, pairs(shipped))
+    if leaking:
+        raise DatasetError(
+            f"split file {str(split_file)!r}: expected every duplicate group of {dataset.name} "
+            f"({dataset.root or 'generated'}) on one side, received a split that divides {len(leaking)} groups "
+            f"({sum(len(g) for g in leaking)} images), so a model would be evaluated on near-copies of its training "
+            f"images: "
+            f"{pairs(leaking)}. Make a new split (drop --split-file), or pass --dedupe off to use it as it is "
+            f"(a leaky protocol, on purpose)"
+        )
+
+
 def compute_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float = 0.1,
                    test_fraction: float = 0.2, folds: int | None = None, fold: int | None = None,
                    use_official: bool = True, grouped: bool = True, **dedupe_options: Any) -> tuple[Splits, str]:
@@ -338,7 +405,9 @@ def load_splits(path: str | os.PathLike[str], dataset: LabeledDataset) -> Splits
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"argument 'split_file': {str(path)!r} does not exist (expected a splits.json)")
+        raise DatasetNotFoundError(
+            f"split_file (--split-file): expected a splits.json file, received {str(path)!r}, {describe_path(path)}"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .base import LabeledDataset
-from .errors import DatasetError
+from .errors import DatasetUsageError
 
 logger = logging.getLogger(__name__)
 
@@ -259,16 +259,20 @@ class SyntheticDataset(LabeledDataset):
         self.strict = strict
         self.skipped = []
         if not 2 <= int(num_classes) <= len(CLASS_NAMES):
-            raise DatasetError(f"{NAME}: argument 'num_classes' must be in 2..{len(CLASS_NAMES)}, got {num_classes}")
+            raise DatasetUsageError(f"{NAME}: option 'num_classes' (--dataset-option num_classes=...) must be in "
+                                    f"2..{len(CLASS_NAMES)}, got {num_classes}")
         if int(num_images) < int(num_classes):
-            raise DatasetError(
-                f"{NAME}: argument 'num_images' must be at least num_classes ({num_classes}), got {num_images}"
+            raise DatasetUsageError(
+                f"{NAME}: option 'num_images' (--dataset-option num_images=...) must be at least num_classes "
+                f"({num_classes}), got {num_images}"
             )
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if min(height, width) < 8:
-            raise DatasetError(f"{NAME}: argument 'image_size' must be at least 8 pixels, got {image_size}")
+            raise DatasetUsageError(f"{NAME}: option 'image_size' (--dataset-option image_size=...) must be at least "
+                                    f"8 pixels, got {image_size}")
         if int(seed) < 0:
-            raise DatasetError(f"{NAME}: argument 'seed' must be a non-negative integer, got {seed}")
+            raise DatasetUsageError(f"{NAME}: option 'seed' (--dataset-option seed=...) must be a non-negative "
+                                    f"integer, got {seed}")
         self.seed, self.num_classes = int(seed), int(num_classes)
         self.height, self.width = int(height), int(width)
         self.classes = CLASS_NAMES[: self.num_classes]

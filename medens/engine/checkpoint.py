@@ -29,6 +29,8 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "load_checkpoint",
+    "check_checkpoint",
+    "CorruptCheckpointError",
     "checkpoint_path",
 ]
 
@@ -115,6 +117,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
+        # The first line says what is wrong; torch's advice that follows (load with weights_only=False) would run
+        # code from an unknown file, so it is not repeated.
+        first = (str(err).strip().splitlines() or [""])[0]
         raise CorruptCheckpointError(
-            f"resume: {path} is not a readable medens checkpoint ({type(err).__name__}: {err})"
+            f"resume: {path} is not a readable medens checkpoint ({type(err).__name__}: {first}); delete it to "
+            f"start the run again, or choose another --out"
         ) from None
+
+
+def check_checkpoint(state: Any, path: str | os.PathLike, expected_format: str) -> dict[str, Any]:
+    """``state`` (what :func:`load_checkpoint` read from ``path``) when it is a checkpoint of ``expected_format``.
+
+    Raises:
+        CorruptCheckpointError: a readable torch file of another program (no medens keys, or another format).
+    """
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        kind = f"format {state.get('format')!r}" if isinstance(state, dict) and "format" in state else "no medens keys"
+        raise CorruptCheckpointError(
+            f"resume: {path} is not a medens training checkpoint (a torch file with {kind}: another program's?); "
+            f"delete it to start the run again, or choose another --out"
+        )
+    return state

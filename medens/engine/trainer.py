@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from medens.engine.checkpoint import (
     capture_rng_state,
+    check_checkpoint,
     checkpoint_path,
     load_checkpoint,
     restore_rng_state,
@@ -512,9 +513,7 @@ class Trainer:
             path = self.checkpoint_file
             if not path.is_file():
                 return False
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise RuntimeError(f"resume: {path} is not a medens training checkpoint")
+        state = check_checkpoint(load_checkpoint(path), path, CHECKPOINT_FORMAT)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from medens.errors import UsageError
+from medens.errors import UsageError, describe_path
 from medens.evaluate.predictions import Predictions, read_predictions
 from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, PROBE_NAME, VAL_PREDICTIONS_NAME
 
@@ -122,11 +122,12 @@ def member_name_and_label(config: dict[str, Any], directory: Path) -> tuple[str,
     return directory.name, directory.name
 
 
-def load_member(directory: str | os.PathLike[str]) -> Member:
+def load_member(directory: str | os.PathLike[str], option: str = "members") -> Member:
     """Read a member folder.
 
     Args:
         directory: a fine-tuning run's output folder.
+        option: the flag that named it, for messages (``members`` or ``baseline``).
 
     Returns:
         The member, with its class columns in the order of its config's ``classes``.
@@ -137,13 +138,15 @@ def load_member(directory: str | os.PathLike[str]) -> Member:
     """
     directory = Path(directory)
     if not directory.expanduser().is_dir():
-        raise UsageError(f"members: expected fine-tuning run folders, received {directory}, which does not exist")
+        wanted = "fine-tuning run folders" if option == "members" else "a fine-tuning run folder"
+        raise UsageError(f"{option}: expected {wanted}, received {directory}, {describe_path(directory)}")
     config_path = directory / CONFIG_NAME
     test_path = directory / PREDICTIONS_NAME
     for required in (config_path, test_path):
         if not required.is_file():
             raise FileNotFoundError(
-                f"members: expected {required.name} in member folder {directory}, received a folder without it"
+                f"{option}: expected {required.name} in {'member' if option == 'members' else option} folder "
+                f"{directory}, received a folder without it"
             )
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     if not isinstance(config, dict) or not isinstance(config.get("classes"), list) or not config["classes"]:

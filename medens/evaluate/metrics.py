@@ -48,6 +48,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "nll",
 )
 
+#: Summary metrics that lie in [0, 1] (all but the negative log-likelihood): their intervals must stay inside it.
+UNIT_INTERVAL_METRICS: frozenset[str] = frozenset(SUMMARY_METRICS) - {"nll"}
+
 #: Default number of confidence bins for the expected calibration error.
 DEFAULT_ECE_BINS = 15
 

@@ -1,7 +1,9 @@
 """Statistics over repeated runs: a metric's spread across folds and seeds, and paired comparisons of two models.
 
 A cross-validated study gives one value of a metric per run (fold x seed). For each model this module reports
-the mean, the standard deviation and a 95% t-interval over runs. For two models evaluated on the same runs it
+the mean, the standard deviation and a 95% interval of the mean over runs (a t-interval; for a metric bounded to
+[0, 1], a t-interval on the logit scale, which stays inside the bounds, and none from fewer than three runs; see
+:func:`spread`). For two models evaluated on the same runs it
 reports the per-run differences, how many runs each side wins, and two paired tests:
 
 - the **Wilcoxon signed-rank test** (:func:`scipy.stats.wilcoxon`), which assumes nothing about the shape of the
@@ -23,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .metrics import UNIT_INTERVAL_METRICS
+
 #: Two-sided level of the intervals and of the "within noise" verdict.
 ALPHA = 0.05
 
@@ -40,8 +44,24 @@ class Spread:
         return {**asdict(self), "ci": list(self.ci)}
 
 
-def spread(values: Sequence[float]) -> Spread:
-    """Mean, standard deviation and the 95% Student-t interval of the mean of ``values`` (NaNs dropped).
+#: Fewest runs from which a bounded metric gets an interval: over two runs a t-interval of the mean needs the
+#: 97.5% point of Student's t with one degree of freedom (12.7), so it spans most of the metric's range whatever the
+#: runs are (an accuracy interval of [-0.196, 0.863] from two runs), and says nothing.
+MIN_RUNS_BOUNDED = 3
+#: How close to a bound a value is taken on the logit scale (a share of the range): 1.0 accuracy is not infinite.
+_BOUND_MARGIN = 1e-3
+
+
+def spread(values: Sequence[float], bounds: tuple[float, float] | None = None) -> Spread:
+    """Mean, standard deviation and a 95% interval of the mean of ``values`` (NaNs dropped).
+
+    Without ``bounds``: the Student-t interval ``mean +- t * sd / sqrt(n)``. A metric that lies between ``bounds``
+    (accuracy, F1 and AUROC in [0, 1]; a difference of two of them in [-1, 1]) gets an interval that stays
+    inside them: the t-interval of the values mapped to the logit scale (``logit((v - low) / (high - low))``,
+    values within 0.1% of a bound taken at that distance), mapped back. It is asymmetric near a bound, as the
+    metric's spread is, and close to the plain t-interval away from the bounds; clipping the plain interval would
+    hide how little the runs say. From fewer than :data:`MIN_RUNS_BOUNDED` runs a bounded metric gets no
+    interval: ``(nan, nan)``, which reports say plainly.
 
     With a single value no interval can be claimed: it is ``(nan, nan)``, and so is the standard deviation.
     """
@@ -54,8 +74,20 @@ def spread(values: Sequence[float]) -> Spread:
     if x.size == 1:
         return Spread(1, mean, math.nan, (math.nan, math.nan))
     std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(1 - ALPHA / 2, x.size - 1) * std / math.sqrt(x.size))
-    return Spread(int(x.size), mean, std, (mean - half, mean + half))
+    t = float(stats.t.ppf(1 - ALPHA / 2, x.size - 1))
+    if bounds is None:
+        half = t * std / math.sqrt(x.size)
+        return Spread(int(x.size), mean, std, (mean - half, mean + half))
+    low, high = (float(b) for b in bounds)
+    if x.size < MIN_RUNS_BOUNDED:
+        return Spread(int(x.size), mean, std, (math.nan, math.nan))
+    if std == 0.0:
+        return Spread(int(x.size), mean, std, (mean, mean))
+    share = np.clip((x - low) / (high - low), _BOUND_MARGIN, 1 - _BOUND_MARGIN)
+    z = np.log(share) - np.log1p(-share)
+    centre, half = float(z.mean()), t * float(z.std(ddof=1)) / math.sqrt(x.size)
+    back = [low + (high - low) / (1.0 + math.exp(-v)) for v in (centre - half, centre + half)]
+    return Spread(int(x.size), mean, std, (back[0], back[1]))
 
 
 def corrected_resampled_ttest(differences: Sequence[float], test_train_ratio: float) -> tuple[float, float]:
@@ -134,6 +166,8 @@ class Comparison:
 def compare(name: str, metric: str, a: Sequence[float], b: Sequence[float], test_train_ratio: float) -> Comparison:
     """Paired comparison of ``a`` and ``b`` (one value per run, same order).
 
+    The interval of the mean difference of a metric in [0, 1] stays in [-1, 1] (see :func:`spread`).
+
     Raises:
         ValueError: ``a`` and ``b`` differ in length, or hold fewer than two runs.
     """
@@ -142,4 +176,4 @@ def compare(name: str, metric: str, a: Sequence[float], b: Sequence[float], test
     d = [float(x) - float(y) for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
     t, p = corrected_resampled_ttest(d, test_train_ratio)
     return Comparison(name, metric, d, sum(v > 0 for v in d), sum(v < 0 for v in d), sum(v == 0 for v in d),
-                      spread(d), wilcoxon_p(d), t, p)
+                      spread(d, (-1.0, 1.0) if metric in UNIT_INTERVAL_METRICS else None), wilcoxon_p(d), t, p)

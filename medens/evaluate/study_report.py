@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from medens.engine.atomic import atomic_write_text
 from medens.layout import REPORT_NAME, STUDY_DIFFERENCES_PLOT, STUDY_RUNS_PLOT
 
-from .metrics import summary_metrics
-from .paired import ALPHA, compare, spread
+from .metrics import UNIT_INTERVAL_METRICS, summary_metrics
+from .paired import ALPHA, MIN_RUNS_BOUNDED, compare, spread
 from .plots import _save
 from .tables import format_p, format_value, markdown_table, text_table
 
@@ -94,7 +94,8 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], pooled: Mapping[tuple, tu
                                  "metrics": {}, "pooled": {}}
         pooled_runs = [v for (s, var, m), v in pooled.items() if m == model and var == variant]
         for metric in metrics:
-            entry["metrics"][metric] = spread(list(_values(runs, model, variant, metric).values())).as_dict()
+            bounds = (0.0, 1.0) if metric in UNIT_INTERVAL_METRICS else None
+            entry["metrics"][metric] = spread(list(_values(runs, model, variant, metric).values()), bounds).as_dict()
             per_seed = [summary_metrics(probs, labels)[metric] for _, labels, probs in pooled_runs]
             entry["pooled"][metric] = float(np.nanmean(per_seed)) if per_seed else math.nan
         models.append(entry)
@@ -172,9 +173,13 @@ def _fmt_spread(s: Mapping[str, Any]) -> str:
     return f"{format_value(s['mean'])} ± {format_value(s['std'])}"
 
 
-def _fmt_ci(ci: Sequence[float], signed: bool = False) -> str:
-    if any(c is None or math.isnan(c) for c in ci):
-        return "n/a"
+def _no_ci(ci: Sequence[float]) -> bool:
+    return any(c is None or math.isnan(c) for c in ci)
+
+
+def _fmt_ci(ci: Sequence[float], signed: bool = False, n: int | None = None) -> str:
+    if _no_ci(ci):
+        return f"none from {n} runs" if n is not None and 1 < n < MIN_RUNS_BOUNDED else "n/a"
     return f"[{format_value(ci[0], signed=signed)}, {format_value(ci[1], signed=signed)}]"
 
 
@@ -207,9 +212,10 @@ def plot_runs(record: Mapping[str, Any], metrics: Sequence[str], path: str | os.
             values = list(_values(runs, entry["model"], entry["variant"], metric).values())
             ax.scatter(x + rng.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.6, color="tab:blue")
             s = entry["metrics"][metric]
-            if s["n"] >= 2:
-                ax.errorbar(x + 0.25, s["mean"], yerr=[[s["mean"] - s["ci"][0]], [s["ci"][1] - s["mean"]]],
-                            fmt="o", color="black", capsize=3)
+            if not _no_ci(s["ci"]):
+                # A bounded metric's interval is asymmetric and need not be centred on the mean: a line and a dot.
+                ax.plot([x + 0.25, x + 0.25], s["ci"], color="black", lw=1.2)
+                ax.plot([x + 0.25], [s["mean"]], "o", color="black")
         ax.set_xticks(range(len(models)), [m["key"] for m in models], rotation=30, ha="right", fontsize=8)
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
@@ -231,8 +237,8 @@ def plot_differences(record: Mapping[str, Any], metrics: Sequence[str], path: st
             ax.scatter(c["differences"], [y] * len(c["differences"]), s=14, alpha=0.6,
                        color="tab:gray" if c["within_noise"] else "tab:red")
             if not any(math.isnan(v) for v in c["ci"]):
-                ax.errorbar(c["mean"], y + 0.2, xerr=[[c["mean"] - c["ci"][0]], [c["ci"][1] - c["mean"]]],
-                            fmt="o", color="black", capsize=3)
+                ax.plot(c["ci"], [y + 0.2, y + 0.2], color="black", lw=1.2)
+                ax.plot([c["mean"]], [y + 0.2], "o", color="black")
         ax.axvline(0.0, color="black", lw=0.8)
         ax.set_yticks(range(len(names)), names if ax is axes[0] else [""] * len(names), fontsize=8)
         ax.set_title(f"{metric}: a - b per run")
@@ -254,14 +260,20 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
         f"per training image in one run: {record['test_train_ratio']:.3f}. Every image is in exactly one test "
         "fold per seed; the pooled column scores all out-of-fold predictions of a seed at once (mean over seeds).",
         "",
+        "Intervals: every metric here lies in [0, 1] (a difference of two in [-1, 1]), so its 95% interval of the "
+        "mean is a Student-t interval on the logit scale, mapped back: it stays inside the bounds and is "
+        f"asymmetric near them. Fewer than {MIN_RUNS_BOUNDED} runs give no informative interval (over 2 runs a "
+        "t-interval spans most of the range whatever the runs are), and none is shown.",
+        "",
         "## Models",
         "",
     ]
     for metric in metrics:
         rows = [[m["key"], m["label"], str(m["metrics"][metric]["n"]), _fmt_spread(m["metrics"][metric]),
-                 _fmt_ci(m["metrics"][metric]["ci"]), format_value(m["pooled"][metric])] for m in record["models"]]
+                 _fmt_ci(m["metrics"][metric]["ci"], n=m["metrics"][metric]["n"]), format_value(m["pooled"][metric])]
+                for m in record["models"]]
         lines += [f"### {metric}", "", markdown_table(
-            ["model", "label", "runs", "mean ± sd", "95% CI of the mean", "pooled out-of-fold"], rows), ""]
+            ["model", "label", "runs", "mean ± sd", "95% interval of the mean", "pooled out-of-fold"], rows), ""]
     lines += _probe_section(record)
     lines += [
         "## Comparisons",
@@ -271,7 +283,8 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
         f"share; a difference is *within noise* when the corrected p is {ALPHA} or more.",
         "",
     ]
-    rows = [[c["name"], c["metric"], format_value(c["mean"], signed=True), _fmt_ci(c["ci"], signed=True),
+    rows = [[c["name"], c["metric"], format_value(c["mean"], signed=True),
+             _fmt_ci(c["ci"], signed=True, n=len(c["differences"])),
              f"{c['wins']}/{c['losses']}/{c['ties']}", format_p(c["wilcoxon_p"]), format_p(c["corrected_p"]),
              "within noise" if c["within_noise"] else "**beyond noise**"] for c in record["comparisons"]]
     lines += [markdown_table(["comparison (a - b)", "metric", "mean", "95% CI", "wins/losses/ties", "Wilcoxon p",

@@ -18,6 +18,7 @@ weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm"
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 import timm
@@ -39,6 +40,7 @@ __all__ = [
     "check_norm",
     "convnext_norm_kwargs",
     "norm_kwargs",
+    "check_input_size",
 ]
 
 #: The paper's encoder.
@@ -161,3 +163,37 @@ def norm_kwargs(arch: str, norm: str) -> dict[str, Any]:
     """:func:`convnext_norm_kwargs` for a ConvNeXt ``arch``; none for another architecture, which keeps its own."""
     check_norm(norm)
     return convnext_norm_kwargs(norm) if split_arch(arch)[0] in convnext_archs() else {}
+
+
+def check_input_size(arch: str, image_size: int, *, num_classes: int = 2, norm: str = DEFAULT_NORM,
+                     argument: str = "image_size") -> None:
+    """Refuse an input side that ``arch`` cannot take (a ViT or Swin built for 224 px given 64 px images).
+
+    The model is built on the meta device (no memory, no weights) and one ``(1, 3, image_size, image_size)`` batch
+    goes through it, so every architecture's own rule applies (a fixed patch grid, windows, a too-small input).
+
+    Raises:
+        ValueError: naming ``argument``, the architecture, the size received and, where timm records one, the
+            size the model was built for.
+    """
+    bare, _ = split_arch(arch)
+    problem = _input_size_problem(bare, int(image_size), int(num_classes), norm)
+    if problem is not None:
+        raise ValueError(f"{argument}: expected an input side that {bare} can take, received {image_size} ({problem})")
+
+
+@functools.lru_cache(maxsize=64)
+def _input_size_problem(arch: str, image_size: int, num_classes: int, norm: str) -> str | None:
+    """Why ``arch`` cannot take ``image_size`` inputs (None: it can); cached, as a study asks once per run."""
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **norm_kwargs(arch, norm))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except Exception as err:  # an architecture's own checks raise AssertionError, RuntimeError, ValueError, ...
+        built = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return first + (f"; it was built for {built[-1]} px (--image-size {built[-1]})" if built else "")
+    return None

@@ -26,11 +26,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
+from safetensors import SafetensorError
 from torch import nn
 
 from medens.models.arch import (
@@ -61,6 +63,10 @@ _logger = logging.getLogger(__name__)
 #: How a run records an ImageNet init that fell back to random weights.
 INIT_RANDOM_FALLBACK = "imagenet-unavailable-random-init"
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+#: What reading a weights file that is empty, truncated, corrupt or of another model raises (safetensors, torch's
+#: unpickler, zip reader, timm's state-dict loading).
+_UNREADABLE_WEIGHTS = (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
+                       SafetensorError)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -251,7 +257,7 @@ def _create_imagenet(
                 arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
             )
             missing = _missing_tensors(path, model, cfg.classifier)
-        except (RuntimeError, KeyError, ValueError, OSError) as err:
+        except _UNREADABLE_WEIGHTS as err:
             raise ValueError(
                 f"pretrained_file: {path} does not hold ImageNet weights for {name!r} ({_first_line(err)})"
             ) from None

@@ -31,6 +31,9 @@ def eager() -> bool:
 def check_tensor(name: str, value: object, *, ndim: int, dtypes: Sequence[torch.dtype]) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta" and eager():
+        # A meta tensor has a shape but no values: the value checks and the kernels cannot read it.
+        raise ValueError(f"{name} must be a tensor with values (on the CPU or a GPU), got a tensor on the meta device")
     if value.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if value.dtype not in dtypes:

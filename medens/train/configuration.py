@@ -93,8 +93,8 @@ def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, A
         if key not in saved or key in BOOKKEEPING_KEYS:
             continue
         recorded = saved[key]
-        if key == "init" and value in (saved.get("init_requested"), recorded):
-            continue  # what was asked, or what a fallback recorded (a run's own config.yaml given as --config)
+        if key in ("init", "precise_bn") and value in (saved.get(f"{key}_requested"), recorded):
+            continue  # what was asked, or what the run recorded it did (a run's own config.yaml given as --config)
         if key == "epochs":
             if isinstance(value, int) and isinstance(recorded, int) and value < recorded:
                 raise ValueError(
@@ -158,11 +158,18 @@ def _check_range(key: str, value: Any) -> None:
     if allowed is not None and value not in allowed:
         shown = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in allowed)
         raise ValueError(f"{key}: expected {shown}, received {value!r}")
-    if option.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-        low = option.minimum
-        if value < low or (option.above and value == low):
-            relation = "greater than" if option.above else "at least"
-            raise ValueError(f"{key}: expected a number {relation} {low:g}, received {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high = option.minimum, option.maximum
+    too_low = low is not None and (value < low or (option.above and value == low))
+    too_high = high is not None and (value > high or (option.below and value == high))
+    if too_low or too_high:
+        parts = []
+        if low is not None:
+            parts.append(f"{'greater than' if option.above else 'at least'} {low:g}")
+        if high is not None:
+            parts.append(f"{'below' if option.below else 'at most'} {high:g}")
+        raise ValueError(f"{key}: expected a number {' and '.join(parts)}, received {value!r}")
 
 
 def effective_lr(config: Mapping[str, Any], world_size: int) -> tuple[float, int]:

@@ -150,7 +150,9 @@ def run_ensemble(
     inputs = [*member_dirs, *([baseline] if baseline is not None else [])]
     refuse_output_over_inputs("out", out_dir, folders=inputs)
     remove_stale_temporaries(out_dir)
-    loaded: list[Member] = [load_member(d) for d in inputs]
+    loaded: list[Member] = [load_member(d) for d in member_dirs]
+    if baseline is not None:
+        loaded.append(load_member(baseline, option="baseline"))
     if tta:
         from medens.inference import with_tta_predictions
 

@@ -54,6 +54,7 @@ from medens.models import (
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
     check_arch_for_init,
+    check_input_size,
     classifier_norm,
     classifier_stride,
     create_classifier,
@@ -66,6 +67,7 @@ from medens.train.arguments import add_stage_parser, run_stage_cli
 from medens.train.configuration import effective_lr, option_checks, resolve_config
 from medens.train.options import FINETUNE_CLI_KEYS, FINETUNE_DEFAULTS
 from medens.train.session import (
+    FINETUNE_SPLIT_USES,
     RunContext,
     open_data,
     resume_and_fit,
@@ -235,19 +237,34 @@ def _check_options(config: dict[str, Any]) -> None:
         raise ValueError(f"batch_size: Mixup/CutMix need an even batch size, received {config['batch_size']}")
     if len(config["color_jitter"]) != 3:
         raise ValueError(f"color_jitter: expected three numbers B,C,S, received {config['color_jitter']!r}")
+    check_input_size(config["arch"], config["image_size"], norm=config["norm"])
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """The checks :func:`run_finetune` makes on its options before any work, and nothing else (no files written,
+    no data read): for a pipeline to refuse a bad fine-tuning option before its first stage trains.
+
+    Raises:
+        medens.errors.UsageError: as :func:`run_finetune` would for the same options.
+        FileNotFoundError: a ``pretrained_file`` that is not a file.
+    """
+    from medens.errors import describe_path
+
+    config = resolve_config(FINETUNE_DEFAULTS, {**config, "resume": False}, stage="finetune")
+    with option_checks():
+        _check_options(config)
+        EngineConfig.from_config(config)
+    path = config.get("pretrained_file")
+    if path is not None and not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"pretrained_file: expected a weights file, received {path}, {describe_path(path)}")
 
 
 def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     from medens.data import SplitDataset, build_transforms
 
     config, dist, out = ctx.config, ctx.dist, ctx.out_dir
-    dataset, splits = open_data(config, ctx)
+    dataset, splits = open_data(config, ctx, FINETUNE_SPLIT_USES)
     classes = list(dataset.classes)
-    if not splits.get("val") or not splits.get("test"):
-        raise ValueError(
-            f"splits: expected non-empty validation and test splits, received "
-            f"{ {k: len(v) for k, v in splits.items()} }; raise --val-fraction/--test-fraction"
-        )
 
     seed_everything(int(config["seed"]))
     init_requested = config["init"]
@@ -331,9 +348,12 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     )
     eval_bs = int(config["eval_batch_size"] or 2 * int(config["batch_size"]))
 
+    precise_bn = _precise_bn_applies(bool(config["precise_bn"]), model)
     write_run_config(
         ctx,
         {
+            # Without BatchNorm --precise-bn changes nothing: recorded as not applied, with what was asked.
+            **({"precise_bn": False, "precise_bn_requested": True} if config["precise_bn"] and not precise_bn else {}),
             "init": init_used,
             "init_requested": init_requested,
             "classes": classes,
@@ -368,7 +388,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     # the weights alone. Evaluation transforms, so no augmentation draws; an unreadable image is substituted as in
     # training (no extra decoding pass up front, and a model without BatchNorm never reads the set). Like the
     # validation pass it runs before the epoch's checkpoint, so a resumed run stays exact.
-    bn_set = SplitDataset(dataset, splits["train"], eval_tf) if config["precise_bn"] else None
+    bn_set = SplitDataset(dataset, splits["train"], eval_tf) if precise_bn else None
 
     def evaluate(epoch: int, tr: Trainer) -> dict[str, Any]:
         from medens.evaluate.metrics import summary_metrics
@@ -433,6 +453,17 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, best, config, skipped)
     dist.barrier()
     return out
+
+
+def _precise_bn_applies(requested: bool, model: nn.Module) -> bool:
+    """Whether ``precise_bn`` does anything for ``model``: asked for, and the model has BatchNorm layers."""
+    if not requested:
+        return False
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return True
+    _logger.warning("precise_bn: the model has no BatchNorm layer (e.g. a LayerNorm ConvNeXt), so there are no "
+                    "statistics to recompute; not applied, and recorded so in config.yaml")
+    return False
 
 
 def _layer_decay_for(init_used: str, layer_decay: float) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from medens.data.duplicates import DEFAULT_THRESHOLD
+from medens.data.duplicates import DEFAULT_THRESHOLD, HASH_BITS
 from medens.engine.config import yaml_value
 from medens.engine.precision import AMP_CHOICES
 from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE, NORM_CHOICES, OUTPUT_STRIDE_CHOICES
@@ -49,7 +49,9 @@ SELECT_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc_macro")
 IMBALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 
 #: Keys a run adds to its ``config.yaml`` that are facts about the run, not options (ignored when read back).
-BOOKKEEPING_KEYS = ("classes", "num_classes", "split_hash", "init_requested", "run", "encoder", "mask_grid")
+BOOKKEEPING_KEYS = (
+    "classes", "num_classes", "split_hash", "init_requested", "precise_bn_requested", "run", "encoder", "mask_grid"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Option:
         flag: the flag, when not ``--`` + the key with dashes.
         minimum: the smallest value allowed (numbers), checked wherever the value comes from.
         above: ``minimum`` itself is not allowed (the value must be greater).
+        maximum: the largest value allowed (numbers).
+        below: ``maximum`` itself is not allowed (the value must be smaller).
         allowed: the values a YAML file or ``--set`` may give, when they are more than ``choices`` (a YAML ``off``
             is ``False``); without it ``choices`` is what they may give. Checked by
             :func:`medens.train.configuration.check_types`, wherever the value comes from.
@@ -76,6 +80,8 @@ class Option:
     flag: str | None = None
     minimum: float | None = None
     above: bool = False
+    maximum: float | None = None
+    below: bool = False
     allowed: tuple[Any, ...] | None = None
 
 
@@ -118,9 +124,15 @@ OPTIONS: dict[str, Option] = {
     "cache_dir": Option(
         "decode images once into a memory-mapped cache in this folder", _optional_str, metavar="DIR"
     ),
-    "split_seed": Option("seed of the train/val/test split", int),
-    "val_fraction": Option("share of images for validation (when the dataset has no official split)", float),
-    "test_fraction": Option("share of images for testing (when the dataset has no official split)", float),
+    "split_seed": Option("seed of the train/val/test split", int, minimum=0),
+    "val_fraction": Option(
+        "share of images for validation (when the dataset has no official split)", float, minimum=0, maximum=1,
+        below=True,
+    ),
+    "test_fraction": Option(
+        "share of images for testing (when the dataset has no official split)", float, minimum=0, maximum=1,
+        below=True,
+    ),
     "folds": Option("k-fold cross-validation: number of folds", _optional_int, metavar="K"),
     "fold": Option(
         "k-fold cross-validation: which fold (0-based) is the test split", _optional_int, metavar="I"
@@ -132,7 +144,10 @@ OPTIONS: dict[str, Option] = {
         choices=("on", "off"),
         allowed=("on", "off", True, False),
     ),
-    "dedupe_threshold": Option("perceptual-hash bits (of 256) up to which two images are candidate copies", int, metavar="BITS"),
+    "dedupe_threshold": Option(
+        f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies", int, metavar="BITS",
+        minimum=0, maximum=HASH_BITS,
+    ),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
     "num_workers": Option(
         "data-loading worker processes per rank (none: one per core this process may use, at most 4)",
@@ -174,7 +189,7 @@ OPTIONS: dict[str, Option] = {
     "ema_decay": Option("keep an exponential moving average of the weights with this decay", _optional_float),
     "max_nonfinite": Option("stop after this many non-finite loss steps in a row", int),
     # run
-    "seed": Option("random seed", int),
+    "seed": Option("random seed", int, minimum=0),
     "deterministic": Option("deterministic kernels (bit-identical reruns and resumes; slower)", bool),
     "device": Option("auto, cpu or cuda (under torchrun each rank takes its LOCAL_RANK GPU)"),
     "ops_backend": Option("medens.ops backend: auto, reference, cpp, cuda or triton"),

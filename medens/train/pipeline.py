@@ -102,7 +102,9 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
                   ) -> tuple[dict[str, dict[str, Any]], list[StageOutcome]]:
     from medens.train import ensemble as ensemble_stage
     from medens.train import finetune, pretrain
+    from medens.train.stages import check_plan
 
+    check_plan(options, variants)  # every stage's options, before the first stage starts
     method = options.get("method") or ENSEMBLE_METHODS[0]
     calibrate, tta = bool(options.get("calibrate")), bool(options.get("tta"))
     n_boot = int(options.get("bootstrap") or DEFAULT_N_BOOT)

@@ -49,8 +49,10 @@ def collect_images(path: str | os.PathLike[str]) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
+        from medens.errors import describe_path
+
         raise FileNotFoundError(
-            f"images: expected an image file or a folder of images, received {str(path)!r}"
+            f"images: expected an image file or a folder of images, received {str(path)!r}, {describe_path(path)}"
         )
     found = list_images(path, recursive=True)
     if not found:

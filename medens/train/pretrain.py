@@ -180,11 +180,26 @@ def _grid_line(model: MaskedConvNeXt) -> str:
     )
 
 
+def check_config(config: dict[str, Any]) -> None:
+    """The checks :func:`run_pretrain` makes on its options before any work, and nothing else (no files written,
+    no data read, no seeding): for a pipeline to refuse a bad pre-training option before its first stage trains.
+
+    Raises:
+        medens.errors.UsageError: as :func:`run_pretrain` would for the same options.
+    """
+    config = resolve_config(PRETRAIN_DEFAULTS, {**config, "resume": False}, stage="pretrain")
+    with option_checks():
+        _check_ops_backend(config["ops_backend"])
+        with torch.device("meta"):  # names and geometry, without the memory and time of initialising weights
+            build_model(config)
+        EngineConfig.from_config(config)
+
+
 def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> Path:
     from medens.data import SplitDataset, build_transforms
 
     config, dist, out = ctx.config, ctx.dist, ctx.out_dir
-    dataset, splits = open_data(config, ctx)
+    dataset, splits = open_data(config, ctx, {"pre-training": PRETRAIN_SPLITS[config["pretrain_split"]]})
     indices = sorted(i for name in PRETRAIN_SPLITS[config["pretrain_split"]] for i in splits[name])
     if config["pretrain_split"] == "all":
         _logger.warning("pretrain_split=all: pre-training also sees the test images (transductive)")

@@ -43,6 +43,8 @@ __all__ = [
     "check_fits_in_memory",
     "open_dataset",
     "open_data",
+    "require_images",
+    "FINETUNE_SPLIT_USES",
     "split_hash",
     "run_facts",
     "train_loader",
@@ -174,16 +176,27 @@ def open_dataset(config: Mapping[str, Any]) -> Any:
     return load_dataset(config["dataset"], config.get("data_root"), **options)
 
 
-def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str, list[int]]]:
+#: What the splits of a fine-tuning run are used for; each must hold images.
+FINETUNE_SPLIT_USES: dict[str, tuple[str, ...]] = {"training": ("train",), "validation": ("val",), "testing": ("test",)}
+
+
+def open_data(config: Mapping[str, Any], ctx: RunContext,
+              uses: Mapping[str, tuple[str, ...]] | None = None) -> tuple[Any, dict[str, list[int]]]:
     """Open the dataset and split it; rank 0 writes ``splits.json`` into the run folder.
 
     A resumed run reuses its own ``splits.json``, so it trains on exactly the images it started with.
+
+    Args:
+        config: the run's options.
+        ctx: the run.
+        uses: what the run uses which splits for, e.g. ``{"training": ("train",)}`` (the default): each use must
+            find images in its splits (:func:`require_images`).
 
     Returns:
         ``(dataset, {"train": [...], "val": [...], "test": [...]})``.
 
     Raises:
-        medens.data.DatasetError: unknown dataset, bad options, missing files.
+        medens.data.DatasetError: unknown dataset, bad options, missing files, a split the run needs is empty.
     """
     from medens.data import make_splits
 
@@ -209,7 +222,42 @@ def open_data(config: Mapping[str, Any], ctx: RunContext) -> tuple[Any, dict[str
         progress=bool(config.get("progress", True)) and ctx.dist.is_main,
     )
     ctx.dist.barrier()
+    for use, names in (uses or {"training": ("train",)}).items():
+        require_images(dataset, splits, names, use, config, split_file)
     return dataset, splits
+
+
+def require_images(dataset: Any, splits: Mapping[str, list[int]], names: tuple[str, ...], use: str,
+                   config: Mapping[str, Any], split_file: str | os.PathLike | None = None) -> None:
+    """Refuse splits ``names`` that hold no image between them, saying why they are empty and what would help.
+
+    Raises:
+        medens.data.DatasetError: naming the split, the dataset and the cause: a split file without that list or
+            with an empty one, an empty official split, or fractions that leave it no image.
+    """
+    from medens.data import DatasetError
+
+    if any(splits.get(name) for name in names):
+        return
+    name = names[0]
+    if split_file is not None:
+        try:
+            listed = json.loads(Path(split_file).read_text(encoding="utf-8")).get("splits", {})
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+        cause = (f"the split file {split_file} has no {name!r} list (it has {sorted(listed)}); add one"
+                 if name not in listed else f"the split file {split_file} lists no usable {name!r} image")
+    elif dataset.official_splits is not None and name in dataset.official_splits:
+        cause = f"the publisher's {name} split of {dataset.name} holds no readable image"
+    elif dataset.official_splits is not None and name == "train":
+        cause = f"{dataset.name}'s official splits leave no image for training"
+    elif name == "train":
+        cause = f"{dataset.name} holds {len(dataset)} images, too few to split"
+    else:
+        flag = "--val-fraction" if name == "val" else "--test-fraction"
+        cause = f"raise {flag} (now {config.get(name + '_fraction')}) or use more images"
+    raise DatasetError(f"splits: expected images for {use} in the {'/'.join(names)} split of {dataset.name}, "
+                       f"received none: {cause}")
 
 
 def _dedupe_on(value: Any) -> bool:

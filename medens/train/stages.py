@@ -37,8 +37,8 @@ from medens.train.presets import (
     load_preset,
 )
 
-__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage",
-           "training_plan"]
+__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "check_plan",
+           "run_stage", "training_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,33 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     return configs
 
 
+def check_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> None:
+    """Check the options of every stage of every variant before the first stage starts.
+
+    Each stage's configuration goes through the checks that stage makes before it trains (types, ranges, names,
+    geometry, the model's input size), so a mistake in the last variant or the last stage is reported in seconds,
+    not after hours of the stages before it.
+
+    Raises:
+        medens.errors.UsageError: the first bad option, named as the stage would name it, with the stage.
+    """
+    from medens.errors import UsageError
+    from medens.train import finetune, pretrain
+
+    checked: list[dict[str, Any]] = []
+    for variant in variants:
+        for stage, config in stage_configs(options, variant).items():
+            if config in checked:  # the ImageNet member and the baseline are the same in every variant
+                continue
+            checked.append(config)
+            check = pretrain.check_config if stage == "pretrain" else finetune.check_config
+            try:
+                check(config)
+            except UsageError as err:
+                where = f"{stage} stage" + (f" of variant {variant.name}" if variant.pretrain else "")
+                raise type(err)(f"{err} [{where}]") from None
+
+
 def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
     """Requested options that differ from what the finished run in ``folder`` recorded in its config.yaml."""
     import yaml
@@ -197,6 +224,8 @@ def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str
         if key in _UNCHECKED_KEYS:
             continue
         want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
+        if key == "precise_bn" and recorded.get("precise_bn_requested") == want:
+            continue  # asked for, and recorded as not applied (a model without BatchNorm)
         if key in recorded and recorded[key] != want:
             diffs.append(f"{key}={recorded[key]!r} (requested {want!r})")
     if "init" in requested and not str(requested["init"]).startswith("mae:"):

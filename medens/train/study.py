@@ -78,7 +78,8 @@ def parse_variants(items: Sequence[str] | None) -> list[Any]:
     """The pre-training variants of ``--vary KEY=V1,V2`` items: every combination of the values, in order.
 
     Raises:
-        UsageError: an item without ``=`` or values, a key repeated, or a key pre-training does not have.
+        UsageError: an item without ``=`` or values, a key repeated, a value repeated (``0.6,0.60``), or a key
+            pre-training does not have.
     """
     from medens.engine import parse_overrides
     from medens.train.pretrain import default_config
@@ -97,12 +98,22 @@ def parse_variants(items: Sequence[str] | None) -> list[Any]:
             raise UsageError(f"vary: {key!r} is not a pre-training option; expected one of {sorted(known)}")
         if key in axes:
             raise UsageError(f"vary: {key!r} is given twice; list all its values in one --vary")
-        axes[key] = [parse_overrides([f"{key}={v.strip()}"])[key] for v in values.split(",")]
+        parsed = [parse_overrides([f"{key}={v.strip()}"])[key] for v in values.split(",")]
+        repeated = [v for i, v in enumerate(parsed) if _same_value(v, parsed[:i])]
+        if repeated:
+            raise UsageError(f"vary: expected distinct values of {key!r}, received {values.strip()!r}, which gives "
+                             f"{repeated[0]!r} more than once (each variant would run twice)")
+        axes[key] = parsed
     variants = []
     for combo in itertools.product(*axes.values()):
         setting = dict(zip(axes, combo, strict=True))
         variants.append(Variant(",".join(f"{k}={v}" for k, v in setting.items()), setting))
     return variants
+
+
+def _same_value(value: Any, earlier: Sequence[Any]) -> bool:
+    """Whether ``value`` equals one of ``earlier`` as an option value (0.6 and 0.60, 1 and 1.0; True is not 1)."""
+    return any((type(value) is bool) == (type(e) is bool) and value == e for e in earlier)
 
 
 def baseline_of(variant: Any, variants: Sequence[Any]) -> Any | None:
@@ -211,6 +222,39 @@ def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequ
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def check_folds(options: Mapping[str, Any], folds: int) -> None:
+    """Refuse more folds than the smallest class has images to spread over them (before anything trains).
+
+    Every test fold (with an official test split: every validation fold) must hold each class, or its per-class
+    metrics, macro-F1 and AUROC are undefined and the study cannot be summarised. The images counted are those
+    the folds are cut from: every image, or those outside the official test split.
+
+    Raises:
+        UsageError: naming ``folds``, the limit, the smallest class and its count.
+    """
+    from collections import Counter
+
+    from medens.train.session import open_dataset
+    from medens.train.stages import stage_configs
+
+    config = stage_configs(options)["pretrain"]
+    dataset = open_dataset({**config, "cache_dir": None})  # the count needs no decode cache
+    official = dataset.official_splits if config.get("use_official_split", True) else None
+    cut = [t for i, t in enumerate(dataset.targets) if official is None or official[i] != "test"]
+    counts = Counter(cut)
+    if not counts:
+        return  # no image to cut: the first stage says so
+    smallest = min(counts, key=lambda c: (counts[c], c))  # a class without any image is reported by the dataset
+    limit = counts[smallest]
+    if folds > limit:
+        part = "validation" if official is not None and "test" in official else "test"
+        raise UsageError(
+            f"folds: expected at most {limit} folds for {dataset.name}, whose smallest class "
+            f"{dataset.classes[smallest]!r} has {limit} images to share among the folds (every {part} fold needs "
+            f"each class for per-class metrics and AUROC), received {folds}"
+        )
+
+
 def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], variants: Sequence[Any],
               executor: Any = None, partial: bool = False) -> dict:
     """Run (or continue) every fold, seed and variant, then write ``study.json`` and the report.
@@ -241,6 +285,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
         raise UsageError(f"folds: expected at least 2 folds, received {folds}")
     if not seeds:
         raise UsageError("seeds: expected at least one seed, received none")
+    check_folds(options, int(folds))
     out = Path(options["out"])
     units = [Unit(fold, int(seed)) for fold, seed in itertools.product(range(int(folds)), seeds)]
     if not partial:
@@ -281,11 +326,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_pipeline_arguments(p, with_seed=False)
     cv = p.add_argument_group("study")
     cv.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
-                    help=f"folds of the cross-validation (default {DEFAULT_FOLDS})")
+                    help=f"folds of the cross-validation (default {DEFAULT_FOLDS}; at most the images of the smallest "
+                         "class, so that every test fold holds each class)")
     cv.add_argument("--seeds", default=str(DEFAULT_SEEDS), metavar="S",
                     help=f"seeds per fold: a count (seeds 0..S-1) or a list such as 0,1,7 (default {DEFAULT_SEEDS})")
     cv.add_argument("--vary", action="append", metavar="KEY=V1,V2",
-                    help="a pre-training option to vary, repeatable (the grid of all values), e.g. "
+                    help="a pre-training option to vary, repeatable (the grid of all values, each value once), e.g. "
                          "--vary masking=random,entropy --vary mask_ratio=0.6,0.75")
     add_executor_arguments(p)
     p.set_defaults(func=main)
