@@ -116,3 +116,82 @@ def explain_images(
     pixels = (views.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return ExplainedBatch(views=pixels, members=own, member_targets=own_t, ensemble=ensemble,
                           ensemble_targets=ens_t.numpy())
+
+
+def caption_of(classes: Sequence[str], probs: np.ndarray, who: str = "ensemble") -> str:
+    """``"ensemble: benign (benign 0.81, malignant 0.12, normal 0.07)"``: the predicted class and every
+    probability."""
+    row = np.asarray(probs, dtype=np.float64)
+    shown = ", ".join(f"{c} {p:.2f}" for c, p in zip(classes, row, strict=True))
+    return f"{who}: {classes[int(np.argmax(row))]} ({shown})"
+
+
+def write_explanations(
+    member_models: Sequence[Any],
+    files: Sequence[Any],
+    names: Sequence[str],
+    out_dir: Any,
+    classes: Sequence[str],
+    probs: np.ndarray,
+    member_probs: dict[str, np.ndarray],
+    *,
+    weights: Sequence[float] | None = None,
+    target: int | None = None,
+    layers: str | Sequence[str] | None = None,
+    method: str = DEFAULT_CAM_METHOD,
+    batch_size: int = 16,
+    labels: dict[str, str] | None = None,
+) -> list[Any]:
+    """One PNG per image in ``out_dir``: the image, each member's overlay and (with two or more members) the
+    ensemble's, captioned with the prediction and the probabilities.
+
+    Args:
+        member_models: the members' :class:`medens.inference.MemberModel`.
+        files: ``N`` readable image files.
+        names: ``N`` PNG file names.
+        out_dir: the folder to write into (made if missing).
+        classes: the ``K`` class names.
+        probs: ``(N, K)`` the probabilities reported for each image (the ensemble's, or the single member's).
+        member_probs: member name -> ``(N, K)`` its probabilities, for the panel titles.
+        weights, target, layers, method: as in :func:`explain_images`.
+        batch_size: images per map pass.
+        labels: member name -> its title in the picture (default: the name).
+
+    Returns:
+        The PNG paths, in the order of ``files``.
+    """
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from medens.data import read_image
+    from medens.evaluate.overlays import Panel, save_explanation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = labels or {}
+    ens_targets = np.full(len(files), target) if target is not None else np.asarray(probs).argmax(axis=1)
+    written = []
+    for start in tqdm(range(0, len(files), batch_size), desc="maps", leave=False, unit="batch"):
+        chunk = slice(start, start + batch_size)
+        pil = [read_image(f) for f in files[chunk]]
+        batch = explain_images(member_models, pil, ens_targets[chunk], weights=weights, target=target,
+                               layers=layers, method=method)
+        for j in range(len(pil)):
+            i = start + j
+            panels = []
+            for mm in member_models:
+                name = mm.member.name
+                t = int(batch.member_targets[name][j])
+                title = f"{labels.get(name, name)}: {classes[t]} {member_probs[name][i, t]:.2f}"
+                panels.append(Panel(title, batch.members[name][j]))
+            if len(member_models) > 1:
+                t = int(batch.ensemble_targets[j])
+                panels.append(Panel(f"ensemble: {classes[t]} {probs[i, t]:.2f}", batch.ensemble[j]))
+            who = "ensemble" if len(member_models) > 1 else labels.get(member_models[0].member.name, "model")
+            caption = caption_of(classes, probs[i], who)
+            if target is not None:
+                caption += f"; maps for class {classes[target]}"
+            written.append(save_explanation(out / names[i], batch.views[j], panels, caption,
+                                            title=Path(str(files[i])).name))
+    return written
