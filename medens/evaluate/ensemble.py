@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ def evaluate_ensemble(
     plots: bool = True,
     progress: bool = False,
     baseline: Member | None = None,
+    explain: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Combine members, score members and ensemble (and a baseline), and write every output to ``out_dir``.
 
@@ -132,6 +133,10 @@ def evaluate_ensemble(
         baseline: a loaded model on the same split scored beside the ensemble (never combined; its probabilities
             are used as they are, neither calibrated nor weighted). In ``metrics.json``: ``baseline`` (its folder)
             and ``ensemble_vs_baseline`` (the ensemble's differences from it).
+        explain: called before the report is written, with keyword arguments ``members``, ``baseline`` (the
+            aligned members), ``paths``, ``labels``, ``classes``, ``probs`` (model name -> test probabilities, as
+            scored), ``weights``, ``labels_by_name`` and ``out_dir``; what it returns (e.g. ``gallery`` and
+            ``lesion``, :mod:`medens.evaluate.gallery`) is added to ``metrics.json`` and shown in the report.
 
     Returns:
         The content of ``metrics.json``.
@@ -244,10 +249,16 @@ def evaluate_ensemble(
         "skipped_test": list(skipped),
         "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
     }
-    results = _json_ready(results)
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if explain is not None:
+        results.update(explain(
+            members=members, baseline=baseline, paths=first.test.paths, labels=labels, classes=classes,
+            probs=probs_by_name, weights=list(rule.weights) if rule.weights else None,
+            labels_by_name=labels_by_name, out_dir=out,
+        ))
+    results = _json_ready(results)
+
     write_prediction_table(
         out / PREDICTIONS_NAME,
         first.test.paths,
