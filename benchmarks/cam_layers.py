@@ -16,7 +16,7 @@ import numpy as np
 import timm
 import torch
 
-from medens.data import SplitDataset, build_transforms, load_dataset
+from medens.data import build_transforms, load_dataset
 from medens.data.masks import lesion_mask, mask_view
 from medens.evaluate.cam import cam_layer_choices, class_activation_maps
 from medens.evaluate.lesion import energy_inside, pointing_hits
@@ -25,24 +25,21 @@ from medens.models.arch import norm_kwargs
 MODELS = [("convnext_atto", "layer"), ("convnext_atto", "batch"), ("resnet18", None)]
 
 
-def train(arch: str, norm: str | None, ds, train_idx: list[int], size: int, steps: int, seed: int) -> torch.nn.Module:
-    """A classifier trained from random weights for ``steps`` AdamW steps of 32 images."""
+def train(arch: str, norm: str | None, x: torch.Tensor, y: torch.Tensor, classes: int, steps: int,
+          seed: int) -> torch.nn.Module:
+    """A classifier trained from random weights for ``steps`` AdamW steps of 32 images (random horizontal flips)."""
     torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=len(ds.classes), **(norm_kwargs(arch, norm) if norm else {}))
-    data = SplitDataset(ds, train_idx, build_transforms(size, train=True))
-    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=True)
+    model = timm.create_model(arch, num_classes=classes, **(norm_kwargs(arch, norm) if norm else {}))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     model.train()
-    done = 0
-    while done < steps:
-        for x, y in loader:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == steps:
-                break
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (32,))
+        xb = x[batch]
+        xb = torch.where(torch.rand(32, 1, 1, 1) < 0.5, xb.flip(3), xb)
+        loss = torch.nn.functional.cross_entropy(model(xb), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return model.eval()
 
 
@@ -70,13 +67,15 @@ def main() -> None:
     evaluate = build_transforms(args.size, train=False, crop_pct=1.0)
     geometry = build_transforms(args.size, train=False, normalize=False, crop_pct=1.0, interpolation="nearest")
     x = torch.stack([evaluate(ds[i][0]) for i in test_idx])
+    train_x = torch.stack([evaluate(ds[i][0]) for i in train_idx])  # generated once, flipped while training
+    train_y = torch.tensor([ds.targets[i] for i in train_idx])
     masks = np.stack([mask_view(lesion_mask(ds, i), geometry) for i in test_idx])
     print(f"{len(train_idx)} training images, {len(test_idx)} test images with a lesion, {args.size} px")
     print("| model | layers | grid | accuracy | energy inside | pointing game |")
     print("| --- | --- | --- | --- | --- | --- |")
     for arch, norm in MODELS:
         start = time.perf_counter()
-        model = train(arch, norm, ds, train_idx, args.size, args.steps, args.seed)
+        model = train(arch, norm, train_x, train_y, len(ds.classes), args.steps, args.seed)
         trained_s = time.perf_counter() - start
         with torch.no_grad():
             acc = float((model(x).argmax(1) == torch.tensor([ds.targets[i] for i in test_idx])).float().mean())

@@ -32,13 +32,14 @@ from medens.evaluate.bootstrap import (
     difference_intervals,
 )
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
+from medens.evaluate.html import write_html_report
 from medens.evaluate.mcnemar import mcnemar
 from medens.evaluate.members import Member, align_members, init_kind, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
 from medens.evaluate.report import BASELINE_NAME, ENSEMBLE_NAME, render_report
-from medens.layout import ENSEMBLE_PLOT_NAMES, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
+from medens.layout import ENSEMBLE_PLOT_NAMES, HTML_REPORT_NAME, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def evaluate_ensemble(
         "ece_bins": n_bins,
         # Test images a member's fine-tuning could not decode: in no metric; rows without probabilities.
         "skipped_test": list(skipped),
-        "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
+        "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, "report_html": HTML_REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +273,9 @@ def evaluate_ensemble(
         plot_confusion_matrices(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["confusion_matrices"])
         plot_roc_curves(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["roc_curves"])
         plot_reliability(shown, labels, out / ENSEMBLE_PLOT_NAMES["reliability"], n_bins)
-    atomic_write_text(out / REPORT_NAME, render_report(results))
+    report = render_report(results)
+    atomic_write_text(out / REPORT_NAME, report)
+    write_html_report(report, out, "ensemble")
     # metrics.json last: its presence marks a complete evaluation.
     atomic_write_text(out / METRICS_NAME, json.dumps(results, indent=2) + "\n")
     return results

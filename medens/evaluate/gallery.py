@@ -28,6 +28,7 @@ from medens.evaluate.explain import caption_of, display_geometry, explain_images
 from medens.evaluate.lesion import LESION_SCORE_TITLES, energy_inside, lesion_summary, pointing_hits
 from medens.evaluate.overlays import Panel, save_explanation
 from medens.evaluate.tables import markdown_table
+from medens.layout import GALLERY_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ __all__ = [
     "gallery_markdown",
 ]
 
-#: The folder of the gallery's PNGs inside the ensemble's folder.
-GALLERY_DIR = "gallery"
 #: Most misclassified test images shown (the most confident errors first).
 DEFAULT_GALLERY_ERRORS = 12
 #: Least-confident correct test images shown.
@@ -266,3 +265,43 @@ def gallery_markdown(results: Mapping[str, Any]) -> list[str]:
                     f"*{what}*: `{e['path']}`: true {e['label']}, predicted {e['prediction']} "
                     f"({e['confidence']:.2f})", ""]
     return out
+
+
+def run_gallery_lines(root: str | os.PathLike[str], folds: int, seeds: Sequence[int]) -> list[str]:
+    """A study report's section linking every run's ensemble report and gallery (each ensemble folder found in
+    ``<root>/fold-<k>/seed-<s>/``, variants included), with the number of errors shown and, where scored, the
+    ensemble's energy inside the lesion. Empty when no run has an ensemble."""
+    import json
+
+    from medens.layout import ENSEMBLE_DIR, HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME, study_run_folder
+
+    root = Path(root)
+    rows = []
+    for fold in range(folds):
+        for seed in seeds:
+            run = study_run_folder(root, fold, seed)
+            if not run.is_dir():
+                continue
+            for folder in sorted(run.iterdir()):
+                if not (folder.name == ENSEMBLE_DIR or folder.name.startswith(ENSEMBLE_DIR + "-")):
+                    continue
+                try:
+                    results = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                rel = folder.relative_to(root).as_posix()
+                gallery = results.get("gallery")
+                shown = (f"[{gallery['errors']} of {gallery['errors_total']} errors]({rel}/{HTML_REPORT_NAME}#gallery)"
+                         if gallery else (results.get("gallery_note") or "no maps"))
+                lesion = results.get("lesion") or {}
+                ens = (lesion.get("models") or {}).get("ensemble") or {}
+                energy = _ci(ens.get("energy_inside"), ens.get("energy_inside_ci")) if ens else "not scored"
+                rows.append([str(fold), str(seed), f"`{folder.name}`",
+                             f"[html]({rel}/{HTML_REPORT_NAME}) / [md]({rel}/{REPORT_NAME})", shown, energy])
+    if not rows:
+        return []
+    return ["## Galleries of each run", "",
+            "Each run's ensemble report shows its misclassified test images with the members' and the ensemble's "
+            "class-activation maps.", "",
+            markdown_table(["fold", "seed", "ensemble", "report", "gallery", "ensemble energy inside lesion"], rows),
+            ""]
