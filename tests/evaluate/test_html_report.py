@@ -112,7 +112,7 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medens.train.__main__ import main as train_main
 
     out = tmp_path_factory.mktemp("smoke") / "study"
-    argv = ["study", "--preset", "smoke", "--folds", "2", "--seeds", "0", "--dataset-option", "num_images=24",
+    argv = ["study", "--preset", "smoke", "--folds", "2", "--seeds", "1", "--dataset-option", "num_images=24",
             "--bootstrap", "20", "--out", str(out)]
     assert train_main(argv) == 0
     return out
