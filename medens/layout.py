@@ -17,8 +17,8 @@ A **fine-tuning run** (``finetune --out DIR``), also an ensemble **member**::
     DIR/config.yaml, splits.json, log.csv, train.log, checkpoint.pt
 
 An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md``, ``report.html``, the
-PNG plots ``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``, and the gallery's PNGs in
-``gallery/``.
+PNG plots ``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``, and the gallery's PNGs
+``gallery-*.png``.
 
 A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-imagenet/``, ``ROOT/finetune-mae/``,
 ``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/`` (with ``--baseline ARCH`` also
@@ -48,7 +48,7 @@ __all__ = [
     "METRICS_NAME",
     "REPORT_NAME",
     "HTML_REPORT_NAME",
-    "GALLERY_DIR",
+    "GALLERY_PREFIX",
     "ENSEMBLE_PLOT_NAMES",
     "STUDY_RUNS_PLOT",
     "STUDY_DIFFERENCES_PLOT",
@@ -86,8 +86,8 @@ METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
 #: The self-contained page beside every ``report.md`` (ensemble, study).
 HTML_REPORT_NAME = "report.html"
-#: The ensemble's gallery of class-activation maps (PNGs), beside its report.
-GALLERY_DIR = "gallery"
+#: The ensemble's gallery of class-activation maps: PNGs beside its report, ``gallery-<n>-<error|correct>-<image>.png``.
+GALLERY_PREFIX = "gallery-"
 #: The ensemble's plots, by what they show.
 ENSEMBLE_PLOT_NAMES = {
     "confusion_matrices": "confusion_matrices.png",

@@ -1,7 +1,7 @@
 """The ensemble report's gallery and lesion scores: where the members and the ensemble look on the test images.
 
 - **Gallery**: every misclassified test image, the most confident errors first, up to a limit, then the
-  least-confident correct ones; each a PNG in ``gallery/`` with the image, each member's map and the ensemble's
+  least-confident correct ones; each a PNG ``gallery-*.png`` beside the report with the image, each member's map and the ensemble's
   (:mod:`medens.evaluate.explain`), captioned with the true class, the prediction and the probabilities.
 - **Lesion scores**, where the dataset ships lesion masks (:mod:`medens.data.masks`): per model (each member, the
   ensemble and a baseline beside it) the share of its map's energy inside the lesion and the pointing-game hit rate
@@ -28,12 +28,11 @@ from medens.evaluate.explain import caption_of, display_geometry, explain_images
 from medens.evaluate.lesion import LESION_SCORE_TITLES, energy_inside, lesion_summary, pointing_hits
 from medens.evaluate.overlays import Panel, save_explanation
 from medens.evaluate.tables import markdown_table
-from medens.layout import GALLERY_DIR
+from medens.layout import GALLERY_PREFIX
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GALLERY_DIR",
     "DEFAULT_GALLERY_ERRORS",
     "DEFAULT_GALLERY_CORRECT",
     "select_gallery",
@@ -104,7 +103,7 @@ def explain_test_split(
         classes: the ``K`` class names.
         probs: model name -> ``(N, K)`` probabilities as evaluated: each member, ``ensemble_name`` and, with a
             baseline, ``baseline_name``.
-        out_dir: the ensemble's folder (the PNGs go into ``gallery/``).
+        out_dir: the ensemble's folder (the PNGs go beside the report; those of an earlier evaluation are removed).
         ensemble_name: the ensemble's key in ``probs``.
         labels_by_name: model name -> its title.
         weights: the ensemble's member weights (``None``: the plain mean).
@@ -133,8 +132,9 @@ def explain_test_split(
     out = Path(out_dir)
     entries: list[dict[str, Any]] = []
     chosen = [(i, "error") for i in errors] + [(i, "correct") for i in right]
-    if chosen:
-        (out / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{GALLERY_PREFIX}*.png"):
+        old.unlink()
     for start in tqdm(range(0, len(chosen), _MAP_BATCH), desc="gallery", leave=False, unit="batch"):
         part = chosen[start:start + _MAP_BATCH]
         idx = [i for i, _ in part]
@@ -150,7 +150,7 @@ def explain_test_split(
                                     batch.members[name][j]))
             t = int(batch.ensemble_targets[j])
             panels.append(Panel(f"ensemble: {classes[t]} {ens[i, t]:.2f}", batch.ensemble[j]))
-            file = f"{GALLERY_DIR}/{len(entries):03d}-{kind}-{_safe_stem(paths[i])}.png"
+            file = f"{GALLERY_PREFIX}{len(entries):03d}-{kind}-{_safe_stem(paths[i])}.png"
             caption = f"true: {classes[int(labels[i])]}; " + caption_of(classes, ens[i])
             save_explanation(out / file, batch.views[j], panels, caption, title=Path(paths[i]).name)
             entries.append({
