@@ -59,7 +59,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=[f"{a}:{n or 'bn'}" for a, n in MODELS],
+                   help="ARCH:NORM pairs (NORM layer, batch, or bn for a non-ConvNeXt)")
     args = p.parse_args()
+    models = [(a, None if n == "bn" else n) for a, n in (m.split(":") for m in args.models)]
     ds = load_dataset("synthetic", None, num_images=args.images, image_size=args.size, num_classes=3, seed=args.seed)
     n_test = args.images // 5
     test_idx = [i for i in range(n_test) if lesion_mask(ds, i) is not None]
@@ -73,7 +76,7 @@ def main() -> None:
     print(f"{len(train_idx)} training images, {len(test_idx)} test images with a lesion, {args.size} px")
     print("| model | layers | grid | accuracy | energy inside | pointing game |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for arch, norm in MODELS:
+    for arch, norm in models:
         start = time.perf_counter()
         model = train(arch, norm, train_x, train_y, len(ds.classes), args.steps, args.seed)
         trained_s = time.perf_counter() - start

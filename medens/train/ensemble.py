@@ -32,7 +32,7 @@ from medens.evaluate.gallery import DEFAULT_GALLERY_CORRECT, DEFAULT_GALLERY_ERR
 from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table, skipped_note
-from medens.layout import METRICS_NAME, REPORT_NAME
+from medens.layout import HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME
 from medens.train.guards import open_unit_interval, positive_int, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
@@ -292,5 +292,5 @@ def main(args: argparse.Namespace) -> int:
     note = skipped_note(results)
     if note:
         print("\n" + note)
-    print(f"\nreport: {Path(args.out) / REPORT_NAME}")
+    print(f"\nreport: {Path(args.out) / REPORT_NAME} (in a browser: {Path(args.out) / HTML_REPORT_NAME})")
     return 0

@@ -11,7 +11,8 @@ image as the models saw it, each member's class-activation map over it and the e
 predicted class and the probabilities; the CSV gains the column ``explanation`` with the PNG's path relative to the
 CSV (empty for an unreadable image, which gets no PNG). ``--cam-layer``, ``--cam-class`` and ``--cam-method`` choose
 the layers, the class and the method (:mod:`medens.evaluate.cam`). The probabilities are the same with and without
-``--explain``.
+``--explain``; with ``--tta`` the captions show the flip-averaged probabilities and the maps are of the image as it
+is.
 """
 
 from __future__ import annotations
