@@ -94,7 +94,7 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-maps", action="store_true",
                    help="no class-activation maps: no gallery and no lesion scores (the report is faster)")
     g.add_argument("--cam-layer", action="append", metavar="NAME",
-                   help="module(s) the maps are taken at, e.g. stages.3 (default: each architecture's last two stages)")
+                   help="module(s) the maps are taken at, e.g. stages.3 (default: each architecture's last three stages)")
     g.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD, help="map method")
 
 

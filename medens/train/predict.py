@@ -228,7 +228,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "<CSV stem>_explain/ beside the CSV, named in the CSV's 'explanation' column")
     cam.add_argument("--cam-layer", action="append", metavar="NAME",
                      help="module(s) to take the maps at, e.g. stages.3 (repeat or comma-separate; default: the "
-                          "last two feature stages of each architecture)")
+                          "last three feature stages of each architecture)")
     cam.add_argument("--cam-class", metavar="CLASS", help="the class every map explains (default: the predicted one)")
     cam.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD,
                      help="gradcam (Grad-CAM) or gradxact (gradient x activation)")

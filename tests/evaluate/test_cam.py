@@ -92,9 +92,9 @@ def test_named_class_and_layers(images) -> None:
 
 
 def test_default_layers_per_architecture() -> None:
-    assert default_cam_layers(_model("convnext_atto", "layer")) == ["stages.2", "stages.3"]
-    assert default_cam_layers(_model("convnext_atto", "batch")) == ["stages.2", "stages.3"]
-    assert default_cam_layers(_model("resnet18", None)) == ["layer3", "layer4"]
+    assert default_cam_layers(_model("convnext_atto", "layer")) == ["stages.1", "stages.2", "stages.3"]
+    assert default_cam_layers(_model("convnext_atto", "batch")) == ["stages.1", "stages.2", "stages.3"]
+    assert default_cam_layers(_model("resnet18", None)) == ["layer2", "layer3", "layer4"]
 
 
 def test_bad_arguments_name_themselves(images) -> None:
