@@ -1,109 +1,119 @@
-"""How the duplicate detector's defaults were chosen: copies it must catch, pairs it must not join.
+"""How the duplicate detector's defaults were chosen, and the check to run on any dataset medens reads.
 
-Run on the real images in ``../shared/data`` (BUSI; PneumoniaMNIST as a set of distinct chest X-rays that share
-one layout)::
+For each dataset: generated copies (:mod:`medens.data.nearcopies`: resized, JPEG re-encoded, shifted and
+re-cropped by 2-4 px, brighter, darker) of ``--originals`` random images are hidden among all its images and the
+detector runs on the lot. Printed: the recall on the copies per kind, the copies joined without their original
+(false matches), the groups found among the dataset's own images, the two humps (each image's best aligned
+detail correlation with its candidates, copies against distinct images), and the same for other settings::
 
-    python benchmarks/duplicate_threshold.py --busi ../shared/data/busi --medmnist ../shared/data/medmnist
+    python benchmarks/duplicate_threshold.py --dataset busi=../shared/data/busi \\
+        --dataset medmnist:pneumoniamnist=../shared/data/medmnist --dataset medmnist:breastmnist=../shared/data/medmnist
 
-Prints, for each generated kind of copy of 150 BUSI images (resized, JPEG re-encoded, shifted, re-cropped,
-brightened, darkened), the largest dHash distance and the smallest thumbnail correlation to the original; then
-how many pairs each data set has per threshold, with and without the correlation test.
+Run it on a dataset of your own (``--dataset covid=~/data/COVID-19_Radiography_Dataset``, ``isic2018=...``)
+before trusting the defaults there; add ``--json`` for one JSON object per dataset.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import json
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
 
+from medens.data import load_dataset
 from medens.data.duplicates import (
     DEFAULT_MIN_CORRELATION,
     DEFAULT_THRESHOLD,
-    _standardized,
-    difference_hash,
-    hamming_pairs,
-    thumbnail,
+    PairSimilarity,
+    detect,
 )
+from medens.data.nearcopies import COPY_KINDS, make_injection, score_injection
+from medens.data.signatures import image_signatures
+
+SWEEP = [(DEFAULT_THRESHOLD, c) for c in (0.7, 0.75, 0.8, 0.85, 0.9)] + \
+        [(t, DEFAULT_MIN_CORRELATION) for t in (48, 64, 80, 112)]
 
 
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue()))
+def _dataset(text: str):
+    name, sep, root = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=ROOT (e.g. busi=../shared/data/busi), received {text!r}")
+    return name, str(Path(root).expanduser())
 
 
-def _shift(image: Image.Image, pixels: int) -> Image.Image:
-    """Content moved right and down by ``pixels``, the uncovered border black (the frame keeps its size)."""
-    array = np.asarray(image)
-    moved = np.zeros_like(array)
-    moved[pixels:, pixels:] = array[:-pixels, :-pixels]
-    return Image.fromarray(moved)
-
-
-def copies(image: Image.Image) -> dict[str, Image.Image]:
-    """The kinds of copy the detector must catch."""
-    width, height = image.size
+def check(name: str, root: str, *, originals: int, seed: int, cache_dir: str | None) -> dict:
+    """Measure the detector on ``name`` (read from ``root``) with generated copies hidden in it."""
+    dataset = load_dataset(name, root)
+    thumbs, readable = image_signatures(dataset, cache_dir, progress=False)
+    start = time.perf_counter()
+    groups, facts = detect(thumbs, readable)
+    seconds = time.perf_counter() - start
+    conflicts = [g for g in groups if len({dataset.targets[i] for i in g}) > 1]
+    copies, source = make_injection(lambda i: dataset.load_image(i), len(dataset), originals=originals, seed=seed)
+    default = score_injection(thumbs, copies, source)
+    # The two humps: each dataset image's best similarity with its candidates, and each copy's with its original.
+    measure = PairSimilarity(np.concatenate([thumbs, copies]), DEFAULT_MIN_CORRELATION)
+    own = measure(np.array([(len(thumbs) + c, s[0]) for c, s in enumerate(source)]))
+    grouped = {i for g in groups for i in g}
+    lonely = np.array([i for i in range(len(thumbs)) if i not in grouped and readable[i]])
+    distinct = facts["nearest_similarity"][lonely] if len(lonely) else np.zeros(0)
+    sweep = []
+    for threshold, min_correlation in SWEEP:
+        result = score_injection(thumbs, copies, source, threshold=threshold, min_correlation=min_correlation)
+        sweep.append({"threshold": threshold, "min_correlation": min_correlation, **result.summary()})
     return {
-        "resized to half": image.resize((width // 2, height // 2), Image.Resampling.BILINEAR),
-        "resized x1.7": image.resize((int(width * 1.7), int(height * 1.7)), Image.Resampling.BICUBIC),
-        "JPEG q75": _jpeg(image, 75),
-        "JPEG q30": _jpeg(image, 30),
-        "shifted 2 px": _shift(image, 2),
-        "shifted 4 px": _shift(image, 4),
-        "re-cropped 2 px": image.crop((2, 2, width, height)),
-        "re-cropped 4 px": image.crop((4, 4, width, height)),
-        "brightness +20%": ImageEnhance.Brightness(image).enhance(1.2),
-        "brightness -20%": ImageEnhance.Brightness(image).enhance(0.8),
+        "dataset": name, "num_images": len(dataset), "seconds_detect": round(seconds, 2),
+        "groups": len(groups), "images_in_groups": sum(len(g) for g in groups),
+        "largest_group": max((len(g) for g in groups), default=0), "label_conflicts": len(conflicts),
+        "images_in_conflicts": sum(len(g) for g in conflicts),
+        "injection": default.summary(),
+        "copy_similarity": {kind: round(float(own[[k == kind for _, k in source]].min()), 3) for kind in COPY_KINDS},
+        "distinct_nearest_similarity": {q: round(float(np.nanquantile(distinct, q)), 3)
+                                        for q in (0.5, 0.9, 0.99, 1.0)} if len(distinct) else {},
+        "sweep": sweep,
     }
 
 
-def _pair_counts(name: str, thumbs: np.ndarray) -> None:
-    hashes = difference_hash(thumbs)
-    unit = _standardized(thumbs)
-    print(f"\n{name}: {len(thumbs)} images; pairs within the threshold (and also correlating >= "
-          f"{DEFAULT_MIN_CORRELATION})")
-    for threshold in (2, 4, 6, 8, 10, 12, 14, 16):
-        pairs = hamming_pairs(hashes, threshold)
-        corr = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]]) if len(pairs) else np.zeros(0)
-        mark = "  <- default" if threshold == DEFAULT_THRESHOLD else ""
-        print(f"  <= {threshold:2d} bits: {len(pairs):7d} pairs, {(corr >= DEFAULT_MIN_CORRELATION).sum():5d} "
-              f"confirmed{mark}")
+def _print(report: dict) -> None:
+    print(f"\n{report['dataset']}: {report['num_images']} images; defaults ({DEFAULT_THRESHOLD} bits, correlation "
+          f">= {DEFAULT_MIN_CORRELATION}): {report['groups']} groups holding {report['images_in_groups']} images "
+          f"(largest {report['largest_group']}), {report['label_conflicts']} label conflicts "
+          f"({report['images_in_conflicts']} images); detection {report['seconds_detect']} s")
+    inj = report["injection"]
+    print(f"  copies of {inj['num_originals']} images hidden among them: recall {inj['overall_recall']:.1%}, "
+          f"{inj['false_matches']} copies joined without their original")
+    for kind, value in inj["recall"].items():
+        print(f"    {kind:16s} recall {value:6.1%}   lowest similarity to its original "
+              f"{report['copy_similarity'][kind]:.3f}")
+    print(f"  distinct images (in no group): best similarity with a candidate, quantiles "
+          f"{report['distinct_nearest_similarity']}")
+    print("  other settings: threshold bits, min_correlation -> recall, false matches, groups among the dataset's "
+          "own images (images, largest)")
+    for row in report["sweep"]:
+        print(f"    {row['threshold']:3d} {row['min_correlation']:.2f} -> {row['overall_recall']:.1%}, "
+              f"{row['false_matches']}, {row['dataset_groups']} ({row['dataset_images_in_groups']}, "
+              f"{row['dataset_largest_group']})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--busi", type=Path, required=True, help="folder holding Dataset_BUSI_with_GT")
-    parser.add_argument("--medmnist", type=Path, help="folder holding pneumoniamnist.npz")
-    parser.add_argument("--copies-of", type=int, default=150, help="BUSI images to make copies of")
+    parser.add_argument("--dataset", type=_dataset, action="append", required=True, metavar="NAME=ROOT",
+                        help="a dataset medens reads and the folder it is in (repeatable)")
+    parser.add_argument("--originals", type=int, default=100, help="images to make copies of (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the images copied")
+    parser.add_argument("--cache-dir", default=None, help="signature cache (default: the user cache)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per dataset")
     args = parser.parse_args()
-    files = sorted((args.busi / "Dataset_BUSI_with_GT").glob("*/*.png"))
-    images = [Image.open(f).convert("L") for f in files]
-    rng = np.random.default_rng(0)
-    chosen = rng.choice(len(images), min(args.copies_of, len(images)), replace=False)
-    worst: dict[str, list[tuple[int, float]]] = {}
-    for index in chosen:
-        original = thumbnail(images[index])
-        for kind, copy in copies(images[index]).items():
-            pair = np.stack([original, thumbnail(copy)])
-            bits = int(np.bitwise_count(np.bitwise_xor(*difference_hash(pair))))
-            unit = _standardized(pair)
-            worst.setdefault(kind, []).append((bits, float(unit[0] @ unit[1])))
-    print(f"copies of {len(chosen)} BUSI images: largest distance (bits), smallest correlation, share caught by "
-          f"the defaults ({DEFAULT_THRESHOLD} bits, {DEFAULT_MIN_CORRELATION})")
-    for kind, values in worst.items():
-        bits = np.array([v[0] for v in values])
-        corr = np.array([v[1] for v in values])
-        caught = ((bits <= DEFAULT_THRESHOLD) & (corr >= DEFAULT_MIN_CORRELATION)).mean()
-        print(f"  {kind:16s} {bits.max():3d} bits  {corr.min():.3f}  {caught:6.1%}")
-    _pair_counts("BUSI", np.stack([thumbnail(im) for im in images]))
-    if args.medmnist is not None:
-        with np.load(args.medmnist / "pneumoniamnist.npz") as data:
-            xrays = data["train_images"][:1500]
-        _pair_counts("PneumoniaMNIST (first 1500 training images, 28 px)",
-                     np.stack([thumbnail(Image.fromarray(x)) for x in xrays]))
+    logging.basicConfig(level=logging.WARNING)
+    for name, root in args.dataset:
+        report = check(name, root, originals=args.originals, seed=args.seed, cache_dir=args.cache_dir)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            _print(report)
 
 
 if __name__ == "__main__":

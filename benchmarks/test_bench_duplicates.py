@@ -2,8 +2,10 @@
 
 The images: 256 ultrasound-like PNGs of 512 x 384 (about BUSI's original size), read as a ``folder`` dataset.
 ``decode`` reads every file to RGB (what any pass over the data costs); ``hash, cold`` computes every signature
-(decode, grey, thumbnail) with an empty cache, and finds the groups; ``hash, cached`` does the same with every
-signature already cached (a second run: the files are read and digested, never decoded).
+(decode, grey, 32 x 32 thumbnail) with an empty cache, and finds the groups; ``hash, cached`` does the same with
+every signature already cached (a second run: the files are read and digested, never decoded). ``pair search``
+times the comparison alone (hashes, nearest neighbours, aligned correlations, linkage) on 25,000 thumbnails, the
+largest datasets duplicate detection runs on before a training.
 
 Run: ``pytest benchmarks/test_bench_duplicates.py --benchmark``.
 """
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 from medens.data import find_duplicates, load_dataset
+from medens.data.duplicates import detect
 
 from .conftest import device_name, record, write_image_folder
 
@@ -63,3 +67,21 @@ def test_hash_cached(benchmark, png_folder, tmp_path):
     benchmark.pedantic(lambda: find_duplicates(dataset, cache_dir=tmp_path, progress=False), rounds=3,
                        iterations=1)
     assert _record(benchmark, "hash, cached") > 0
+
+
+@pytest.mark.benchmark
+def test_pair_search_at_25k(benchmark):
+    from scipy.ndimage import gaussian_filter
+
+    count = 25_000
+    noise = np.random.default_rng(0).normal(0, 1, (count, 32, 32)).astype(np.float32)
+    fields = gaussian_filter(noise, (0, 1.5, 1.5))
+    thumbs = np.clip(128 + fields * 400, 0, 255).astype(np.uint8)  # distinct smooth images
+    groups, _ = benchmark.pedantic(lambda: detect(thumbs), rounds=1, iterations=1)
+    assert groups == []
+    rate = count / benchmark.stats.stats.median
+    benchmark.group = "duplicate detection"
+    benchmark.extra_info.update({"images_per_s": round(rate, 1), "images": count, "op": "duplicates",
+                                 "case": "25k thumbnails", "backend": "pair search",
+                                 "device": device_name(torch.device("cpu")), "torch": torch.__version__})
+    record("duplicates", "25k thumbnails", "pair search", benchmark)

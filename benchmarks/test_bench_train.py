@@ -111,3 +111,53 @@ def test_ensemble_inference(benchmark, device) -> None:
     run(benchmark, predict, op="ensemble_inference", case=f"2 x {arch} {batch}x{size}px {precision.name}",
         backend="torch", device=device, bytes_moved=0, rounds=5 if device.type == "cpu" else 20)
     benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("output_stride", [32, 16])
+def test_mae_step_against_finetune_step(benchmark, device, output_stride) -> None:
+    """A masked pre-training step against a fine-tuning step of the same network and batch (target: <= 1.15x).
+
+    The ``small`` preset's geometry on a CPU (ConvNeXt-Atto with BatchNorm, 32 images of 96 px; at stride 16 its
+    6 x 6 masking grid of 16 px patches); ConvNeXt-Tiny, 64 x 224 px, bf16 on a GPU. The fine-tuning step is timed
+    in the same process right after (``extra_info``: ``finetune_step_seconds`` and ``ratio``).
+    """
+    from medens.models.arch import stride_kwargs
+
+    arch, size, batch, norm = (
+        ("convnext_tiny", 224, 64, "layer") if device.type == "cuda" else ("convnext_atto", 96, 32, "batch")
+    )
+    torch.manual_seed(0)
+    mae = MaskedConvNeXt(arch, image_size=size, norm=norm, output_stride=output_stride, decoder_dim=128).to(device)
+    classifier, _ = create_classifier(arch, 3, init="scratch", norm=norm, output_stride=output_stride)
+    classifier = classifier.to(device)
+    assert classifier.feature_info[-1]["reduction"] == output_stride == stride_kwargs(output_stride).get(
+        "output_stride", 32
+    )
+    precision = resolve_precision("auto", device)
+    images = torch.rand(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 3, (batch,), device=device)
+
+    def training_step(model, loss_of):
+        optimizer = create_optimizer(model, 1e-4)
+
+        def step() -> torch.Tensor:
+            with precision.autocast():
+                loss = loss_of(model)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    mae_step = training_step(mae, lambda m: m(images).loss)
+    finetune_step = training_step(classifier, lambda m: torch.nn.functional.cross_entropy(m(images), labels))
+    mae_step()
+    finetune_step()
+    grid = size // output_stride
+    run(benchmark, mae_step, op="mae_vs_finetune_step",
+        case=f"{arch} {norm} stride {output_stride} ({grid}x{grid} grid) {batch}x{size}px {precision.name}",
+        backend="torch", device=device, bytes_moved=0, rounds=5 if device.type == "cpu" else 20)
+    mae_median = benchmark.stats.stats.median
+    finetune_median = median_seconds(finetune_step, device, repeats=5 if device.type == "cpu" else 20)
+    benchmark.extra_info.update(finetune_step_seconds=finetune_median, ratio=mae_median / finetune_median)

@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from medens.engine.distributed import DistContext
+from medens.engine.loader import resolve_num_workers
 from medens.engine.precision import Precision
+from medens.engine.signals import ignore_stop_signals
 from medens.evaluate.members import IncompatibleMembersError, Member
 from medens.evaluate.predictions import Predictions
 from medens.layout import CONFIG_NAME, MODEL_NAME
@@ -60,7 +62,7 @@ def load_model(
 
     from medens.engine import load_yaml
     from medens.models import DEFAULT_NORM, load_weights, split_arch
-    from medens.models.arch import norm_kwargs
+    from medens.models.arch import ENCODER_STRIDE, norm_kwargs, stride_kwargs
 
     out = Path(out_dir)
     if not (out / CONFIG_NAME).is_file():
@@ -71,7 +73,11 @@ def load_model(
     state, meta = load_weights(out / MODEL_NAME)
     arch, _ = split_arch(str(meta.get("arch") or config["arch"]))
     norm = str(meta.get("norm", DEFAULT_NORM))  # models saved before the option are LayerNorm ConvNeXts
-    model = timm.create_model(arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm))
+    # Models saved before the output_stride option have the published stride, 32.
+    stride = stride_kwargs(int(meta.get("output_stride", ENCODER_STRIDE)))
+    model = timm.create_model(
+        arch, pretrained=False, num_classes=len(config["classes"]), **norm_kwargs(arch, norm), **stride
+    )
     model.load_state_dict(state)
     return model.to(device).eval(), config
 
@@ -85,15 +91,17 @@ def sharded_probs(
     dist: DistContext,
     precision: Precision,
     channels_last: bool = False,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` float64 for every item of ``dataset``, in order, on every rank.
 
     Each rank predicts an interleaved shard; the shards are gathered so all ranks hold the full result.
     """
     positions = list(range(dist.rank, len(dataset), dist.world_size))
+    workers = resolve_num_workers(num_workers)
     loader = DataLoader(
-        Subset(dataset, positions), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        Subset(dataset, positions), batch_size=batch_size, shuffle=False, num_workers=workers,
+        worker_init_fn=ignore_stop_signals if workers else None,
     )
     was_training = model.training
     model.eval()

@@ -26,7 +26,9 @@ A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-im
 ``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
 
 A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
-``ROOT/study.json``, ``ROOT/report.md`` and ``ROOT/report.html`` with its plots ``study_runs.png`` and ``study_differences.png``.
+``ROOT/study.json``, ``ROOT/report.md`` and ``ROOT/report.html`` with its plots ``study_runs.png`` and ``study_differences.png``. Each fold-seed
+unit also holds ``unit.json`` (its state), ``unit.lock`` (held while it runs), and with local workers ``unit.pkl``
+(the job) and ``unit.log`` (its output); SLURM jobs keep their scripts and output in ``ROOT/slurm-jobs/``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ __all__ = [
     "CHECKPOINT_NAME",
     "ENCODER_NAME",
     "RECONSTRUCTIONS_NAME",
+    "LOSS_CURVE_NAME",
+    "PROBE_NAME",
     "MODEL_NAME",
     "PREDICTIONS_NAME",
     "VAL_PREDICTIONS_NAME",
@@ -64,6 +68,11 @@ __all__ = [
     "is_pretrain_complete",
     "is_finetune_complete",
     "study_run_folder",
+    "UNIT_STATE_NAME",
+    "UNIT_LOCK_NAME",
+    "UNIT_LOG_NAME",
+    "UNIT_JOB_NAME",
+    "JOBS_DIR",
     "recorded_stage",
 ]
 
@@ -77,6 +86,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # Pre-training
 ENCODER_NAME = "encoder.safetensors"
 RECONSTRUCTIONS_NAME = "reconstructions.png"
+LOSS_CURVE_NAME = "loss_curve.png"
+#: The linear and k-NN probes of the encoder and of random init (medens.evaluate.probe).
+PROBE_NAME = "probe.json"
 
 # Fine-tuning (a member) and the ensemble
 MODEL_NAME = "model.safetensors"
@@ -106,6 +118,11 @@ CACHE_DIR = "cache"
 STUDY_NAME = "study.json"
 STUDY_RUNS_PLOT = "study_runs.png"
 STUDY_DIFFERENCES_PLOT = "study_differences.png"
+UNIT_STATE_NAME = "unit.json"
+UNIT_LOCK_NAME = "unit.lock"
+UNIT_LOG_NAME = "unit.log"
+UNIT_JOB_NAME = "unit.pkl"
+JOBS_DIR = "slurm-jobs"
 
 #: What a finished pre-training run holds (``encoder.safetensors`` is written last).
 PRETRAIN_OUTPUTS = (ENCODER_NAME, CONFIG_NAME, LOG_NAME)

@@ -5,7 +5,7 @@ Prints the classes, the images per class and split, the image sizes seen, and th
     python -m medens.data --dataset busi --data-root ~/data/Dataset_BUSI_with_GT
     python -m medens.data --dataset medmnist:breastmnist --data-root ~/.medmnist --json
     python -m medens.data --dataset synthetic --dataset-option num_images=300 --dataset-option image_size=64
-    python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, contact sheet
+    python -m medens.data --dataset busi --data-root ~/data/BUSI --duplicates      # groups, conflicts, evidence
 
 ``medens data ...`` is the same command. Exit status: 0 on success, 2 for a usage error (an unknown option or
 dataset name), 1 when the dataset cannot be read (the message says why).
@@ -26,7 +26,7 @@ import yaml
 from medens.cli import apply_config_file, config_file_argument, run_command
 from medens.errors import UsageError
 
-from .duplicates import DEFAULT_THRESHOLD, find_duplicates
+from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, HASH_BITS, find_duplicates
 from .filedataset import VERIFY_MODES
 from .registry import list_datasets, load_dataset
 from .summary import format_summary, summarize
@@ -80,43 +80,60 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
     config_file_argument(parser)
     dup = parser.add_argument_group("duplicates")
     dup.add_argument("--duplicates", action="store_true",
-                     help="report the near-duplicate groups and label conflicts and draw them in a PNG contact "
-                          "sheet (with --json: one JSON object with images_in_groups, groups, conflicts, threshold)")
+                     help="report the near-duplicate groups and label conflicts, draw them in a PNG contact sheet "
+                          "(file, class, distance and similarity of every image) and plot each image's "
+                          "nearest-neighbour distance and similarity with the thresholds (with --json: one JSON "
+                          "object with images_in_groups, groups, conflicts, threshold, method, parameters)")
     dup.add_argument("--dedupe", choices=("on", "off"), default="on",
                      help="keep near-duplicate images on one side of the split shown (default on; off: plain "
                           "stratified, a leaky protocol)")
     dup.add_argument("--dedupe-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",
-                     help=f"dHash bits up to which two images are candidate copies (default {DEFAULT_THRESHOLD})")
+                     help=f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies "
+                          f"(default {DEFAULT_THRESHOLD}); a candidate is a copy when its aligned detail correlates "
+                          f">= {DEFAULT_MIN_CORRELATION}")
     dup.add_argument("--keep-conflicts", action="store_true",
                      help="keep images of duplicate groups whose labels disagree (excluded by default)")
     dup.add_argument("--cache-dir", default=None, metavar="DIR",
                      help="folder of the image-signature cache (default: $MEDENS_CACHE_DIR or ~/.cache/medens)")
     dup.add_argument("--sheet", default=None, metavar="PNG",
                      help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here)")
+    dup.add_argument("--plot", default=None, metavar="PNG",
+                     help="where --duplicates plots the nearest-neighbour distances (default: "
+                          "duplicates-<dataset>-distances.png here)")
     return parser
 
 
+def _listing(dataset, group: list[int], most: int = 8) -> str:
+    shown = ", ".join(f"{dataset.ids[i]} [{dataset.classes[dataset.targets[i]]}]" for i in group[:most])
+    return shown + (f", ... and {len(group) - most} more" if len(group) > most else "")
+
+
 def _duplicates(args: argparse.Namespace, dataset) -> int:
-    from .sheet import duplicate_sheet
+    from .sheet import distance_plot, duplicate_sheet
 
     found = find_duplicates(dataset, threshold=args.dedupe_threshold, cache_dir=args.cache_dir)
-    sheet = Path(args.sheet or f"duplicates-{dataset.name.replace(':', '-')}.png")
+    stem = f"duplicates-{dataset.name.replace(':', '-')}"
+    sheet = Path(args.sheet or f"{stem}.png")
+    plot = Path(args.plot or f"{stem}-distances.png")
     duplicate_sheet(dataset, found, sheet)
+    distance_plot(dataset.name, found, plot)
     record = {"dataset": dataset.name, "num_images": len(dataset), **found.record(dataset.ids),
-              "num_groups": len(found.groups), "sheet": str(sheet)}
+              "num_groups": len(found.groups), "num_conflicting_images": len(found.conflicting_items()),
+              "sheet": str(sheet), "plot": str(plot)}
     if args.json:
         print(json.dumps(record, indent=1))
         return 0
-    largest = max((len(g) for g in found.groups), default=0)
-    print(f"dataset {dataset.name}: {len(dataset)} images; threshold {found.threshold} bits, "
-          f"correlation >= {found.min_correlation}")
+    print(f"dataset {dataset.name}: {len(dataset)} images; candidates within {found.threshold} bits of a "
+          f"{HASH_BITS}-bit perceptual hash (nearest {found.neighbours}), copies when their aligned detail "
+          f"correlates >= {found.min_correlation}")
     print(f"{found.num_pairs} near-identical pairs -> {len(found.groups)} groups holding {found.images_in_groups} "
-          f"images (largest: {largest})")
+          f"images (largest: {found.largest_group})")
     print(f"label conflicts: {len(found.conflicts)} groups, {len(found.conflicting_items())} images "
           f"({'kept' if args.keep_conflicts else 'excluded'} by the splits)")
     for group in found.conflicts[:20]:
-        print("  " + ", ".join(f"{dataset.ids[i]} [{dataset.classes[dataset.targets[i]]}]" for i in group))
+        print("  " + _listing(dataset, group))
     print(f"contact sheet: {sheet}")
+    print(f"nearest-neighbour distances: {plot}")
     return 0
 
 

@@ -9,7 +9,12 @@ excluded unless ``keep_conflicts``. ``dedupe=False`` gives plain stratified spli
 
     {"format": "medens.splits/1", "dataset": "busi", "num_items": 780, "classes": [...], "method": "stratified",
      "seed": 0, "val_fraction": 0.1, "test_fraction": 0.2, "folds": null, "fold": null,
+     "dedupe": true, "duplicates": {"method": "phash256-knn+...", "parameters": {"threshold": 96, ...},
+     "groups": [...], "conflicts": [...], ...}, "excluded": {"label_conflict": [...]},
      "counts": {"train": {"benign": 306, ...}, ...}, "splits": {"train": ["benign/benign (1).png", ...], ...}}
+
+The duplicate detector's method and every parameter are recorded (``duplicates.method``, ``.parameters``), so a
+split made with other settings, or by another version of the detector, says so.
 """
 
 from __future__ import annotations
@@ -172,7 +177,7 @@ def make_splits(
     With ``dedupe`` (the default), near-duplicate images are found first (:mod:`medens.data.duplicates`) and
     each duplicate group, merged with the dataset's own groups, stays in one split (and one fold); the images of
     groups with conflicting labels are in no split unless ``keep_conflicts``. ``splits.json`` records the
-    setting, the threshold, the groups and what was excluded.
+    setting, the detector's method and parameters (the threshold among them), the groups and what was excluded.
 
     Args:
         dataset: Any :class:`LabeledDataset`.
@@ -186,8 +191,9 @@ def make_splits(
         out_dir: If given, ``splits.json`` is written there (atomically).
         split_file: A ``splits.json`` from an earlier run, to repeat it exactly.
         dedupe: Keep near-duplicate images on one side of every split.
-        dedupe_threshold: Hamming threshold of the duplicate detector (bits of a 64-bit dHash).
-        min_correlation: Thumbnail correlation the detector asks of a candidate pair.
+        dedupe_threshold: Hamming threshold of the duplicate detector's candidates (bits of its 256-bit
+            perceptual hash).
+        min_correlation: Aligned detail correlation the detector asks of a candidate pair.
         keep_conflicts: Keep the images of duplicate groups whose labels disagree (excluded by default).
         hash_cache_dir: Folder of the image-signature cache (default: the user cache, see
             :func:`~medens.data.duplicates.default_cache_folder`).

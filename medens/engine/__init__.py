@@ -13,7 +13,13 @@
 """
 
 from medens.engine.batchnorm import recompute_batchnorm_statistics
-from medens.engine.checkpoint import CHECKPOINT_NAME, capture_rng_state, load_checkpoint, restore_rng_state
+from medens.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng_state,
+    load_checkpoint,
+    preserved_rng,
+    restore_rng_state,
+)
 from medens.engine.config import load_yaml, merge_config, parse_overrides, write_config
 from medens.engine.distributed import DistContext, init_distributed, resolve_device
 from medens.engine.ema import ModelEma
@@ -44,6 +50,7 @@ __all__ = [
     "WarmupCosine",
     "build_loader",
     "capture_rng_state",
+    "preserved_rng",
     "configure_determinism",
     "create_optimizer",
     "init_distributed",

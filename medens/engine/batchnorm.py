@@ -7,6 +7,9 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 
+from medens.engine.loader import resolve_num_workers
+from medens.engine.signals import ignore_stop_signals
+
 __all__ = ["recompute_batchnorm_statistics"]
 
 
@@ -31,6 +34,8 @@ def recompute_batchnorm_statistics(
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return False
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    workers = resolve_num_workers(num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=ignore_stop_signals if workers else None)
     update_bn((images for images, _ in loader), model, device=device)
     return True

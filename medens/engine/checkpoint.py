@@ -8,9 +8,11 @@ CUDA) of every rank. It contains only tensors and plain Python values, so :func:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from medens.engine.atomic import atomic_torch_save
 from medens.layout import CHECKPOINT_NAME
 
 __all__ = [
+    "preserved_rng",
     "CHECKPOINT_NAME",
     "capture_rng_state",
     "restore_rng_state",
@@ -75,6 +78,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                 len(cuda_states),
                 torch.cuda.device_count(),
             )
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (an evaluation during training, say) without changing any random state of this process."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -4,8 +4,12 @@
 mixed precision, channels-last, optional ``torch.compile`` and EMA, under DistributedDataParallel when launched by
 ``torchrun``. It owns the run's state and its checkpoint (atomic, every epoch, and on SIGTERM/SIGINT after the
 current optimiser step), so :meth:`Trainer.resume` followed by :meth:`Trainer.fit` continues a stopped run and
-reaches the same weights as an uninterrupted one (bit for bit on CPU in deterministic mode with ``num_workers=0``;
-with loader workers, augmentation randomness after a *mid-epoch* stop differs, the data order does not).
+reaches the same weights as an uninterrupted one (bit for bit on CPU in deterministic mode, with or without loader
+workers: :func:`medens.engine.loader.build_loader` seeds each sample's augmentation by its place in the epoch). A
+signal sent to the whole process group stops the run the same way: the loader's workers ignore it.
+
+After its first few optimiser steps the trainer logs how long the stage (and the pipeline planned around it) will
+take on this machine (:mod:`medens.engine.estimate`); the progress bar shows the stage's remaining time.
 
 A step whose loss is not finite on any rank is skipped on every rank (no weight changes, counted in
 ``skipped_steps``); ``max_nonfinite`` such steps in a row save a checkpoint and raise :class:`NonFiniteLossError`.
@@ -37,6 +41,7 @@ from medens.engine.checkpoint import (
 )
 from medens.engine.distributed import DistContext
 from medens.engine.ema import ModelEma
+from medens.engine.estimate import StepTimer, estimate_message, format_duration, later_epochs
 from medens.engine.loader import set_loader_epoch
 from medens.engine.precision import resolve_precision
 from medens.engine.records import TensorBoardLogger, write_csv_log
@@ -203,6 +208,7 @@ class Trainer:
         self._stop_reason: str | None = None
         self._signals: GracefulStop | None = None
         self._tb: TensorBoardLogger | None = None
+        self._timer = StepTimer()
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -246,6 +252,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._tb = TensorBoardLogger(self.out_dir, self.cfg.tensorboard)
+        self._timer = StepTimer()
         try:
             with GracefulStop() as signals:
                 self._signals = signals
@@ -359,11 +366,13 @@ class Trainer:
                 group_images = 0
                 group_finite.fill_(True)
                 acc["seconds"] += time.perf_counter() - tick
+                stage_left = self._time_step(epoch, total)
                 if acc["images"]:
                     bar.set_postfix(
                         loss=f"{acc['loss_sum'] / acc['images']:.4f}",
                         img_s=f"{acc['images'] / max(acc['seconds'], 1e-9):.1f}",
                         lr=f"{self.scheduler.get_last_lr():.2e}",
+                        **({"stage_left": stage_left} if stage_left else {}),
                     )
                 if self.nonfinite_streak >= self.cfg.max_nonfinite:
                     self.save()
@@ -383,6 +392,20 @@ class Trainer:
             "skipped_steps": int(acc["skipped"]),
             "epoch_seconds": seconds,
         }
+
+    def _time_step(self, epoch: int, total: int) -> str | None:
+        """Time the step just taken; log the estimate once it is ready. Returns the stage's remaining time."""
+        accum = self.cfg.accum_steps
+        per_epoch = math.ceil(total / accum)
+        left = (self.cfg.epochs - epoch) * per_epoch - math.ceil(self.batch_in_epoch / accum)
+        if self._timer.step(left) and self.dist.is_main:
+            message, _ = estimate_message(
+                self._timer.seconds_per_step, left, per_epoch, self.dist.device.type, later_epochs(self.out_dir)
+            )
+            _logger.info("%s", message)
+        if self._timer.seconds_per_step is None:
+            return None
+        return format_duration(self._timer.seconds_per_step * left)
 
     def _optimizer_step(self) -> bool:
         """Unscale, clip, step, update the EMA; False when the gradients were not finite (step skipped)."""

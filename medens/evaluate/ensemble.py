@@ -34,7 +34,7 @@ from medens.evaluate.bootstrap import (
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.html import write_html_report
 from medens.evaluate.mcnemar import mcnemar
-from medens.evaluate.members import Member, align_members, init_kind, prediction_fingerprint
+from medens.evaluate.members import Member, align_members, encoder_probe, init_kind, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
@@ -225,6 +225,7 @@ def evaluate_ensemble(
                 "temperature": rule.temperatures[m.name] if rule.temperatures else None,
                 "weight": rule.weights[i] if rule.weights else None,
                 "fingerprint": prediction_fingerprint(m.directory),
+                "probe": encoder_probe(m.config),
             }
             for i, m in enumerate(members)
         ],

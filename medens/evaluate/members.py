@@ -9,6 +9,7 @@ split and predict the same test images with the same labels.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections import Counter
@@ -21,7 +22,7 @@ import yaml
 
 from medens.errors import UsageError
 from medens.evaluate.predictions import Predictions, read_predictions
-from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, VAL_PREDICTIONS_NAME
+from medens.layout import CONFIG_NAME, PREDICTIONS_NAME, PROBE_NAME, VAL_PREDICTIONS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,23 @@ def init_kind(init: str | None) -> str | None:
     if init is None:
         return None
     return "mae" if str(init).startswith("mae:") or str(init) == "mae" else str(init)
+
+
+def encoder_probe(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The probe of the encoder an MAE member was fine-tuned from (``probe.json`` beside its encoder), if written.
+
+    None for other members, for encoders pre-trained before probes were written, and for an unreadable file.
+    """
+    init = config.get("init")
+    if init_kind(init) != "mae" or not str(init).startswith("mae:"):
+        return None
+    path = Path(str(init)[len("mae:"):]).expanduser().parent / PROBE_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        if path.exists():
+            logger.warning("probe: %s cannot be read (%s); the report goes without it", path, err)
+        return None
 
 
 def member_name_and_label(config: dict[str, Any], directory: Path) -> tuple[str, str]:

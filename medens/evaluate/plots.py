@@ -178,3 +178,55 @@ def plot_reliability(
         fontsize=9,
     )
     return _save(fig, path)
+
+
+def plot_loss_curve(
+    history: Sequence[Mapping[str, object]], path: str | os.PathLike[str], *, title: str = "training loss"
+) -> Path:
+    """The loss of every epoch of a run (``Trainer.history`` or the rows of ``log.csv``), on a log-scaled axis.
+
+    Rows without a finite ``train_loss`` are left out. A note under the title gives the share by which the last fifth of
+    the epochs lowered the loss (a curve that has flattened changes by little). Where rows carry a pre-training's
+    probe columns (``probe_linear_bacc``, ``probe_knn_bacc`` and their ``random_`` baselines), a second panel draws
+    the probes' balanced accuracy against the epoch, random init dashed.
+    """
+    points = [(int(row["epoch"]), float(row["train_loss"])) for row in history
+              if row.get("train_loss") is not None and math.isfinite(float(row["train_loss"]))]
+    probe_rows = [row for row in history if row.get("probe_linear_bacc") is not None]
+    fig, axes = _new_figure(2 if probe_rows else 1)
+    fig.set_size_inches(_PANEL_INCHES * (2.4 if probe_rows else 1.6), _PANEL_INCHES)
+    ax = axes[0]
+    if points:
+        epochs, losses = zip(*points, strict=True)
+        ax.plot(epochs, losses, marker="o" if len(points) < 30 else None, markersize=3)
+        if all(v > 0 for v in losses):
+            ax.set_yscale("log")
+        ax.set_title(f"{title}\n{_last_fifth_note(losses)}", fontsize=9)
+    else:
+        ax.set_title(f"{title}\n(no finished epoch)", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if probe_rows:
+        ax = axes[1]
+        epochs = [int(row["epoch"]) for row in probe_rows]
+        for probe, colour in (("linear", "tab:blue"), ("knn", "tab:orange")):
+            ax.plot(epochs, [float(row[f"probe_{probe}_bacc"]) for row in probe_rows], marker="o", markersize=3,
+                    color=colour, label=f"{probe} probe, encoder")
+            ax.plot(epochs, [float(row[f"probe_{probe}_random_bacc"]) for row in probe_rows], linestyle="--",
+                    color=colour, label=f"{probe} probe, random init")
+        ax.set_title("probes of the frozen encoder (cross-validated)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("balanced accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _last_fifth_note(losses: Sequence[float]) -> str:
+    n = len(losses)
+    start = n - max(1, n // 5) - 1
+    if start < 0 or losses[start] == 0:
+        return f"final loss {losses[-1]:.4g}"
+    change = (losses[start] - losses[-1]) / losses[start]
+    return f"final loss {losses[-1]:.4g}; the last fifth of the epochs lowered it by {100 * change:.1f}%"

@@ -56,6 +56,49 @@ def comparison_table(
     return markdown_table(headers, rows) if markdown else text_table(headers, rows)
 
 
+def probe_table(results: dict[str, Any], markdown: bool = False) -> str | None:
+    """The pre-training probe of each MAE member's encoder beside random init, or None when no member has one.
+
+    Balanced accuracy of the linear and the k-NN probe (:mod:`medens.evaluate.probe`): encoder, random init and
+    the gain, with the masking grid the encoder was pre-trained on.
+    """
+    rows = []
+    for member in results.get("members", []):
+        probe = member.get("probe")
+        if not probe:
+            continue
+        grid = "x".join(str(v) for v in probe.get("mask_grid", [])) or "n/a"
+        row = [member["label"], grid]
+        for name in ("linear", "knn"):
+            enc = probe["encoder"][name]["balanced_accuracy"]
+            rnd = probe["random_init"][name]["balanced_accuracy"]
+            row.append(f"{format_value(enc)} / {format_value(rnd)} ({format_value(enc - rnd, signed=True)})")
+        rows.append(row)
+    if not rows:
+        return None
+    headers = ["Member", "Masking grid", "Linear probe: encoder / random init (gain)",
+               "k-NN probe: encoder / random init (gain)"]
+    return markdown_table(headers, rows) if markdown else text_table(headers, rows)
+
+
+def _probe_lines(results: dict[str, Any]) -> list[str]:
+    table = probe_table(results, markdown=True)
+    if table is None:
+        return []
+    probe = next(m["probe"] for m in results["members"] if m.get("probe"))
+    return [
+        "",
+        "## Did pre-training learn anything?",
+        "",
+        f"Balanced accuracy of a linear and a {probe.get('neighbours', 20)}-nearest-neighbour probe on the frozen "
+        f"encoder's pooled features, {probe.get('folds', 5)}-fold cross-validated over the "
+        f"{probe.get('num_images', 'n/a')} training and validation images (grouped by duplicate group; never the "
+        "test images), against the same network at the random weights pre-training started from.",
+        "",
+        table,
+    ]
+
+
 def _setup_lines(results: dict[str, Any]) -> list[str]:
     members = results["members"]
     lines = [
@@ -121,6 +164,7 @@ def render_report(results: dict[str, Any]) -> str:
         "Acc: accuracy. BalAcc: mean per-class sensitivity. Macro-P/R/F1: unweighted means over classes. "
         f"AUROC: one-vs-rest, macro. ECE: expected calibration error ({results['ece_bins']} equal-width bins of "
         "top-class confidence; lower is better). NLL: mean negative log-likelihood (nats; lower is better).",
+        *_probe_lines(results),
         "",
         f"## {ens_label} minus each member" + (" and the baseline" if results.get("baseline") else ""),
         "",

@@ -114,6 +114,58 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], pooled: Mapping[tuple, tu
     return {"models": models, "comparisons": comparisons}
 
 
+def summarize_probes(probes: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+    """Per variant and probe, the gain of the pre-trained encoder over random init across runs.
+
+    Returns:
+        One dict per variant with probes: ``variant``, ``mask_grid`` and, for ``linear`` and ``knn``, the gain's
+        spread (:func:`~.paired.spread`), the encoder's and random init's mean, and ``wins`` (runs with a gain).
+    """
+    summary = []
+    for variant in variants:
+        rows = [p for p in probes if p["variant"] == variant]
+        if not rows:
+            continue
+        entry: dict[str, Any] = {"variant": variant, "mask_grid": rows[0].get("mask_grid"), "runs": len(rows)}
+        for probe in ("linear", "knn"):
+            gains = [r[probe]["gain"] for r in rows]
+            entry[probe] = {
+                "gain": spread(gains).as_dict(),
+                "encoder_mean": float(np.mean([r[probe]["encoder"] for r in rows])),
+                "random_init_mean": float(np.mean([r[probe]["random_init"] for r in rows])),
+                "wins": int(sum(g > 0 for g in gains)),
+            }
+        summary.append(entry)
+    return summary
+
+
+def _probe_section(record: Mapping[str, Any]) -> list[str]:
+    summary = record.get("probe_summary") or []
+    if not summary:
+        return []
+    rows = []
+    for entry in summary:
+        grid = "x".join(str(v) for v in entry.get("mask_grid") or []) or "n/a"
+        row = [entry["variant"], grid, str(entry["runs"])]
+        for probe in ("linear", "knn"):
+            p = entry[probe]
+            row.append(f"{format_value(p['encoder_mean'])} / {format_value(p['random_init_mean'])}; gain "
+                       f"{_fmt_spread(p['gain'])} {_fmt_ci(p['gain']['ci'], signed=True)}, {p['wins']} of "
+                       f"{entry['runs']} runs > 0")
+        rows.append(row)
+    return [
+        "## Did pre-training learn anything?",
+        "",
+        "Balanced accuracy of a linear and a k-nearest-neighbour probe on each run's frozen encoder, cross-validated "
+        "over that run's training and validation images, against the same network at random initialisation "
+        "(`pretrain/probe.json` of each run): mean encoder / mean random init; the gain's mean ± sd and 95% CI over "
+        "runs.",
+        "",
+        markdown_table(["variant", "masking grid", "runs", "linear probe", "k-NN probe"], rows),
+        "",
+    ]
+
+
 def _fmt_spread(s: Mapping[str, Any]) -> str:
     if s["n"] < 2:
         return format_value(s["mean"])
@@ -210,6 +262,7 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
                  _fmt_ci(m["metrics"][metric]["ci"]), format_value(m["pooled"][metric])] for m in record["models"]]
         lines += [f"### {metric}", "", markdown_table(
             ["model", "label", "runs", "mean ± sd", "95% CI of the mean", "pooled out-of-fold"], rows), ""]
+    lines += _probe_section(record)
     lines += [
         "## Comparisons",
         "",

@@ -22,6 +22,7 @@ from medens.models.classifier import (
     PretrainedWeightsUnavailable,
     check_arch_for_init,
     classifier_norm,
+    classifier_stride,
     create_classifier,
     parse_init,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "check_arch",
     "check_arch_for_init",
     "classifier_norm",
+    "classifier_stride",
     "check_timm_arch",
     "create_classifier",
     "load_encoder_into",

@@ -5,6 +5,11 @@ how an ``arch[.tag]`` name splits, and the error a user sees for a name timm doe
 are ConvNeXts (:func:`check_arch`); a classifier trained from random weights, such as the plain baseline member
 a pipeline or study may add (``--baseline resnet18``), may be any timm architecture (:func:`check_timm_arch`).
 
+A ConvNeXt's total stride is 32 as published. With ``output_stride`` 16 or 8 (timm's own keyword) its last stage, or
+its last two, keep their input's resolution and dilate their depthwise convolutions instead of downsampling; the
+weights keep their shapes. Masked pre-training uses it to hide patches on a grid finer than 32 px (a 6 x 6 grid
+of 16 px patches at 96 px) with exact sparse semantics, and the MAE member is then built with the same stride.
+
 A ConvNeXt normalises with LayerNorm as published (``norm="layer"``; timm's ImageNet weights are for it) or with
 BatchNorm (``norm="batch"``: timm's ``conv_mlp=True, norm_layer=BatchNorm2d``), which learns much better from random
 weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm").
@@ -22,6 +27,9 @@ __all__ = [
     "DEFAULT_ARCH",
     "SMALL_ARCHS",
     "ENCODER_STRIDE",
+    "OUTPUT_STRIDE_CHOICES",
+    "check_output_stride",
+    "stride_kwargs",
     "split_arch",
     "check_arch",
     "check_timm_arch",
@@ -39,6 +47,8 @@ DEFAULT_ARCH = "convnext_tiny"
 SMALL_ARCHS = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
 #: Total stride of every ConvNeXt (stem 4, then three 2x downsamplings); the masking patch size is a multiple of it.
 ENCODER_STRIDE = 32
+#: The total strides a ConvNeXt can be built with (timm's ``output_stride``; below 32 the last stages dilate).
+OUTPUT_STRIDE_CHOICES = (32, 16, 8)
 #: How a ConvNeXt normalises: ``layer`` (LayerNorm, as published) or ``batch`` (BatchNorm2d with a conv MLP).
 NORM_CHOICES = ("layer", "batch")
 DEFAULT_NORM = "layer"
@@ -110,6 +120,27 @@ def check_norm(norm: str, *, argument: str = "norm") -> str:
     if norm not in NORM_CHOICES:
         raise ValueError(f"{argument}: expected one of {list(NORM_CHOICES)}, received {norm!r}")
     return norm
+
+
+def check_output_stride(output_stride: int, *, argument: str = "output_stride") -> int:
+    """Check that ``output_stride`` is one of :data:`OUTPUT_STRIDE_CHOICES` and return it as an int.
+
+    Raises:
+        ValueError: naming ``argument``, the choices and the value received.
+    """
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDE_CHOICES:
+        raise ValueError(f"{argument}: expected one of {list(OUTPUT_STRIDE_CHOICES)}, received {output_stride!r}")
+    return int(output_stride)
+
+
+def stride_kwargs(output_stride: int) -> dict[str, Any]:
+    """The ``timm.create_model`` keywords for a ConvNeXt of total stride ``output_stride`` (none for 32).
+
+    Raises:
+        ValueError: a stride that is not one of :data:`OUTPUT_STRIDE_CHOICES`.
+    """
+    stride = check_output_stride(output_stride)
+    return {} if stride == ENCODER_STRIDE else {"output_stride": stride}
 
 
 def convnext_norm_kwargs(norm: str, batch_norm: type[nn.Module] = nn.BatchNorm2d) -> dict[str, Any]:

@@ -15,7 +15,10 @@
 ``norm`` (``"layer"`` or ``"batch"``, :mod:`medens.models.arch`) is the normalisation of a ConvNeXt that starts
 from random weights; other architectures keep their own. A model that starts from weights has the normalisation
 they were trained with, whatever ``norm`` says (:func:`classifier_norm`): LayerNorm for ImageNet weights (their
-random fallback takes ``norm``), the norm an MAE encoder records for it.
+random fallback takes ``norm``), the norm an MAE encoder records for it. Likewise the total stride
+(:func:`classifier_stride`): a classifier from an MAE encoder is built with the ``output_stride`` the encoder was
+pre-trained with (32, the published ConvNeXt, for encoders written before the option), so it is built exactly like
+its encoder; every other classifier takes ``output_stride`` (32 unless a resumed run recorded another).
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from torch import nn
 
 from medens.models.arch import (
     DEFAULT_NORM,
+    ENCODER_STRIDE,
     check_arch,
     check_norm,
+    check_output_stride,
     check_timm_arch,
+    convnext_archs,
     norm_kwargs,
     split_arch,
+    stride_kwargs,
 )
 from medens.models.weights import load_encoder_into, read_metadata
 
@@ -44,6 +51,7 @@ __all__ = [
     "INIT_RANDOM_FALLBACK",
     "PretrainedWeightsUnavailable",
     "classifier_norm",
+    "classifier_stride",
     "create_classifier",
     "parse_init",
 ]
@@ -101,6 +109,28 @@ def classifier_norm(init_used: str, norm: str) -> str:
     return norm
 
 
+def classifier_stride(init_used: str, output_stride: int = ENCODER_STRIDE) -> int:
+    """The total stride of a ConvNeXt classifier initialised by ``init_used``.
+
+    An MAE encoder's own (recorded in its metadata; 32 for encoders written before the option), else
+    ``output_stride``.
+    """
+    if init_used.startswith("mae:"):
+        _, mae_path = parse_init(init_used)
+        recorded = read_metadata(mae_path).get("output_stride", ENCODER_STRIDE)
+        return check_output_stride(recorded, argument=f"output_stride of {mae_path}")
+    return check_output_stride(output_stride)
+
+
+def _stride_kwargs(arch: str, output_stride: int) -> dict:
+    """:func:`stride_kwargs` for a ConvNeXt; a stride other than 32 for another architecture is refused."""
+    if split_arch(arch)[0] in convnext_archs():
+        return stride_kwargs(output_stride)
+    if check_output_stride(output_stride) != ENCODER_STRIDE:
+        raise ValueError(f"output_stride: only a ConvNeXt takes an output stride, received {output_stride} for {arch!r}")
+    return {}
+
+
 def create_classifier(
     arch: str,
     num_classes: int,
@@ -112,6 +142,7 @@ def create_classifier(
     drop_rate: float = 0.0,
     allow_partial: bool = False,
     norm: str = DEFAULT_NORM,
+    output_stride: int = ENCODER_STRIDE,
 ) -> tuple[nn.Module, str]:
     """Build ``timm.create_model(arch, num_classes=num_classes)`` and initialise it.
 
@@ -129,6 +160,7 @@ def create_classifier(
         norm: a ConvNeXt's normalisation, ``"layer"`` or ``"batch"``, for random weights (``scratch`` and the
             ImageNet fallback); ImageNet weights bring LayerNorm, an MAE encoder its own. Other architectures
             ignore it.
+        output_stride: a ConvNeXt's total stride (32, 16 or 8) for random weights; an MAE encoder brings its own.
 
     Returns:
         ``(model, init_used)`` where ``init_used`` is ``"imagenet"``, ``"imagenet-unavailable-random-init"``,
@@ -146,7 +178,7 @@ def create_classifier(
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, received {num_classes!r}")
     base_kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate)
-    kwargs = {**base_kwargs, **norm_kwargs(base, norm)}
+    kwargs = {**base_kwargs, **norm_kwargs(base, norm), **_stride_kwargs(base, output_stride)}
     if pretrained_file is not None and kind != "imagenet":
         raise ValueError(f"pretrained_file: only used with init 'imagenet', received init {init!r}")
 
@@ -167,12 +199,20 @@ def create_classifier(
         encoder_norm = classifier_norm(init, norm)
         if encoder_norm != norm:
             _logger.info("norm: %s, as the encoder %s was pre-trained (%s asked for)", encoder_norm, mae_path, norm)
-        model = timm.create_model(base, pretrained=False, **base_kwargs, **norm_kwargs(base, encoder_norm))
+        encoder_stride = classifier_stride(init)
+        model = timm.create_model(
+            base,
+            pretrained=False,
+            **base_kwargs,
+            **norm_kwargs(base, encoder_norm),
+            **stride_kwargs(encoder_stride),
+        )
         load_encoder_into(model, mae_path, arch, norm=encoder_norm)
         return model, f"mae:{mae_path}"
 
     try:
-        return _create_imagenet(arch, pretrained_file, base_kwargs, allow_partial), "imagenet"
+        imagenet_kwargs = {**base_kwargs, **_stride_kwargs(base, output_stride)}
+        return _create_imagenet(arch, pretrained_file, imagenet_kwargs, allow_partial), "imagenet"
     except PretrainedWeightsUnavailable as err:
         if not allow_random_fallback:
             raise

@@ -23,7 +23,15 @@ The decoder is a 1x1 projection to ``decoder_dim``, a learned mask token at hidd
 ConvNeXt-V2 blocks and a 1x1 projection to ``p * p * 3`` pixel values per patch. The loss is the mean squared
 error over hidden patches only, against per-patch normalised pixels by default (MAE's ``norm_pix_loss``).
 
-Shapes: ``B`` images of ``H x W`` pixels, patch size ``p`` (a multiple of the encoder stride, 32),
+The masking grid. A hidden patch must cover whole positions of the encoder's final feature map, so the masking
+patch ``p`` is a multiple of the encoder's total stride ``s``. The published ConvNeXt has ``s = 32``: at 96 px that
+is a 3 x 3 grid, a choice among nine blocks that leaves the task of painting two thirds of the image from three.
+``output_stride=16`` (or 8) builds the same network with its last stage (or last two) dilated instead of
+downsampling (timm's ``output_stride``; the weights keep their shapes), so 16 px patches give a 6 x 6 grid at
+96 px, the paper's 7 x 7 at 224 px in miniature, at about 1.5 times the compute of ``s = 32``. The sparse
+semantics above hold unchanged at every stride, and the MAE member is built with the encoder's stride.
+
+Shapes: ``B`` images of ``H x W`` pixels, patch size ``p`` (a multiple of the encoder's stride ``s``),
 ``N = (H / p) * (W / p)`` patches in row-major order, ``K`` visible and ``M = N - K`` hidden patches per image.
 """
 
@@ -38,7 +46,15 @@ from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
 from medens import ops
-from medens.models.arch import DEFAULT_ARCH, DEFAULT_NORM, ENCODER_STRIDE, check_arch, convnext_norm_kwargs
+from medens.models.arch import (
+    DEFAULT_ARCH,
+    DEFAULT_NORM,
+    ENCODER_STRIDE,
+    check_arch,
+    check_output_stride,
+    convnext_norm_kwargs,
+    stride_kwargs,
+)
 
 __all__ = [
     "MaskedConvNeXt",
@@ -230,7 +246,7 @@ class MaskedConvNeXt(nn.Module):
         arch: a timm ConvNeXt (``convnext_tiny`` for the paper; ``convnext_atto``/``femto``/``pico``/``nano`` for
             small machines; ConvNeXt-V2 names work too). A pretrained tag (``.fb_in1k``) is ignored.
         image_size: side of the square input images; a multiple of ``patch_size``.
-        patch_size: masking patch size; a multiple of the encoder stride (32). ``None`` means the stride.
+        patch_size: masking patch size; a multiple of ``output_stride``. ``None`` means ``output_stride``.
         mask_ratio: fraction of patches hidden, in (0, 1); ``int(N * (1 - mask_ratio))`` stay visible.
         masking: ``"entropy"`` (the paper) or ``"random"`` (MAE's uniform masking, for ablations).
         mask_temperature: temperature of entropy-guided sampling; 0 is plain top-k, ``inf`` is uniform.
@@ -244,9 +260,10 @@ class MaskedConvNeXt(nn.Module):
         norm: the encoder's normalisation, ``"layer"`` (as published) or ``"batch"`` (:class:`SparseBatchNorm2d`).
         mean: per-channel mean used to normalise [0, 1] images; default from the arch's pretrained config.
         std: per-channel std, likewise.
+        output_stride: the encoder's total stride, 32 (as published), 16 or 8 (the last stages dilated).
 
     Raises:
-        ValueError: on an unknown arch, a patch size that is not a multiple of 32, an image size that is not a
+        ValueError: on an unknown arch or output stride, a patch size that is not a multiple of the stride, an image size that is not a
             multiple of the patch size, a mask ratio outside (0, 1) or one that leaves no visible or no hidden
             patch, or an unknown masking / prefer choice.
     """
@@ -269,11 +286,13 @@ class MaskedConvNeXt(nn.Module):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         norm: str = DEFAULT_NORM,
+        output_stride: int = ENCODER_STRIDE,
     ) -> None:
         super().__init__()
         self.arch = check_arch(arch)
-        patch_size = ENCODER_STRIDE if patch_size is None else patch_size
-        _check_geometry(image_size, patch_size, mask_ratio)
+        self.output_stride = check_output_stride(output_stride)
+        patch_size = self.output_stride if patch_size is None else patch_size
+        _check_geometry(image_size, patch_size, mask_ratio, self.output_stride)
         if masking not in MASKING_CHOICES:
             raise ValueError(f"masking: expected one of {MASKING_CHOICES}, received {masking!r}")
         if mask_prefer not in PREFER_CHOICES:
@@ -308,11 +327,12 @@ class MaskedConvNeXt(nn.Module):
             pretrained=False,
             drop_path_rate=drop_path_rate,
             **convnext_norm_kwargs(norm, batch_norm=SparseBatchNorm2d),
+            **stride_kwargs(self.output_stride),
         )
         if not isinstance(encoder, ConvNeXt):  # pragma: no cover - check_arch only admits ConvNeXt names
             raise ValueError(f"arch: expected a timm ConvNeXt, received {arch!r} ({type(encoder).__name__})")
-        if encoder.feature_info[-1]["reduction"] != ENCODER_STRIDE:  # pragma: no cover - every ConvNeXt
-            raise ValueError(f"arch: expected an encoder of total stride {ENCODER_STRIDE}, received {arch!r}")
+        if encoder.feature_info[-1]["reduction"] != self.output_stride:  # pragma: no cover - every ConvNeXt
+            raise ValueError(f"arch: expected an encoder of total stride {self.output_stride}, received {arch!r}")
         # The classifier head is fine-tuning's business: the encoder is stem + stages (+ norm_pre).
         encoder.head = nn.Identity()
         self.encoder = encoder
@@ -337,6 +357,11 @@ class MaskedConvNeXt(nn.Module):
         nn.init.normal_(self.decoder.mask_token, std=0.02)
 
     # -- masking -----------------------------------------------------------------------------------------------
+
+    @property
+    def mask_grid(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the masking grid."""
+        return (self.grid_size, self.grid_size)
 
     @property
     def num_visible(self) -> int:
@@ -387,7 +412,7 @@ class MaskedConvNeXt(nn.Module):
             mask: ``(B, N)`` bool, True = hidden, ``N = (H / p) * (W / p)``.
 
         Returns:
-            ``(B, C, H / 32, W / 32)`` final feature map, exactly 0 at hidden positions.
+            ``(B, C, H / s, W / s)`` final feature map (``s = output_stride``), exactly 0 at hidden positions.
         """
         self._check_images(images)
         b, _, h, w = images.shape
@@ -419,14 +444,14 @@ class MaskedConvNeXt(nn.Module):
         """Predict the pixels of every patch.
 
         Args:
-            features: ``(B, C, H / 32, W / 32)`` from :meth:`forward_encoder`.
+            features: ``(B, C, H / s, W / s)`` from :meth:`forward_encoder`.
             mask: ``(B, N)`` bool, True = hidden.
 
         Returns:
             ``(B, N, p*p*3)`` predicted pixel values, in the order of :func:`medens.ops.patchify`.
         """
         b = features.shape[0]
-        stride_per_patch = self.patch_size // ENCODER_STRIDE
+        stride_per_patch = self.patch_size // self.output_stride
         if stride_per_patch > 1:  # several feature positions per patch: pool them (all visible or all empty)
             features = F.avg_pool2d(features, stride_per_patch)
         gh, gw = features.shape[-2:]
@@ -494,8 +519,10 @@ class MaskedConvNeXt(nn.Module):
         return {
             "arch": self.arch,
             "norm": self.norm,
+            "output_stride": self.output_stride,
             "image_size": self.image_size,
             "patch_size": self.patch_size,
+            "mask_grid": list(self.mask_grid),
             "mask_ratio": self.mask_ratio,
             "masking": self.masking,
             "mask_temperature": self.mask_temperature,
@@ -524,11 +551,11 @@ class MaskedConvNeXt(nn.Module):
             )
 
 
-def _check_geometry(image_size: int, patch_size: int, mask_ratio: float) -> None:
+def _check_geometry(image_size: int, patch_size: int, mask_ratio: float, output_stride: int) -> None:
     """Validate image size, patch size and mask ratio together (errors name the option and the values)."""
-    if not isinstance(patch_size, int) or patch_size <= 0 or patch_size % ENCODER_STRIDE:
+    if not isinstance(patch_size, int) or patch_size <= 0 or patch_size % output_stride:
         raise ValueError(
-            f"patch_size: expected a positive multiple of the encoder stride {ENCODER_STRIDE}, "
+            f"patch_size: expected a positive multiple of the encoder stride {output_stride} (output_stride), "
             f"received {patch_size!r}"
         )
     if not isinstance(image_size, int) or image_size <= 0 or image_size % patch_size:

@@ -18,7 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from medens.engine.atomic import atomic_path
-from medens.models.arch import DEFAULT_NORM, split_arch
+from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE, split_arch
 
 __all__ = [
     "ENCODER_FORMAT",
@@ -137,6 +137,14 @@ def load_encoder_into(
             f"{argument}: the encoder in {path} was pre-trained as {have!r} but the model is {want!r}; "
             f"fine-tune with --arch {have} or pre-train a {want} encoder"
         )
+    have_stride = int(meta.get("output_stride", ENCODER_STRIDE))
+    model_stride = _total_stride(model)
+    if model_stride is not None and have_stride != model_stride:
+        raise WeightsMismatchError(
+            f"output_stride: the encoder in {path} was pre-trained with output stride {have_stride} but the model "
+            f"has {model_stride}; build the model with output_stride {have_stride} (create_classifier takes it from "
+            f"the encoder)"
+        )
     have_norm = str(meta.get("norm", DEFAULT_NORM))
     if have_norm != norm:
         raise WeightsMismatchError(
@@ -170,3 +178,12 @@ def load_encoder_into(
         )
     model.load_state_dict(state, strict=False)
     return meta
+
+
+def _total_stride(model: nn.Module) -> int | None:
+    """The total stride of a timm model (its last feature's reduction), or None when it does not say."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return None
+    last = info[-1] if isinstance(info, list) else None
+    return int(last["reduction"]) if isinstance(last, dict) and "reduction" in last else None

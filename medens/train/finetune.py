@@ -50,10 +50,12 @@ from medens.layout import (
 )
 from medens.models import (
     DEFAULT_NORM,
+    ENCODER_STRIDE,
     INIT_RANDOM_FALLBACK,
     MODEL_FORMAT,
     check_arch_for_init,
     classifier_norm,
+    classifier_stride,
     create_classifier,
     load_weights,
     parse_init,
@@ -249,13 +251,14 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
     seed_everything(int(config["seed"]))
     init_requested = config["init"]
-    # A resumed run rebuilds the model its checkpoint holds, with the init and normalisation it recorded (a run
-    # recorded before the norm option had LayerNorm); a new run takes them from its options.
+    # A resumed run rebuilds the model its checkpoint holds, with the init, normalisation and stride it recorded (a
+    # run recorded before these options had LayerNorm and stride 32); a new run takes them from its options.
     if ctx.resuming:
-        recorded_init, recorded_norm = _recorded_init_and_norm(out / CONFIG_NAME)
+        recorded_init, recorded_norm, recorded_stride = _recorded_build(out / CONFIG_NAME)
         init_used, norm = recorded_init or init_requested, recorded_norm or DEFAULT_NORM
+        stride = recorded_stride or ENCODER_STRIDE
     else:
-        init_used, norm = None, config["norm"]
+        init_used, norm, stride = None, config["norm"], ENCODER_STRIDE
     model, built_init = create_classifier(
         config["arch"],
         len(classes),
@@ -266,9 +269,11 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         drop_path_rate=float(config["drop_path"]),
         drop_rate=float(config["drop_rate"]),
         norm=norm,
+        output_stride=stride,
     )
     init_used = init_used or built_init
     norm_used = norm if ctx.resuming else classifier_norm(init_used, norm)
+    stride_used = stride if ctx.resuming else classifier_stride(init_used)
     cfg = model.pretrained_cfg or {}
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -340,6 +345,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
                 "std": std,
                 "layer_decay_applied": layer_decay,
                 "norm_applied": norm_used,
+                "output_stride_applied": stride_used,
             },
         },
     )
@@ -348,6 +354,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         "format": MODEL_FORMAT,
         "arch": config["arch"],
         "norm": norm_used,
+        "output_stride": stride_used,
         "classes": classes,
         "image_size": size,
         "init": init_used,
@@ -368,7 +375,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
 
         if bn_set is not None:
             recompute_batchnorm_statistics(
-                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=int(config["num_workers"])
+                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=config["num_workers"]
             )
         probs = sharded_probs(
             tr.eval_module,
@@ -377,7 +384,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
             dist=dist,
             precision=tr.precision,
             channels_last=engine.channels_last,
-            num_workers=int(config["num_workers"]),
+            num_workers=config["num_workers"],
         )
         metrics = summary_metrics(probs, np.asarray(val_set.targets))
         score = metrics[config["select_metric"]]
@@ -418,7 +425,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         dist=dist,
         precision=trainer.precision,
         channels_last=engine.channels_last,
-        num_workers=int(config["num_workers"]),
+        num_workers=config["num_workers"],
     )
     val_probs = sharded_probs(trainer.eval_module, val_set, **kwargs)
     test_probs = sharded_probs(trainer.eval_module, test_set, **kwargs)
@@ -440,15 +447,20 @@ def _layer_decay_for(init_used: str, layer_decay: float) -> float:
     return layer_decay
 
 
-def _recorded_init_and_norm(config_path: Path) -> tuple[str | None, str | None]:
-    """The init and the normalisation a run recorded (``None`` for what it did not record)."""
+def _recorded_build(config_path: Path) -> tuple[str | None, str | None, int | None]:
+    """The init, normalisation and output stride a run recorded (``None`` for what it did not record)."""
     from medens.engine import load_yaml
 
     if not config_path.is_file():
-        return None, None
+        return None, None, None
     recorded = load_yaml(config_path)
-    init, norm = recorded.get("init"), (recorded.get("run") or {}).get("norm_applied")
-    return (None if init is None else str(init)), (None if norm is None else str(norm))
+    run = recorded.get("run") or {}
+    init, norm, stride = recorded.get("init"), run.get("norm_applied"), run.get("output_stride_applied")
+    return (
+        None if init is None else str(init),
+        None if norm is None else str(norm),
+        None if stride is None else int(stride),
+    )
 
 
 def _write_outputs(

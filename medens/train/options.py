@@ -18,7 +18,7 @@ from typing import Any
 from medens.data.duplicates import DEFAULT_THRESHOLD
 from medens.engine.config import yaml_value
 from medens.engine.precision import AMP_CHOICES
-from medens.models.arch import DEFAULT_NORM, NORM_CHOICES
+from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE, NORM_CHOICES, OUTPUT_STRIDE_CHOICES
 from medens.models.classifier import INIT_RANDOM_FALLBACK
 from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
 
@@ -49,7 +49,7 @@ SELECT_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc_macro")
 IMBALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 
 #: Keys a run adds to its ``config.yaml`` that are facts about the run, not options (ignored when read back).
-BOOKKEEPING_KEYS = ("classes", "num_classes", "split_hash", "init_requested", "run", "encoder")
+BOOKKEEPING_KEYS = ("classes", "num_classes", "split_hash", "init_requested", "run", "encoder", "mask_grid")
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,13 @@ OPTIONS: dict[str, Option] = {
         choices=("on", "off"),
         allowed=("on", "off", True, False),
     ),
-    "dedupe_threshold": Option("dHash bits up to which two images are candidate copies", int, metavar="BITS"),
+    "dedupe_threshold": Option("perceptual-hash bits (of 256) up to which two images are candidate copies", int, metavar="BITS"),
     "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
-    "num_workers": Option("data-loading worker processes per rank", int),
+    "num_workers": Option(
+        "data-loading worker processes per rank (none: one per core this process may use, at most 4)",
+        _optional_int,
+        minimum=0,
+    ),
     # model geometry
     "arch": Option(
         "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines); "
@@ -184,8 +188,14 @@ OPTIONS: dict[str, Option] = {
     "dist_timeout_s": Option("seconds a rank waits for the others before failing", float, minimum=0, above=True),
     # pre-training
 
+    "output_stride": Option(
+        "the encoder's total stride: 32 (the published ConvNeXt), 16 or 8 (its last stages dilated), for a masking "
+        "grid finer than 32 px; the MAE member is built with the same stride",
+        int,
+        choices=OUTPUT_STRIDE_CHOICES,
+    ),
     "patch_size": Option(
-        "masking patch size, a multiple of 32 (none: the encoder stride, 32)", _optional_int, metavar="N"
+        "masking patch size, a multiple of --output-stride (none: the stride itself)", _optional_int, metavar="N"
     ),
     "mask_ratio": Option("share of patches hidden", float),
     "masking": Option(
@@ -205,6 +215,17 @@ OPTIONS: dict[str, Option] = {
         choices=tuple(PRETRAIN_SPLITS),
     ),
     "num_reconstructions": Option("images shown in reconstructions.png", int),
+    "probe_every": Option(
+        "also probe the encoder every N epochs (linear and k-NN balanced accuracy in log.csv and loss_curve.png; "
+        "0: only at the end)",
+        int,
+        minimum=0,
+    ),
+    "probe": Option(
+        "after pre-training, score the frozen encoder and the same network at random weights with a linear and "
+        "a k-nearest-neighbour probe (probe.json; uses labels of the training and validation images only)",
+        bool,
+    ),
     # fine-tuning
 
     "init": Option(
@@ -272,7 +293,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "dedupe": "on",
     "dedupe_threshold": DEFAULT_THRESHOLD,
     "keep_conflicts": False,
-    "num_workers": 4,
+    "num_workers": None,  # medens.engine.loader.default_num_workers()
 }
 
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -339,6 +360,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     **DATA_DEFAULTS,
     "pretrain_split": "train",
     "norm": DEFAULT_NORM,
+    "output_stride": ENCODER_STRIDE,
     "patch_size": None,
     "entropy_bins": 256,
     "drop_path": 0.0,
@@ -347,6 +369,8 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     **ENGINE_DEFAULTS,
     "ops_backend": "auto",
     "num_reconstructions": 4,
+    "probe": True,
+    "probe_every": 0,
     **_paper_settings("pretrain"),
 }
 
@@ -385,6 +409,7 @@ PRETRAIN_CLI_KEYS = (
     "arch",
     "norm",
     "image_size",
+    "output_stride",
     "patch_size",
     "mask_ratio",
     "masking",
@@ -400,6 +425,8 @@ PRETRAIN_CLI_KEYS = (
     *OPTIM_CLI_KEYS,
     "ops_backend",
     "num_reconstructions",
+    "probe",
+    "probe_every",
     *ENGINE_CLI_KEYS,
 )
 
@@ -450,4 +477,4 @@ EXECUTION_KEYS = (
     "dist_timeout_s",
 )
 #: Options a resumed run may change: the execution keys, and ``epochs``, which may only grow.
-RESUME_MUTABLE_KEYS = (*EXECUTION_KEYS, "epochs")
+RESUME_MUTABLE_KEYS = (*EXECUTION_KEYS, "epochs", "probe", "probe_every")

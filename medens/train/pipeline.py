@@ -34,7 +34,7 @@ from medens.cli import command, command_help, config_file_argument
 from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_N_BOOT
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.report import comparison_table, skipped_note
+from medens.evaluate.report import comparison_table, probe_table, skipped_note
 from medens.evaluate.tables import text_table
 from medens.layout import (
     ENSEMBLE_DIR,
@@ -50,7 +50,14 @@ from medens.train.presets import (
     PRESET_NAMES,
     default_preset,
 )
-from medens.train.stages import DEFAULT_VARIANT, StageOutcome, Variant, run_stage, stage_configs
+from medens.train.stages import (
+    DEFAULT_VARIANT,
+    StageOutcome,
+    Variant,
+    run_stage,
+    stage_configs,
+    training_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +90,16 @@ def run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
     Returns:
         ``({variant name: content of its ensemble metrics.json}, outcome of each stage)``.
     """
+    from medens.engine.estimate import planned_stages
+
+    unit = options.get("fold") is not None
+    label = f"this study unit (fold {options['fold']}, seed {options.get('seed')})" if unit else "the whole pipeline"
+    with planned_stages(training_plan(options, variants), label):
+        return _run_variants(options, variants)
+
+
+def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
+                  ) -> tuple[dict[str, dict[str, Any]], list[StageOutcome]]:
     from medens.train import ensemble as ensemble_stage
     from medens.train import finetune, pretrain
 
@@ -310,6 +327,10 @@ def main(args: argparse.Namespace) -> int:
     print(stage_table(outcomes))
     print()
     print(comparison_table(results))
+    probes = probe_table(results)
+    if probes:
+        print("\npre-training probe (balanced accuracy, cross-validated on the training and validation images):")
+        print(probes)
     note = skipped_note(results)
     if note:
         print("\n" + note)

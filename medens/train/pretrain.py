@@ -8,6 +8,10 @@ split and writes, into ``--out``:
 - ``log.csv``: one row per epoch (loss, lr, images/s, skipped steps);
 - ``checkpoint.pt``: the last checkpoint (``--resume`` continues from it);
 - ``reconstructions.png``: for a few images, the image, its entropy map, the mask and the reconstruction;
+- ``loss_curve.png``: the loss of every epoch;
+- ``probe.json``: did the encoder learn anything? A linear and a k-NN probe of the frozen encoder and of the same
+  network at its random initialisation, cross-validated over the training and validation images
+  (:mod:`medens.evaluate.probe`; ``--no-probe`` leaves it out);
 - ``splits.json``: which images were in which split.
 
 Python entry points: :func:`run_pretrain`, :func:`default_config`, :func:`is_complete`.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,9 +29,24 @@ from typing import Any
 
 import torch
 
-from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
+from medens.engine import (
+    EngineConfig,
+    Trainer,
+    create_optimizer,
+    preserved_rng,
+    seed_everything,
+    steps_per_epoch,
+)
 from medens.errors import UsageError
-from medens.layout import ENCODER_NAME, RECONSTRUCTIONS_NAME, is_pretrain_complete
+from medens.evaluate.plots import plot_loss_curve
+from medens.layout import (
+    ENCODER_NAME,
+    LOSS_CURVE_NAME,
+    PROBE_NAME,
+    RECONSTRUCTIONS_NAME,
+    SPLITS_NAME,
+    is_pretrain_complete,
+)
 from medens.models import ENCODER_FORMAT, MaskedConvNeXt, save_weights
 from medens.train.arguments import add_stage_parser, run_stage_cli
 from medens.train.configuration import effective_lr, option_checks, resolve_config
@@ -54,7 +74,12 @@ chosen by their entropy, and export the encoder for 'finetune --init mae:DIR/enc
 
 Writes into --out: encoder.safetensors, config.yaml (the resolved options), log.csv (one row per epoch),
 checkpoint.pt (the last checkpoint; --resume continues from it), reconstructions.png (image, entropy map,
-mask and reconstruction for a few images) and splits.json.
+mask and reconstruction for a few images), loss_curve.png, probe.json (a linear and a k-NN probe of the frozen
+encoder against the same network at random weights, cross-validated on the training and validation images)
+and splits.json.
+
+The masking grid is image size / patch size per side; --output-stride 16 (or 8) builds the encoder with its last
+stage (or two) dilated so that patches finer than 32 px keep exact sparse semantics.
 
 Options come from the defaults (the paper's) or --preset, then --config YAML, then the flags and --set KEY=VALUE.
 Multi-GPU: torchrun --nproc_per_node=G -m medens.train pretrain ...
@@ -91,6 +116,7 @@ def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
         drop_path_rate=config["drop_path"],
         ops_backend=config["ops_backend"],
         norm=config["norm"],
+        output_stride=int(config["output_stride"]),
     )
 
 
@@ -141,8 +167,17 @@ def run_pretrain(config: dict[str, Any]) -> Path:
         seed_everything(int(config["seed"]))
         model = build_model(config)
         engine = EngineConfig.from_config(config)
-    with run_session(config, "pretrain", is_complete) as ctx:
+    with run_session(config, "pretrain", is_complete, headline=_grid_line(model)) as ctx:
         return _pretrain(ctx, model, engine)
+
+
+def _grid_line(model: MaskedConvNeXt) -> str:
+    """The masking grid in words, for the first line of the log."""
+    rows, cols = model.mask_grid
+    return (
+        f"masking grid {rows} x {cols}: {model.patch_size} px patches of {model.image_size} px images, encoder "
+        f"stride {model.output_stride}, {model.num_patches - model.num_visible} of {model.num_patches} hidden"
+    )
 
 
 def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> Path:
@@ -179,6 +214,7 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         ctx,
         {
             "split_hash": split_hash(dataset, splits),
+            "mask_grid": list(model.mask_grid),
             "encoder": model.encoder_config(),
             "run": run_facts(ctx, lr, effective, trainer.precision.name),
         },
@@ -195,10 +231,25 @@ def _pretrain(ctx: RunContext, model: MaskedConvNeXt, engine: EngineConfig) -> P
         lr,
         effective,
     )
-    resume_and_fit(ctx, trainer, loader, ENCODER_NAME)
+    prober = _Prober(model, dataset, splits, config, out) if dist.is_main and config["probe"] else None
+    every = int(config["probe_every"])
+
+    def probe_during_training(epoch: int, _trainer: Trainer) -> dict[str, float]:
+        last = epoch + 1 == engine.epochs
+        if prober is None or not (last or (every and (epoch + 1) % every == 0)):
+            return {}
+        record = prober.try_record(model)
+        if last:
+            prober.final = record
+        return _Prober.columns(record) if record is not None else {}
+
+    resume_and_fit(ctx, trainer, loader, ENCODER_NAME, epoch_end=probe_during_training)
 
     if dist.is_main:
         _save_reconstructions(model, dataset, splits, config, out)
+        if prober is not None:
+            _write_probe(prober, model, out)
+        plot_loss_curve(trainer.history, out / LOSS_CURVE_NAME, title=f"pre-training loss ({config['arch']})")
         # Written last: its presence marks a finished run (is_complete).
         save_weights(
             out / ENCODER_NAME,
@@ -228,6 +279,126 @@ def _save_reconstructions(model: MaskedConvNeXt, dataset: Any, splits: dict, con
     )
     images = torch.stack([view[i][0] for i in range(len(view))])
     save_reconstruction_grid(out / RECONSTRUCTIONS_NAME, reconstruct(model, images, seed=int(config["seed"])))
+
+
+class _Prober:
+    """The probes of :mod:`medens.evaluate.probe` for one pre-training run: its images, groups and baseline.
+
+    Uses the training and validation images only, grouped as ``splits.json`` groups them. The baseline is the
+    network pre-training started from (the same seed builds it), encoded once. Nothing here draws from the global
+    random generators, so probing during training leaves the run (and its exact resume) unchanged.
+    """
+
+    def __init__(self, model: MaskedConvNeXt, dataset: Any, splits: dict, config: dict, out: Path) -> None:
+        self.dataset, self.splits, self.out = dataset, splits, out
+        self.config = config
+        self.seed = int(config["seed"])
+        self.mask_grid = model.mask_grid
+        self.image_size = model.image_size
+        self._images = None
+        self._random_features = None
+        #: The record of the last epoch's probe, once training ends in this process (else None).
+        self.final: dict[str, Any] | None = None
+
+    def _probe_images(self):
+        """The readable training and validation images, their labels and groups (read on first use)."""
+        if self._images is None:
+            from medens.data import SplitDataset, build_transforms
+            from medens.evaluate.probe import probe_groups
+
+            indices = sorted(self.splits.get("train", []) + self.splits.get("val", []))
+            transform = build_transforms(self.config["image_size"], normalize=False)
+            with preserved_rng():
+                view, unreadable = SplitDataset(
+                    self.dataset, indices, transform=transform, substitute=False
+                ).without_unreadable()
+            if unreadable:
+                _logger.info("probe: %d unreadable images left out", len(unreadable))
+            split_file = self.out / SPLITS_NAME
+            record = json.loads(split_file.read_text("utf-8")) if split_file.is_file() else {}
+            dataset_groups = self.dataset.groups
+            by_id = dict(zip(self.dataset.ids, dataset_groups, strict=True)) if dataset_groups is not None else None
+            groups = probe_groups(
+                view.ids, [by_id[i] for i in view.ids] if by_id else None,
+                (record.get("duplicates") or {}).get("groups"),
+            )
+            self._images = (view, view.targets, groups)
+        return self._images
+
+    def _features(self, model: MaskedConvNeXt):
+        from medens.evaluate.probe import encoder_features
+
+        with preserved_rng():
+            return encoder_features(
+                model.encoder,
+                self._probe_images()[0],
+                normalize=model.normalize,
+                batch_size=int(self.config["batch_size"]),
+                device=next(model.parameters()).device,
+                progress=bool(self.config.get("progress", True)),
+                refresh_batchnorm=True,
+            )
+
+    def random_features(self, device: torch.device):
+        if self._random_features is None:
+            with preserved_rng():
+                seed_everything(self.seed)
+                random_init = build_model(self.config).to(device)  # the weights pre-training started from
+            self._random_features = self._features(random_init)
+        return self._random_features
+
+    def record(self, model: MaskedConvNeXt) -> dict[str, Any]:
+        """``probe.json``'s content (raises :class:`medens.evaluate.probe.ProbeSkipped`)."""
+        from medens.evaluate.probe import probe_record
+
+        device = next(model.parameters()).device
+        _, labels, groups = self._probe_images()
+        return probe_record(
+            self._features(model), self.random_features(device), labels, groups,
+            mask_grid=self.mask_grid, seed=self.seed, extra={"images": "train+val", "image_size": self.image_size},
+        )
+
+    def try_record(self, model: MaskedConvNeXt) -> dict[str, Any] | None:
+        """:meth:`record`, or None where the probe cannot be scored (:func:`_write_probe` says why)."""
+        from medens.evaluate.probe import ProbeSkipped
+
+        try:
+            return self.record(model)
+        except ProbeSkipped:
+            return None
+
+    @staticmethod
+    def columns(record: dict[str, Any]) -> dict[str, float]:
+        """The balanced accuracy of both probes, encoder and random init, as ``log.csv`` columns."""
+        return {
+            f"probe_{probe}_{who}": record[key][probe]["balanced_accuracy"]
+            for probe in ("linear", "knn")
+            for who, key in (("bacc", "encoder"), ("random_bacc", "random_init"))
+        }
+
+
+def _write_probe(prober: _Prober, model: MaskedConvNeXt, out: Path) -> dict[str, Any] | None:
+    """Write ``probe.json`` and return it, or say in one line why the probe cannot be scored (None)."""
+    from medens.data.files import atomic_write_json
+    from medens.evaluate.probe import ProbeSkipped
+
+    try:
+        record = prober.final or prober.record(model)
+    except ProbeSkipped as skipped:
+        _logger.info("probe skipped: %s", skipped)
+        (out / PROBE_NAME).unlink(missing_ok=True)
+        return None
+    atomic_write_json(out / PROBE_NAME, record)
+    _logger.info(
+        "probe (balanced accuracy, %d-fold over %d train+val images): linear %.3f (random init %.3f, %+.3f), "
+        "k-NN %.3f (random init %.3f, %+.3f)",
+        record["folds"], record["num_images"],
+        record["encoder"]["linear"]["balanced_accuracy"], record["random_init"]["linear"]["balanced_accuracy"],
+        record["gain"]["linear"]["balanced_accuracy"],
+        record["encoder"]["knn"]["balanced_accuracy"], record["random_init"]["knn"]["balanced_accuracy"],
+        record["gain"]["knn"]["balanced_accuracy"],
+    )
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -66,14 +66,15 @@ class RunContext:
 
 @contextlib.contextmanager
 def run_session(
-    config: dict[str, Any], stage: str, is_complete: Callable[[Path], bool]
+    config: dict[str, Any], stage: str, is_complete: Callable[[Path], bool], headline: str | None = None
 ) -> Iterator[RunContext]:
     """A run's process-wide set-up, undone when the block ends (so the Python entry points leave no trace).
 
     Joins the process group (when launched by torchrun), logs to stderr and ``out/train.log``, sets
     determinism and seeds; refuses an image size whose activations cannot fit the device (see
     :func:`check_fits_in_memory`); removes the temporary files of writes an earlier run on this folder did not finish.
-    Refuses to start over another run in the same folder.
+    Refuses to start over another run in the same folder. ``headline`` (what the run is, in a few words) ends the
+    log's first line.
 
     Raises:
         UsageError: when ``out`` already holds a run and ``resume`` is off.
@@ -113,7 +114,8 @@ def run_session(
             if dist.is_main:
                 remove_stale_temporaries(out_dir)
             resuming = bool(config["resume"]) and has_checkpoint
-            _logger.info("%s: %s into %s", stage, "resuming" if resuming else "starting", out_dir)
+            _logger.info("%s: %s into %s%s", stage, "resuming" if resuming else "starting", out_dir,
+                         f"; {headline}" if headline else "")
             yield RunContext(config, out_dir, dist, resuming)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
@@ -261,7 +263,7 @@ def train_loader(
         seed=int(config["seed"]),
         drop_last=True,
         weights=weights,
-        num_workers=int(config["num_workers"]),
+        num_workers=config["num_workers"],
         pin_memory=dist.device.type == "cuda",
         persistent_workers=True,
     )

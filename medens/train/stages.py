@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medens.engine.estimate import PlannedStage
 from medens.layout import (
     BASELINE_DIR,
     CACHE_DIR,
@@ -25,11 +26,19 @@ from medens.layout import (
     PRETRAIN_DIR,
     SPLITS_NAME,
 )
-from medens.models.arch import DEFAULT_NORM
+from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE
 from medens.train.options import EXECUTION_KEYS
-from medens.train.presets import DEMO_DATASET, DEMO_DATASET_OPTIONS, STAGES, default_preset, load_preset
+from medens.train.presets import (
+    DEMO_DATASET,
+    DEMO_DATASET_OPTIONS,
+    DEMO_OVERRIDES,
+    STAGES,
+    default_preset,
+    load_preset,
+)
 
-__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage"]
+__all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_VARIANT", "stage_configs", "run_stage",
+           "training_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +66,10 @@ SHARED_KEYS = (
 
 #: Options a finished stage may have recorded differently and still be reused: how it ran (EXECUTION_KEYS),
 #: ``init`` (compared below by what was requested, since an MAE encoder may be named by another path), and the
-#: paths of its inputs, ``split_file`` and ``pretrained_file``.
-_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file"})
+#: paths of its inputs, ``split_file`` and ``pretrained_file``, and ``probe`` (a score after training, not what it learns).
+_UNCHECKED_KEYS = frozenset({*EXECUTION_KEYS, "init", "split_file", "pretrained_file", "probe", "probe_every"})
 #: Options added after runs were recorded without them, with the value those runs had.
-_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False}
+_VALUES_BEFORE_THE_OPTION = {"norm": DEFAULT_NORM, "precise_bn": False, "output_stride": ENCODER_STRIDE}
 
 
 @dataclass
@@ -131,16 +140,17 @@ def stage_configs(options: Mapping[str, Any], variant: Variant = DEFAULT_VARIANT
     pretrain, finetune = preset_configs(options["preset"])
     shared = {key: options[key] for key in SHARED_KEYS if options.get(key) is not None}
     dataset_options = dict(options.get("dataset_options") or {})
+    demo: dict[str, dict[str, Any]] = {}
     if not dataset_options and shared.get("dataset", DEMO_DATASET) == DEMO_DATASET:
         dataset_options = dict(DEMO_DATASET_OPTIONS)
         if options["preset"] == default_preset(DEMO_DATASET):
-            # The demo trains at its images' own size, not at the one its preset sets for real scans.
-            shared.setdefault("image_size", DEMO_DATASET_OPTIONS["image_size"])
+            # The demo's trade-offs to stay within minutes (presets.DEMO_OVERRIDES); any flag still wins.
+            demo = DEMO_OVERRIDES
     shared["dataset_options"] = dataset_options
     if shared.get("dataset", DEMO_DATASET) != DEMO_DATASET and not options.get("cache_dir"):
         shared["cache_dir"] = str(root / CACHE_DIR)  # decode the images once for all stages
-    pretrain = {**pretrain, **shared}
-    finetune = {**finetune, **shared}
+    pretrain = {**pretrain, **demo.get("pretrain", {}), **shared}
+    finetune = {**finetune, **demo.get("finetune", {}), **shared}
     if options.get("pretrain_epochs") is not None:
         pretrain["epochs"] = int(options["pretrain_epochs"])
     if options.get("finetune_epochs") is not None:
@@ -221,3 +231,28 @@ def run_stage(
     start = time.perf_counter()
     run({**config, "resume": resume})
     return StageOutcome(name, "resumed" if resume else "ran", time.perf_counter() - start, folder)
+
+
+def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> list[PlannedStage]:
+    """The training stages :func:`medens.train.pipeline.run_variants` will run, in order, finished ones left out.
+
+    For the estimates of :mod:`medens.engine.estimate`: each variant's pre-training, the shared ImageNet member
+    (and ``--baseline``) once after the first pre-training, then the variant's MAE member.
+    """
+    from medens.train import finetune, pretrain
+
+    plan: list[PlannedStage] = []
+    shared_done = False
+    for variant in variants:
+        configs = stage_configs(options, variant)
+        keys = ["pretrain"]
+        if not shared_done:
+            keys += ["imagenet", *(["baseline"] if "baseline" in configs else [])]
+            shared_done = True
+        keys.append("mae")
+        for key in keys:
+            config = configs[key]
+            is_complete = pretrain.is_complete if key == "pretrain" else finetune.is_complete
+            if not is_complete(Path(config["out"])):
+                plan.append(PlannedStage(Path(config["out"]), int(config["epochs"])))
+    return plan

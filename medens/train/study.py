@@ -34,6 +34,7 @@ from medens.layout import (
     METRICS_NAME,
     PREDICTIONS_NAME,
     PRETRAIN_DIR,
+    PROBE_NAME,
     REPORT_NAME,
     SPLITS_NAME,
     STUDY_NAME,
@@ -120,8 +121,10 @@ def baseline_of(variant: Any, variants: Sequence[Any]) -> Any | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> tuple[list[dict], dict]:
-    """The metrics of every finished run, and the pooled out-of-fold predictions.
+def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any],
+                 units: Sequence[tuple[int, int]] | None = None) -> tuple[list[dict], dict]:
+    """The metrics of every finished run (of ``units``' fold-seed pairs only, when given), and the pooled
+    out-of-fold predictions.
 
     Returns:
         ``(runs, pooled)``: ``runs`` as ``study.json`` lists them; ``pooled[(seed, variant, model)]`` is
@@ -131,7 +134,7 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
 
     runs: list[dict] = []
     pooled: dict[tuple, list] = {}
-    for fold, seed in itertools.product(range(folds), seeds):
+    for fold, seed in (units if units is not None else itertools.product(range(folds), seeds)):
         root = study_run_folder(out, fold, seed)
         for v_index, variant in enumerate(variants):
             results = json.loads((root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME).read_text("utf-8"))
@@ -153,6 +156,33 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
     return runs, {key: _concat(parts) for key, parts in pooled.items()}
 
 
+def collect_probes(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any],
+                   units: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    """The pre-training probe of every finished run and variant (``pretrain/probe.json``), where one was written
+    (of ``units``' fold-seed pairs only, when given).
+
+    Returns:
+        One dict per fold, seed and variant: ``fold``, ``seed``, ``variant``, ``mask_grid`` and, for ``linear``
+        and ``knn``, the balanced accuracy of the ``encoder`` and of ``random_init`` and the ``gain``.
+    """
+    probes = []
+    for fold, seed in (units if units is not None else itertools.product(range(folds), seeds)):
+        root = study_run_folder(out, fold, seed)
+        for variant in variants:
+            path = root / variant.folder(PRETRAIN_DIR) / PROBE_NAME
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text("utf-8"))
+            entry: dict[str, Any] = {"fold": fold, "seed": seed, "variant": variant.name,
+                                     "mask_grid": record.get("mask_grid")}
+            for probe in ("linear", "knn"):
+                enc = record["encoder"][probe]["balanced_accuracy"]
+                rnd = record["random_init"][probe]["balanced_accuracy"]
+                entry[probe] = {"encoder": enc, "random_init": rnd, "gain": enc - rnd}
+            probes.append(entry)
+    return probes
+
+
 def _concat(parts: list) -> tuple[list[str], np.ndarray, np.ndarray]:
     classes = parts[0][3]
     index = {c: i for i, c in enumerate(classes)}
@@ -161,11 +191,15 @@ def _concat(parts: list) -> tuple[list[str], np.ndarray, np.ndarray]:
     return paths, labels, np.concatenate([part[2] for part in parts])
 
 
-def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> float:
-    """Test images over training images in one run, averaged over the folds (for the corrected t-test)."""
+def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any],
+                     units: Sequence[tuple[int, int]] | None = None) -> float:
+    """Test images over training images in one run, averaged over the folds (of ``units``, when given; for the
+    corrected t-test)."""
     ratios = []
-    for fold in range(folds):
-        record = json.loads((study_run_folder(out, fold, seeds[0]) / variants[0].folder(PRETRAIN_DIR) / SPLITS_NAME)
+    firsts = {fold: seed for fold, seed in reversed(list(units))} if units is not None else {
+        fold: seeds[0] for fold in range(folds)}
+    for fold, seed in firsts.items():
+        record = json.loads((study_run_folder(out, fold, seed) / variants[0].folder(PRETRAIN_DIR) / SPLITS_NAME)
                             .read_text("utf-8"))
         n = {name: len(ids) for name, ids in record["splits"].items()}
         ratios.append(n["test"] / max(1, n["train"]))
@@ -177,8 +211,13 @@ def test_train_ratio(out: Path, folds: int, seeds: Sequence[int], variants: Sequ
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], variants: Sequence[Any]) -> dict:
+def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], variants: Sequence[Any],
+              executor: Any = None, partial: bool = False) -> dict:
     """Run (or continue) every fold, seed and variant, then write ``study.json`` and the report.
+
+    The fold-seed units run as ``executor`` (:class:`medens.train.executors.ExecutorSpec`; default: one after
+    another in this process) says. With ``partial``, nothing runs: the record is written from the finished units
+    alone and says so (``"partial": true`` and the ``missing_units``).
 
     Args:
         options: the pipeline's options (:func:`medens.train.pipeline.options_from_args`), ``out`` included.
@@ -191,29 +230,30 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
 
     Raises:
         ValueError: bad options (before anything runs), or a finished run recorded with other options.
+        medens.train.executors.UnitsNotDone: some units failed or did not finish (``study --status`` says which).
         medens.engine.TrainingInterrupted: a stage was stopped; run the same command again to continue.
     """
-    from tqdm import tqdm
-
     from medens.engine.atomic import atomic_write_text
-    from medens.evaluate.study_report import summarize_study, write_report
-    from medens.train.pipeline import run_variants
+    from medens.evaluate.study_report import summarize_probes, summarize_study, write_report
+    from medens.train.executors import ExecutorSpec, Unit, UnitsNotDone, run_units, unit_done
 
     if int(folds) < 2:
         raise UsageError(f"folds: expected at least 2 folds, received {folds}")
     if not seeds:
         raise UsageError("seeds: expected at least one seed, received none")
     out = Path(options["out"])
-    todo = list(itertools.product(range(int(folds)), seeds))
-    with tqdm(total=len(todo), desc="study", unit="run") as bar:
-        for fold, seed in todo:
-            bar.set_postfix_str(f"fold {fold}, seed {seed}")
-            run_options = {**options, "out": str(study_run_folder(out, fold, seed)), "folds": int(folds),
-                           "fold": fold, "seed": int(seed)}
-            run_variants(run_options, variants)
-            bar.update()
-    runs, pooled = collect_runs(out, int(folds), seeds, variants)
-    ratio = test_train_ratio(out, int(folds), seeds, variants)
+    units = [Unit(fold, int(seed)) for fold, seed in itertools.product(range(int(folds)), seeds)]
+    if not partial:
+        left = run_units(options, units, variants, int(folds), executor or ExecutorSpec())
+        if left:
+            raise UnitsNotDone(f"study: {len(left)} of {len(units)} units are not done ({', '.join(map(str, left))}): "
+                               f"see study --status; run the same command again to continue")
+    done = [(u.fold, u.seed) for u in units if unit_done(out, u, variants)]
+    if not done:
+        raise UnitsNotDone("partial: no unit is finished yet; see study --status")
+    runs, pooled = collect_runs(out, int(folds), seeds, variants, units=done)
+    probes = collect_probes(out, int(folds), seeds, variants, units=done)
+    ratio = test_train_ratio(out, int(folds), seeds, variants, units=done)
     summary = summarize_study(runs, pooled, variants=[v.name for v in variants],
                               baselines={v.name: b.name for v in variants if (b := baseline_of(v, variants))},
                               metrics=STUDY_METRICS, test_train_ratio=ratio)
@@ -221,7 +261,11 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
               "folds": int(folds), "seeds": list(seeds), "split_seed": options.get("split_seed") or 0,
               "dedupe": options.get("dedupe") or "on",
               "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
-              "test_train_ratio": ratio, "runs": runs, **summary}
+              "test_train_ratio": ratio, "runs": runs, **summary,
+              "probes": probes, "probe_summary": summarize_probes(probes, [v.name for v in variants])}
+    if len(done) < len(units):
+        record["partial"] = True
+        record["missing_units"] = [{"fold": u.fold, "seed": u.seed} for u in units if (u.fold, u.seed) not in done]
     atomic_write_text(out / STUDY_NAME, json.dumps(record, indent=1, default=float) + "\n")
     write_report(record, out)
     return record
@@ -229,6 +273,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``study`` subcommand and return its parser."""
+    from medens.train.executors import add_executor_arguments
     from medens.train.pipeline import add_pipeline_arguments
 
     p = subparsers.add_parser("study", help=command_help("study"), description=__doc__.split("\n\n")[1],
@@ -242,6 +287,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     cv.add_argument("--vary", action="append", metavar="KEY=V1,V2",
                     help="a pre-training option to vary, repeatable (the grid of all values), e.g. "
                          "--vary masking=random,entropy --vary mask_ratio=0.6,0.75")
+    add_executor_arguments(p)
     p.set_defaults(func=main)
     return p
 
@@ -253,6 +299,7 @@ def main(args: argparse.Namespace) -> int:
     Returns 0; 2 for a usage error, 1 for another error (one message, no traceback); 130/143 if stopped.
     """
     from medens.evaluate.study_report import headline_table
+    from medens.train.executors import Unit, pop_executor_spec, status_table
     from medens.train.pipeline import options_from_args
 
     if not args.out:
@@ -262,9 +309,16 @@ def main(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     for key in ("seeds", "vary"):  # the study's own flags, not pipeline options
         options.pop(key, None)
+    executor, status, partial = pop_executor_spec(options)
+    if status:
+        units = [Unit(fold, seed) for fold, seed in itertools.product(range(args.folds), seeds)]
+        print(status_table(args.out, units, variants))
+        return 0
     logger.info("study: %s, %d folds x %d seeds x %d variants into %s", options["dataset"], args.folds,
                 len(seeds), len(variants), options["out"])
-    record = run_study(options, args.folds, seeds, variants)
+    record = run_study(options, args.folds, seeds, variants, executor=executor, partial=partial)
     print(headline_table(record))
+    if record.get("partial"):
+        print(f"\npartial study: {len(record['missing_units'])} units not finished (see --status)")
     print(f"\nstudy: {Path(args.out) / STUDY_NAME}\nreport: {Path(args.out) / REPORT_NAME}")
     return 0

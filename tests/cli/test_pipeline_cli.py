@@ -27,7 +27,16 @@ def test_no_arguments_means_the_demo() -> None:
         assert configs[stage]["dataset_options"] == stages.DEMO_DATASET_OPTIONS
         assert configs[stage]["arch"] == "convnext_atto"
         assert "cache_dir" not in configs[stage]  # generated images need no decode cache
-        assert configs[stage]["image_size"] == stages.DEMO_DATASET_OPTIONS["image_size"]  # the images' own size
+    # Pre-training at the images' own size, on the small preset's masking grid; the members at 64 px.
+    pretrain = configs["pretrain"]
+    assert pretrain["image_size"] == stages.DEMO_DATASET_OPTIONS["image_size"] == 96
+    assert pretrain["image_size"] // (pretrain["patch_size"] or pretrain["output_stride"]) >= 6
+    assert pretrain["epochs"] == stages.DEMO_OVERRIDES["pretrain"]["epochs"]
+    assert configs["imagenet"]["image_size"] == configs["mae"]["image_size"] == 64
+    # A flag still wins over the demo's own settings.
+    flagged = stages.stage_configs(pipeline.options_from_args(parse(["--image-size", "32", "--pretrain-epochs", "3"])))
+    assert flagged["imagenet"]["image_size"] == flagged["pretrain"]["image_size"] == 32
+    assert flagged["pretrain"]["epochs"] == 3
 
 
 def test_small_preset_on_a_real_dataset_and_on_the_demo_images_at_another_size() -> None:
@@ -215,6 +224,11 @@ def test_default_run_end_to_end_then_resume(
     results = json.loads((root / "ensemble" / "metrics.json").read_text())
     assert [m["init_kind"] for m in results["members"]] == ["imagenet-unavailable-random-init", "mae"]
     hashes = {yaml.safe_load((root / s / "config.yaml").read_text())["split_hash"] for s in stage_dirs[:3]}
+    # Every training stage said how long it and the stages after it would take, before its loop ran.
+    for stage, later in zip(stage_dirs[:3], ["; ", "; ", " (cpu) "], strict=True):
+        estimate = next(line for line in (root / stage / "train.log").read_text().splitlines() if "estimated" in line)
+        assert "on this machine (cpu) for this stage's" in estimate
+        assert ("for the whole pipeline" in estimate) == (later == "; "), estimate
     assert len(hashes) == 1  # every stage on one split
     for name in [
         "report.md",

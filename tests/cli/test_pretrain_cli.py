@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from medens.data import load_dataset
 from medens.models import read_metadata
 from medens.train.__main__ import main
 from medens.train.pretrain import default_config, is_complete, run_pretrain
@@ -44,6 +46,8 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
         "log.csv",
         "checkpoint.pt",
         "reconstructions.png",
+        "loss_curve.png",
+        "probe.json",
         "splits.json",
     ):
         assert (out / name).is_file(), name
@@ -53,6 +57,19 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
     assert config["dataset"] == "synthetic" and len(config["split_hash"]) == 64
     assert config["run"]["world_size"] == 1 and config["run"]["effective_batch_size"] == 8
     assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2"]
+    # The masking grid (the small preset's 16 px patches at stride 16: 4 x 4 at 64 px) is recorded everywhere.
+    assert config["mask_grid"] == [4, 4] == read_metadata(out / "encoder.safetensors")["mask_grid"]
+    assert config["encoder"]["output_stride"] == read_metadata(out / "encoder.safetensors")["output_stride"] == 16
+    first_line = (out / "train.log").read_text().splitlines()[0]
+    assert "pretrain: starting into" in first_line and "masking grid 4 x 4: 16 px patches" in first_line
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["mask_grid"] == [4, 4] and probe["num_images"] > 0
+    for who in ("encoder", "random_init"):
+        for kind in ("linear", "knn"):
+            assert set(probe[who][kind]) == {"accuracy", "balanced_accuracy"}
+            assert all(0.0 <= v <= 1.0 for v in probe[who][kind].values())
+    last = _rows(out / "log.csv")[-1]  # the last epoch's probe is in log.csv too
+    assert float(last["probe_linear_bacc"]) == pytest.approx(probe["encoder"]["linear"]["balanced_accuracy"], abs=1e-4)
 
     with Image.open(out / "reconstructions.png") as png:
         assert png.format == "PNG" and png.width > 4 * 100 and png.height > 4 * 100
@@ -60,7 +77,9 @@ def test_pretrain_writes_every_artefact(tmp_path: Path) -> None:
     # The encoder loads into a timm classifier with only the head missing: a BatchNorm ConvNeXt, as the preset
     # (small, the default on the generated images) and the encoder's metadata say.
     assert config["norm"] == read_metadata(out / "encoder.safetensors")["norm"] == "batch"
-    classifier = timm.create_model("convnext_atto", num_classes=5, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d)
+    classifier = timm.create_model(
+        "convnext_atto", num_classes=5, conv_mlp=True, norm_layer=torch.nn.BatchNorm2d, output_stride=16
+    )
     missing, unexpected = classifier.load_state_dict(
         load_file(str(out / "encoder.safetensors")), strict=False
     )
@@ -107,7 +126,7 @@ def test_loss_falls_on_the_synthetic_dataset(tmp_path: Path) -> None:
     ("flags", "message"),
     [
         (["--mask-ratio", "1.2"], "mask_ratio: expected a number strictly between 0 and 1"),
-        (["--image-size", "100"], "image_size: expected a positive multiple of the patch size 32"),
+        (["--image-size", "100"], "image_size: expected a positive multiple of the patch size 16"),
         (["--arch", "convnext_tinny"], "arch: expected a timm ConvNeXt architecture"),
         (["--arch", "resnet50"], "arch: expected a timm ConvNeXt architecture"),
         (["--set", "epoch=3"], "unknown option 'epoch'"),
@@ -245,6 +264,38 @@ def test_packaged_presets_resolve() -> None:
     demo = load_config_file("pretrain_cpu_demo")
     assert demo == {**load_preset("smoke", "pretrain"), "dataset": "synthetic",
                     "dataset_options": {"num_images": 96, "image_size": 64}}
+
+
+def test_every_preset_but_smoke_masks_a_grid_of_at_least_6_by_6() -> None:
+    from medens.train.presets import PRESET_NAMES, load_preset
+    from medens.train.pretrain import build_model
+
+    for name in PRESET_NAMES:
+        config = {**default_config(), **load_preset(name, "pretrain")}
+        grid = build_model(config).mask_grid
+        if name != "smoke":
+            assert min(grid) >= 6, (name, grid)
+        if name == "paper":
+            assert grid == (7, 7)
+
+
+def test_probe_is_skipped_with_a_reason_where_the_probe_images_have_one_class(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert main(["pretrain", *TINY, "--preset", "smoke", "--out", str(first)]) == 0
+    record = json.loads((first / "splits.json").read_text())
+    dataset_classes = record["classes"]
+    dataset = load_dataset("synthetic", None, num_images=48, image_size=64)
+    by_id = dict(zip(dataset.ids, dataset.targets, strict=True))
+    moved = [i for name in ("train", "val") for i in record["splits"][name] if by_id[i] != 0]
+    for name in ("train", "val"):
+        record["splits"][name] = [i for i in record["splits"][name] if by_id[i] == 0]
+    record["splits"]["test"] += moved
+    split_file = tmp_path / "one-class.json"
+    split_file.write_text(json.dumps(record))
+    out = tmp_path / "second"
+    assert main(["pretrain", *TINY, "--preset", "smoke", "--split-file", str(split_file), "--out", str(out)]) == 0
+    assert not (out / "probe.json").exists() and dataset_classes[0] == "normal"
+    assert "probe skipped: the probe images carry 1 class(es)" in (out / "train.log").read_text()
 
 
 def _cli(args: list[str]) -> subprocess.Popen:

@@ -45,3 +45,31 @@ def test_an_exception_on_one_rank_ends_the_run(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
     assert not (tmp_path / "rank0.pt").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_over_the_loopback(tmp_path: Path) -> None:
+    """``torchrun --nnodes 2``: two launchers, one process each, as two SLURM nodes would run them (gloo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    child = installed(str(WORKER), str(tmp_path), "two-nodes", tests=True, OMP_NUM_THREADS="1",
+                      OMP_WAIT_POLICY="passive")
+    python, *target = child["args"]
+    nodes = [
+        subprocess.Popen([python, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                          "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                          *target], cwd=child["cwd"], env=child["env"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 0, err[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key, value in rank0["weights"].items():
+        assert torch.equal(value, rank1["weights"][key]), key
+    assert [row["step"] for row in rank0["history"]] == [row["step"] for row in rank1["history"]]

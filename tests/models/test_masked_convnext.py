@@ -63,11 +63,21 @@ def _noise_hooks(model: MaskedConvNeXt, mask: torch.Tensor, seed: int) -> list:
     return handles
 
 
+def _some_hidden(batch: int, grid: int, seed: int) -> torch.Tensor:
+    """A ``(batch, grid * grid)`` mask hiding half the patches of each image, at random (2 of 4 on a 2 x 2 grid)."""
+    if grid == 2:
+        return _mask(batch, grid, [[0, 3], [1, 2]][:batch])
+    gen = torch.Generator().manual_seed(seed)
+    hidden = [torch.randperm(grid * grid, generator=gen)[: grid * grid // 2].tolist() for _ in range(batch)]
+    return _mask(batch, grid, hidden)
+
+
 def sparse_violations(model: MaskedConvNeXt, seed: int = 0) -> list[str]:
     """Which sparse-encoder properties ``model`` violates (empty when it behaves as a sparse network)."""
     torch.manual_seed(seed)
-    images = torch.rand(2, 3, IMAGE, IMAGE)
-    mask = _mask(2, IMAGE // PATCH, [[0, 3], [1, 2]])
+    size, patch = model.image_size, model.patch_size
+    images = torch.rand(2, 3, size, size)
+    mask = _some_hidden(2, size // patch, seed)
     model.eval()
     violations = []
     with torch.no_grad():
@@ -78,7 +88,7 @@ def sparse_violations(model: MaskedConvNeXt, seed: int = 0) -> list[str]:
             violations.append("output not zero at hidden positions")
 
         # 1. Pixels inside hidden patches (even NaN and inf) do not change a visible feature.
-        pix = _hidden_pixels(mask, PATCH, IMAGE).expand_as(images)
+        pix = _hidden_pixels(mask, patch, size).expand_as(images)
         other = torch.where(pix, torch.rand_like(images), images)
         other[:, :, :2, :2] = torch.where(pix[:, :, :2, :2], torch.tensor(float("nan")), other[:, :, :2, :2])
         feats_px = model.forward_encoder(other, mask)
@@ -101,6 +111,36 @@ def sparse_violations(model: MaskedConvNeXt, seed: int = 0) -> list[str]:
 def test_encoder_is_sparse(arch: str) -> None:
     model = MaskedConvNeXt(arch, image_size=IMAGE, decoder_dim=32)
     assert sparse_violations(model) == []
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize(("output_stride", "image_size"), [(16, 96), (8, 64)])
+def test_finer_stride_encoder_is_sparse(output_stride: int, image_size: int, norm: str) -> None:
+    """A 6 x 6 (or 8 x 8) masking grid at the dilated encoder's own stride keeps the sparse semantics exactly."""
+    model = _with_active_blocks(
+        MaskedConvNeXt(
+            "convnext_atto", image_size=image_size, decoder_dim=32, norm=norm, output_stride=output_stride
+        )
+    )
+    assert model.patch_size == output_stride and min(model.mask_grid) >= 6
+    assert sparse_violations(model) == []
+
+
+@pytest.mark.parametrize("leak", ["_skip_first_sparse_call", "_no_block_output_mask", "_no_pixel_or_stem_mask"])
+def test_sparse_checks_catch_a_missing_mask_at_a_finer_stride(leak: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _with_active_blocks(MaskedConvNeXt("convnext_atto", image_size=96, decoder_dim=32, output_stride=16))
+    assert sparse_violations(model) == []
+    globals()[leak](monkeypatch)
+    assert sparse_violations(model) != []
+
+
+def _with_active_blocks(model: MaskedConvNeXt) -> MaskedConvNeXt:
+    """Layer scale starts at 1e-6, which would hide a leak below float32 resolution; make every block matter."""
+    with torch.no_grad():
+        for stage in model.encoder.stages:
+            for block in stage.blocks:
+                block.gamma.fill_(1.0)
+    return model
 
 
 def _batch_norm_model(**kwargs) -> MaskedConvNeXt:
@@ -127,16 +167,18 @@ def test_batch_norm_encoder_is_sparse_in_evaluation() -> None:
     assert sparse_violations(model) == []
 
 
-def test_batch_norm_statistics_in_training_count_visible_positions_only() -> None:
+@pytest.mark.parametrize("output_stride", [32, 16])
+def test_batch_norm_statistics_in_training_count_visible_positions_only(output_stride: int) -> None:
     """In training, hidden pixels change neither a visible feature nor a running statistic."""
+    patch = output_stride
     images = torch.rand(2, 3, IMAGE, IMAGE)
-    mask = _mask(2, IMAGE // PATCH, [[0, 3], [1, 2]])
-    pix = _hidden_pixels(mask, PATCH, IMAGE).expand_as(images)
+    mask = _some_hidden(2, IMAGE // patch, seed=3)
+    pix = _hidden_pixels(mask, patch, IMAGE).expand_as(images)
     other = torch.where(pix, torch.rand_like(images) * 5, images)
     other[:, :, :2, :2] = torch.where(pix[:, :, :2, :2], torch.tensor(float("nan")), other[:, :, :2, :2])
     results = []
     for pixels in (images, other):
-        model = _batch_norm_model().train()
+        model = _batch_norm_model(output_stride=output_stride).train()
         feats = model.forward_encoder(pixels, mask)
         results.append((feats.detach(), {k: v.clone() for k, v in model.encoder.state_dict().items()}))
     visible = ~_hidden_at(mask, results[0][0].shape, False).expand_as(results[0][0])
@@ -146,11 +188,11 @@ def test_batch_norm_statistics_in_training_count_visible_positions_only() -> Non
     assert all(m.sparse is None for m in _batch_norm_model()._sparse_norms)  # cleared after every pass
 
     # The stem's statistics are those of its convolution's output at visible positions.
-    model = _batch_norm_model().train()
+    model = _batch_norm_model(output_stride=output_stride).train()
     stem_conv, stem_norm = model.encoder.stem
     before = stem_norm.running_mean.clone()
     with torch.no_grad():
-        x = ops.apply_patch_mask(model.normalize(images), mask, PATCH, fill=0.0, backend="reference")
+        x = ops.apply_patch_mask(model.normalize(images), mask, patch, fill=0.0, backend="reference")
         out = stem_conv(x)
         keep = ~_hidden_at(mask, out.shape, False)[:, 0]  # (B, h, w)
         mean = out.permute(0, 2, 3, 1)[keep].mean(0)
@@ -224,13 +266,15 @@ def test_sparse_checks_catch_a_missing_mask(leak, monkeypatch: pytest.MonkeyPatc
     assert sparse_violations(model) != []
 
 
-def test_unmasked_encoder_equals_timm_forward_features() -> None:
-    model = MaskedConvNeXt("convnext_atto", image_size=IMAGE, decoder_dim=32).eval()
-    ref = timm.create_model("convnext_atto", num_classes=4).eval()
+@pytest.mark.parametrize("output_stride", [32, 16])
+def test_unmasked_encoder_equals_timm_forward_features(output_stride: int) -> None:
+    model = MaskedConvNeXt("convnext_atto", image_size=IMAGE, decoder_dim=32, output_stride=output_stride).eval()
+    extra = {} if output_stride == 32 else {"output_stride": output_stride}
+    ref = timm.create_model("convnext_atto", num_classes=4, **extra).eval()
     missing, unexpected = ref.load_state_dict(model.encoder_state_dict(), strict=False)
     assert unexpected == [] and missing and all(k.startswith("head.") for k in missing)
     images = torch.rand(2, 3, IMAGE, IMAGE)
-    none_hidden = torch.zeros(2, (IMAGE // PATCH) ** 2, dtype=torch.bool)
+    none_hidden = torch.zeros(2, model.num_patches, dtype=torch.bool)
     with torch.no_grad():
         ours = model.forward_encoder(images, none_hidden)
         theirs = ref.forward_features(model.normalize(images))
@@ -331,6 +375,8 @@ def test_patch_larger_than_stride() -> None:
         ({"mask_ratio": 0.9}, "leaves 0 of 4 patches visible"),
         ({"image_size": 100}, r"image_size: expected a positive multiple of the patch size 32.*100"),
         ({"patch_size": 16}, r"patch_size: expected a positive multiple of the encoder stride 32.*16"),
+        ({"patch_size": 8, "output_stride": 16}, r"patch_size: expected a positive multiple of the encoder stride 16"),
+        ({"output_stride": 4}, r"output_stride: expected one of \[32, 16, 8\], received 4"),
         ({"arch": "convnext_tinyy"}, r"arch: expected a timm ConvNeXt.*'convnext_tinyy'.*convnext_tiny"),
         ({"arch": "resnet50"}, r"arch: expected a timm ConvNeXt.*'resnet50'"),
         ({"masking": "grid"}, r"masking: expected one of \('entropy', 'random'\), received 'grid'"),

@@ -16,6 +16,7 @@ from medens.models import (
     PretrainedWeightsUnavailable,
     WeightsMismatchError,
     classifier_norm,
+    classifier_stride,
     create_classifier,
     load_encoder_into,
     read_metadata,
@@ -224,3 +225,35 @@ def test_norm_applies_to_random_convnexts_and_imagenet_weights_bring_layer_norm(
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fallback.modules())
     with pytest.raises(ValueError, match=r"norm: expected one of \['layer', 'batch'\], received 'group'"):
         create_classifier(ARCH, 3, init="scratch", norm="group")
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_a_finer_stride_encoder_builds_a_classifier_of_its_stride(tmp_path: Path, norm: str) -> None:
+    """A 6 x 6-grid encoder (stride 16) loads into the classifier built for it with nothing missing but the head."""
+    mae = MaskedConvNeXt(ARCH, image_size=96, decoder_dim=32, norm=norm, output_stride=16).eval()
+    path = _export(mae, tmp_path / "encoder.safetensors")
+    meta = read_metadata(path)
+    assert meta["output_stride"] == 16 and meta["mask_grid"] == [6, 6]
+
+    clf, _ = create_classifier(ARCH, 3, init=f"mae:{path}", norm=norm)  # the stride comes from the encoder
+    assert clf.feature_info[-1]["reduction"] == 16
+    assert classifier_stride(f"mae:{path}") == 16
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            clf.eval().forward_features(mae.normalize(images)),
+            mae.forward_encoder(images, torch.zeros(2, 36, dtype=torch.bool)),
+            rtol=0,
+            atol=0,
+        )
+    # Into a model of the published stride it is refused by name (the weights would fit, the network would not).
+    plain = create_classifier(ARCH, 3, init="scratch", norm=norm)[0]
+    with pytest.raises(WeightsMismatchError, match="pre-trained with output stride 16 but the model has 32"):
+        load_encoder_into(plain, path, ARCH, norm=norm)
+    # An encoder written before the option is a stride-32 encoder.
+    old = _export(MaskedConvNeXt(ARCH, image_size=64, decoder_dim=32), tmp_path / "old.safetensors")
+    state = load_file(str(old))
+    meta = {k: v for k, v in read_metadata(old).items() if k not in ("output_stride", "mask_grid")}
+    save_weights(old, state, meta)
+    assert classifier_stride(f"mae:{old}") == 32
+    assert create_classifier(ARCH, 3, init=f"mae:{old}")[0].feature_info[-1]["reduction"] == 32
