@@ -16,8 +16,9 @@ A **fine-tuning run** (``finetune --out DIR``), also an ensemble **member**::
     DIR/metrics.json          test and validation metrics of the best epoch (written last: marks a finished run)
     DIR/config.yaml, splits.json, log.csv, train.log, checkpoint.pt
 
-An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md`` and the PNG plots
-``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``.
+An **ensemble** (``ensemble --out DIR``): ``predictions.csv``, ``metrics.json``, ``report.md``, ``report.html``, the
+PNG plots ``confusion_matrices.png``, ``roc_curves.png`` and ``reliability.png``, and the gallery's PNGs
+``gallery-*.png``.
 
 A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-imagenet/``, ``ROOT/finetune-mae/``,
 ``ROOT/ensemble/`` and the shared decode cache ``ROOT/cache/`` (with ``--baseline ARCH`` also
@@ -25,7 +26,7 @@ A **pipeline** (``pipeline --out ROOT``): ``ROOT/pretrain/``, ``ROOT/finetune-im
 ``pretrain-V/``, ``finetune-mae-V/`` and ``ensemble-V/``.
 
 A **study** (``study --out ROOT``): one pipeline per fold and seed in ``ROOT/fold-<k>/seed-<s>/``, and
-``ROOT/study.json``, ``ROOT/report.md`` with its plots ``study_runs.png`` and ``study_differences.png``. Each fold-seed
+``ROOT/study.json``, ``ROOT/report.md`` and ``ROOT/report.html`` with its plots ``study_runs.png`` and ``study_differences.png``. Each fold-seed
 unit also holds ``unit.json`` (its state), ``unit.lock`` (held while it runs), and with local workers ``unit.pkl``
 (the job) and ``unit.log`` (its output); SLURM jobs keep their scripts and output in ``ROOT/slurm-jobs/``.
 """
@@ -50,6 +51,8 @@ __all__ = [
     "VAL_PREDICTIONS_NAME",
     "METRICS_NAME",
     "REPORT_NAME",
+    "HTML_REPORT_NAME",
+    "GALLERY_PREFIX",
     "ENSEMBLE_PLOT_NAMES",
     "STUDY_RUNS_PLOT",
     "STUDY_DIFFERENCES_PLOT",
@@ -93,6 +96,10 @@ PREDICTIONS_NAME = "predictions.csv"
 VAL_PREDICTIONS_NAME = "val_predictions.csv"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
+#: The self-contained page beside every ``report.md`` (ensemble, study).
+HTML_REPORT_NAME = "report.html"
+#: The ensemble's gallery of class-activation maps: PNGs beside its report, ``gallery-<n>-<error|correct>-<image>.png``.
+GALLERY_PREFIX = "gallery-"
 #: The ensemble's plots, by what they show.
 ENSEMBLE_PLOT_NAMES = {
     "confusion_matrices": "confusion_matrices.png",

@@ -149,5 +149,5 @@ register_dataset("covid", load_covid, FILE_OPTIONS, "COVID-19 Radiography Databa
 register_dataset("medmnist", load_medmnist, ("flag", "size", "strict"),
                  "MedMNIST 2D .npz files: 'medmnist:<flag>', official splits")
 register_dataset("folder", load_folder, FILE_OPTIONS, "one sub-folder per class (optionally under train/val/test)")
-register_dataset("synthetic", load_synthetic, ("num_images", "image_size", "num_classes", "seed", "strict"),
+register_dataset("synthetic", load_synthetic, ("num_images", "image_size", "num_classes", "seed", "caliper", "strict"),
                  "generated ultrasound-like images, no files (the default)")

@@ -24,6 +24,10 @@ model learns the task well above chance but not perfectly in a few epochs.
 
 Items are generated lazily and deterministically from ``(seed, index)``; labels are balanced and shuffled by
 ``seed``. Ids read ``synthetic/000123``. Opening the dataset costs one permutation of ``num_images`` labels.
+
+The generator knows where it painted each lesion: :meth:`SyntheticDataset.lesion_mask` (for the lesion-overlap
+scores of :mod:`medens.data.masks`). ``caliper=<class>`` draws a bright caliper cross on every image of that class,
+away from the lesion: a shortcut that gives the class away, for checking that class-activation maps expose it.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ class _Canvas:
         self.wall_depth = rng.uniform(0.72, 0.85)
         self.tissue = self._layers()
         self.after = np.ones(self.shape, np.float32)  # posterior shadowing / enhancement, applied last
+        self.lesion = np.zeros(self.shape, bool)  # where a lesion was painted (the lesion mask)
+
+    def mark_lesion(self, soft: np.ndarray) -> None:
+        """Add the pixels where a soft lesion mask exceeds one half to :attr:`lesion` (draws no randomness)."""
+        self.lesion |= soft > 0.5
 
     def _boundary(self, depth: float) -> np.ndarray:
         amp, freq, phase = self.rng.uniform(0.005, 0.03), self.rng.uniform(0.5, 2.5), self.rng.uniform(0, 6.3)
@@ -139,6 +148,7 @@ class _Canvas:
         for _ in range(count):
             px, py = cx + spread * self.rng.standard_normal(), cy + spread * self.rng.standard_normal()
             bump = np.exp(-(((self.x - px) ** 2 + (self.y - py) ** 2) / (2 * sigma**2)))
+            self.lesion |= bump > 0.1
             self.tissue = self.tissue + self.rng.uniform(1.0, 2.5) * bump
 
 
@@ -160,6 +170,7 @@ def _paint_benign(c: _Canvas) -> None:
     a, b = _lesion_axes(c.rng, wide=True)
     cx, cy = c.gland_center(b)
     mask = c.blob(cx, cy, a, b, edge=c.rng.uniform(0.03, 0.08), irregularity=c.rng.uniform(0.0, 0.12))
+    c.mark_lesion(mask)
     c.darken(mask, c.rng.uniform(0.3, 0.75), heterogeneity=c.rng.uniform(0.0, 0.15))
     c.posterior(cx, cy, a, b, c.rng.uniform(0.0, 0.25))
 
@@ -169,6 +180,7 @@ def _paint_malignant(c: _Canvas) -> None:
     cx, cy = c.gland_center(b)
     mask = c.blob(cx, cy, a, b, edge=c.rng.uniform(0.03, 0.1), irregularity=c.rng.uniform(0.15, 0.5),
                   spikes=int(c.rng.integers(0, 7)))
+    c.mark_lesion(mask)
     c.darken(mask, c.rng.uniform(0.3, 0.75), heterogeneity=c.rng.uniform(0.1, 0.5))
     c.posterior(cx, cy, a, b, -c.rng.uniform(0.0, 0.45))
 
@@ -178,6 +190,7 @@ def _paint_cyst(c: _Canvas) -> np.ndarray:
     a, b = size * c.rng.uniform(1.0, 1.4), size
     cx, cy = c.gland_center(b)
     mask = c.blob(cx, cy, a, b, edge=c.rng.uniform(0.02, 0.05))
+    c.mark_lesion(mask)
     c.darken(mask, c.rng.uniform(0.6, 0.9))
     c.posterior(cx, cy, a, b, c.rng.uniform(0.15, 0.6))
     return mask
@@ -187,7 +200,9 @@ def _paint_calcified(c: _Canvas) -> None:
     cx, cy = c.gland_center(0.08)
     if c.rng.random() < 0.5:
         a, b = _lesion_axes(c.rng, wide=True)
-        c.darken(c.blob(cx, cy, a, b, edge=0.1), c.rng.uniform(0.1, 0.35))
+        mask = c.blob(cx, cy, a, b, edge=0.1)
+        c.mark_lesion(mask)
+        c.darken(mask, c.rng.uniform(0.1, 0.35))
     c.dots(cx, cy, c.rng.uniform(0.015, 0.05), int(c.rng.integers(3, 12)))
 
 
@@ -196,7 +211,9 @@ def _paint_multifocal(c: _Canvas) -> None:
         size = c.rng.uniform(0.035, 0.07)
         a, b = size * c.rng.uniform(1.1, 1.6), size
         cx, cy = c.gland_center(b)
-        c.darken(c.blob(cx, cy, a, b, edge=0.06), c.rng.uniform(0.25, 0.6))
+        mask = c.blob(cx, cy, a, b, edge=0.06)
+        c.mark_lesion(mask)
+        c.darken(mask, c.rng.uniform(0.25, 0.6))
 
 
 def _paint_septated(c: _Canvas) -> None:
@@ -218,8 +235,8 @@ _PAINTERS = [_paint_normal, _paint_benign, _paint_malignant, _paint_cyst, _paint
              _paint_septated, _paint_diffuse]
 
 
-def render(label: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Draw one image of class ``label``.
+def render_with_lesion(label: int, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image of class ``label`` and say where its lesion is.
 
     Args:
         label: Index into :data:`CLASS_NAMES`.
@@ -228,14 +245,34 @@ def render(label: int, rng: np.random.Generator, height: int, width: int) -> np.
         width: Columns.
 
     Returns:
-        Grayscale image, shape ``(height, width)``, dtype uint8.
+        ``(image, lesion)``: grayscale ``uint8 (height, width)`` and ``bool (height, width)``, True where a lesion
+        was painted (all False for ``normal`` and ``diffuse``, which have no focal lesion).
     """
     canvas = _Canvas(rng, height, width)
     _PAINTERS[label](canvas)
     attenuation = np.exp(-rng.uniform(0.3, 1.2) * canvas.y)
     speckle = _speckle(rng, canvas.shape) ** rng.uniform(0.5, 0.8)
     echo = canvas.tissue * canvas.after * attenuation * speckle * rng.uniform(0.7, 1.3)
-    return np.clip(np.rint(255 * np.tanh(0.9 * echo)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(255 * np.tanh(0.9 * echo)), 0, 255).astype(np.uint8), canvas.lesion
+
+
+def render(label: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Draw one image of class ``label``: the image of :func:`render_with_lesion`, grayscale ``uint8 (H, W)``."""
+    return render_with_lesion(label, rng, height, width)[0]
+
+
+def caliper_mark(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Where a bright caliper cross ("+") is drawn: ``bool (height, width)``.
+
+    Its centre lies in the superficial layers (the top fifth, below the skin line), away from every lesion, which
+    the generator places in the glandular layer; its arms are about 6% of the image's side, at least a pixel thick.
+    """
+    cy, cx = rng.uniform(0.08, 0.18) * height, rng.uniform(0.15, 0.85) * width
+    arm, half = max(2.0, 0.06 * min(height, width)), max(0.5, 0.008 * min(height, width))
+    y, x = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+    across = (np.abs(y - cy) <= half) & (np.abs(x - cx) <= arm)
+    down = (np.abs(x - cx) <= half) & (np.abs(y - cy) <= arm)
+    return across | down
 
 
 class SyntheticDataset(LabeledDataset):
@@ -246,6 +283,9 @@ class SyntheticDataset(LabeledDataset):
         image_size: Side of the square images, or ``(height, width)``.
         num_classes: 2 to 8; the classes are the first ``num_classes`` of :data:`CLASS_NAMES`.
         seed: Fixes the labels and every image.
+        caliper: A class name whose images all get a bright caliper mark (:func:`caliper_mark`), a shortcut
+            that gives the class away (as calipers and text drawn on BUSI's images can); ``None``: no mark.
+            The other pixels are unchanged.
         strict: Kept for interface symmetry (generated images are never corrupt).
 
     Raises:
@@ -253,7 +293,7 @@ class SyntheticDataset(LabeledDataset):
     """
 
     def __init__(self, num_images: int = 1000, image_size: int | tuple[int, int] = 224, num_classes: int = 3,
-                 seed: int = 0, *, strict: bool = False) -> None:
+                 seed: int = 0, caliper: str | None = None, *, strict: bool = False) -> None:
         self.name = NAME
         self.root = None
         self.strict = strict
@@ -276,14 +316,38 @@ class SyntheticDataset(LabeledDataset):
         self.seed, self.num_classes = int(seed), int(num_classes)
         self.height, self.width = int(height), int(width)
         self.classes = CLASS_NAMES[: self.num_classes]
+        if caliper in ("", "none"):
+            caliper = None
+        if caliper is not None and caliper not in self.classes:
+            raise DatasetError(f"{NAME}: argument 'caliper' must be one of {self.classes} or none, got {caliper!r}")
+        self.caliper = caliper
         order = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(0,))).permutation(int(num_images))
         targets = (order % self.num_classes).tolist()
         self._init_items(targets, [f"{NAME}/{i:06d}" for i in range(int(num_images))])
 
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(1, index)))
+
     def load_image(self, index: int) -> Image.Image:
         """Generate item ``index`` (the same pixels every time for the same seed) as an RGB image."""
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(1, index)))
-        return Image.fromarray(render(self.targets[index], rng, self.height, self.width)).convert("RGB")
+        image = render(self.targets[index], self._rng(index), self.height, self.width)
+        mark = self.caliper_mask(index)
+        if mark is not None:
+            image = np.where(mark, np.uint8(255), image)
+        return Image.fromarray(image).convert("RGB")
+
+    def lesion_mask(self, index: int) -> np.ndarray | None:
+        """Where item ``index``'s lesion is, ``bool (height, width)``; ``None`` for an image without one."""
+        lesion = render_with_lesion(self.targets[index], self._rng(index), self.height, self.width)[1]
+        return lesion if lesion.any() else None
+
+    def caliper_mask(self, index: int) -> np.ndarray | None:
+        """Where item ``index``'s caliper mark is, ``bool (height, width)``; ``None`` for an image without one."""
+        if self.caliper is None or self.classes[self.targets[index]] != self.caliper:
+            return None
+        # A stream of its own, so the image beneath is the one drawn without the option.
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, index)))
+        return caliper_mark(rng, self.height, self.width)
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(width, height), the same for every item."""
@@ -291,13 +355,17 @@ class SyntheticDataset(LabeledDataset):
 
     def fingerprint(self) -> dict[str, Any]:
         """Generator version and parameters: the pixels are a pure function of them."""
-        return {"dataset": NAME, "version": GENERATOR_VERSION, "seed": self.seed, "num_images": len(self),
-                "size": [self.height, self.width], "num_classes": self.num_classes}
+        found = {"dataset": NAME, "version": GENERATOR_VERSION, "seed": self.seed, "num_images": len(self),
+                 "size": [self.height, self.width], "num_classes": self.num_classes}
+        if self.caliper is not None:
+            found["caliper"] = self.caliper
+        return found
 
 
 def load_synthetic(root: object = None, *, num_images: int = 1000, image_size: int | tuple[int, int] = 224,
-                   num_classes: int = 3, seed: int = 0, strict: bool = False) -> SyntheticDataset:
+                   num_classes: int = 3, seed: int = 0, caliper: str | None = None,
+                   strict: bool = False) -> SyntheticDataset:
     """Make the synthetic dataset; ``root`` is ignored (a warning is logged if one is given)."""
     if root not in (None, ""):
         logger.warning("%s: the synthetic dataset reads no files; root=%r is ignored", NAME, root)
-    return SyntheticDataset(num_images, image_size, num_classes, seed, strict=strict)
+    return SyntheticDataset(num_images, image_size, num_classes, seed, caliper, strict=strict)

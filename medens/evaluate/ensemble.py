@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,14 @@ from medens.evaluate.bootstrap import (
     difference_intervals,
 )
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
+from medens.evaluate.html import write_html_report
 from medens.evaluate.mcnemar import mcnemar
 from medens.evaluate.members import Member, align_members, encoder_probe, init_kind, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classification_report, predict
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
 from medens.evaluate.report import BASELINE_NAME, ENSEMBLE_NAME, render_report
-from medens.layout import ENSEMBLE_PLOT_NAMES, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
+from medens.layout import ENSEMBLE_PLOT_NAMES, HTML_REPORT_NAME, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def evaluate_ensemble(
     plots: bool = True,
     progress: bool = False,
     baseline: Member | None = None,
+    explain: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Combine members, score members and ensemble (and a baseline), and write every output to ``out_dir``.
 
@@ -132,6 +134,10 @@ def evaluate_ensemble(
         baseline: a loaded model on the same split scored beside the ensemble (never combined; its probabilities
             are used as they are, neither calibrated nor weighted). In ``metrics.json``: ``baseline`` (its folder)
             and ``ensemble_vs_baseline`` (the ensemble's differences from it).
+        explain: called before the report is written, with keyword arguments ``members``, ``baseline`` (the
+            aligned members), ``paths``, ``labels``, ``classes``, ``probs`` (model name -> test probabilities, as
+            scored), ``weights``, ``labels_by_name`` and ``out_dir``; what it returns (e.g. ``gallery`` and
+            ``lesion``, :mod:`medens.evaluate.gallery`) is added to ``metrics.json`` and shown in the report.
 
     Returns:
         The content of ``metrics.json``.
@@ -243,12 +249,18 @@ def evaluate_ensemble(
         "ece_bins": n_bins,
         # Test images a member's fine-tuning could not decode: in no metric; rows without probabilities.
         "skipped_test": list(skipped),
-        "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
+        "files": {"predictions": PREDICTIONS_NAME, "report": REPORT_NAME, "report_html": HTML_REPORT_NAME, **(ENSEMBLE_PLOT_NAMES if plots else {})},
     }
-    results = _json_ready(results)
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if explain is not None:
+        results.update(explain(
+            members=members, baseline=baseline, paths=first.test.paths, labels=labels, classes=classes,
+            probs=probs_by_name, weights=list(rule.weights) if rule.weights else None,
+            labels_by_name=labels_by_name, out_dir=out,
+        ))
+    results = _json_ready(results)
+
     write_prediction_table(
         out / PREDICTIONS_NAME,
         first.test.paths,
@@ -262,7 +274,9 @@ def evaluate_ensemble(
         plot_confusion_matrices(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["confusion_matrices"])
         plot_roc_curves(shown, labels, classes, out / ENSEMBLE_PLOT_NAMES["roc_curves"])
         plot_reliability(shown, labels, out / ENSEMBLE_PLOT_NAMES["reliability"], n_bins)
-    atomic_write_text(out / REPORT_NAME, render_report(results))
+    report = render_report(results)
+    atomic_write_text(out / REPORT_NAME, report)
+    write_html_report(report, out, "ensemble")
     # metrics.json last: its presence marks a complete evaluation.
     atomic_write_text(out / METRICS_NAME, json.dumps(results, indent=2) + "\n")
     return results

@@ -272,6 +272,7 @@ def write_class_predictions(
     classes: Sequence[str],
     probs: np.ndarray,
     skipped: Sequence[str] = (),
+    extra: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write predictions for unlabelled images: ``path``, ``prediction`` (the arg-max class), one column per class.
 
@@ -281,6 +282,8 @@ def write_class_predictions(
         classes: the K class names.
         probs: ``(N, K)`` probabilities.
         skipped: images that could not be decoded: written last, with empty prediction and probability cells.
+        extra: more columns after the probabilities, name -> N cells (empty for the skipped rows), e.g.
+            ``predict --explain``'s ``explanation``.
 
     Returns:
         ``path``.
@@ -288,11 +291,16 @@ def write_class_predictions(
     probs = np.asarray(probs, dtype=np.float64)
     if probs.shape != (len(paths), len(classes)):
         raise ValueError(f"probs: expected shape ({len(paths)}, {len(classes)}), received {probs.shape}")
+    extra = dict(extra or {})
+    for name, cells in extra.items():
+        if len(cells) != len(paths):
+            raise ValueError(f"extra: expected {len(paths)} cells in column {name!r}, received {len(cells)}")
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "prediction", *classes])
-        for p, row in zip(paths, probs, strict=True):
-            writer.writerow([p, classes[int(np.argmax(row))], *(_format_prob(x) for x in row)])
+        writer.writerow(["path", "prediction", *classes, *extra])
+        for i, (p, row) in enumerate(zip(paths, probs, strict=True)):
+            writer.writerow([p, classes[int(np.argmax(row))], *(_format_prob(x) for x in row),
+                             *(cells[i] for cells in extra.values())])
         for p in skipped:
-            writer.writerow([p, "", *([""] * len(classes))])
+            writer.writerow([p, "", *([""] * len(classes)), *([""] * len(extra))])
     return Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from medens.evaluate.gallery import gallery_markdown
 from medens.evaluate.tables import format_ci, format_p, format_value, markdown_table, text_table
 
 #: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
@@ -230,6 +231,9 @@ def render_report(results: dict[str, Any]) -> str:
         out += ["", "## Plots", ""]
         for caption, file in shown:
             out += [f"### {caption}", "", f"![{caption}]({file})", ""]
+    looks = gallery_markdown(results)
+    if looks:
+        out += ["", *looks]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -293,15 +293,29 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
         if c["metric"] in ("accuracy", "balanced_accuracy"):
             lines.append(f"- {c['name']}, {c['metric']}: {c['verdict']}; {c['wins']} of {len(c['differences'])} "
                          "runs favour a.")
-    lines += ["", f"![every run]({STUDY_RUNS_PLOT})", "", f"![differences]({STUDY_DIFFERENCES_PLOT})", ""]
+    lines += ["", f"![every run]({STUDY_RUNS_PLOT})", ""]
+    if record["comparisons"]:  # the differences plot is drawn only when there are comparisons
+        lines += [f"![differences]({STUDY_DIFFERENCES_PLOT})", ""]
     return "\n".join(lines)
 
 
 def write_report(record: Mapping[str, Any], out: str | os.PathLike[str],
                  metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")) -> Path:
-    """Write ``report.md`` and its two plots into ``out``; returns the report's path."""
+    """Write ``report.md``, ``report.html`` and the two plots into ``out``; returns the markdown report's path.
+
+    The report ends with a link to each run's gallery (:func:`medens.evaluate.gallery.run_gallery_lines`).
+    """
+    from medens.evaluate.gallery import run_gallery_lines
+    from medens.evaluate.html import write_html_report
+
     out = Path(out)
     plot_runs(record, metrics, out / STUDY_RUNS_PLOT)
     if record["comparisons"]:
         plot_differences(record, metrics, out / STUDY_DIFFERENCES_PLOT)
-    return atomic_write_text(out / REPORT_NAME, render_report(record, metrics))
+    text = render_report(record, metrics).rstrip("\n") + "\n"
+    runs = run_gallery_lines(out, record["folds"], record["seeds"])
+    if runs:
+        text += "\n" + "\n".join(runs).rstrip("\n") + "\n"
+    path = atomic_write_text(out / REPORT_NAME, text)
+    write_html_report(text, out, "study")
+    return path

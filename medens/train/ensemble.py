@@ -5,6 +5,12 @@ members' models to predict again on flipped images. Writes ``metrics.json``, ``p
 PNG plots to ``--out`` and prints the comparison table. ``--baseline DIR`` scores one more fine-tuned model (a plain
 one, e.g. ``finetune --arch resnet18 --init scratch``) beside the ensemble, on the same test images, without
 combining it.
+
+The report also shows where the models look (:mod:`medens.evaluate.gallery`): a gallery of the misclassified test
+images (``--gallery N``: the N most confident errors, then the least-confident correct ones) with each member's and
+the ensemble's class-activation maps, and, where the dataset ships lesion masks, each model's energy inside the
+lesion and pointing-game hit rate. These reload the members' models and the test images; ``--no-maps`` leaves them
+out, and a member folder without its model, or a dataset no longer where its config says, is noted in the report.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from typing import Any
 from medens.cli import command, command_help, config_file_argument
 from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
+from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import evaluate_ensemble
+from medens.evaluate.gallery import DEFAULT_GALLERY_CORRECT, DEFAULT_GALLERY_ERRORS
 from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table, skipped_note
-from medens.layout import METRICS_NAME, REPORT_NAME
+from medens.layout import HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME
 from medens.train.guards import open_unit_interval, positive_int, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
@@ -70,9 +78,81 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="batch size for --tta inference")
+    add_map_arguments(p)
     config_file_argument(p)
     p.set_defaults(func=main)
     return p
+
+
+def add_map_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gallery``, ``--no-maps``, ``--cam-layer``, ``--cam-method``: the report's class-activation maps."""
+    g = p.add_argument_group("class-activation maps in the report")
+    g.add_argument("--gallery", type=non_negative_int, default=DEFAULT_GALLERY_ERRORS, metavar="N",
+                   help=f"most misclassified test images in the report's gallery, the most confident first "
+                        f"(default {DEFAULT_GALLERY_ERRORS}; then the {DEFAULT_GALLERY_CORRECT} least-confident "
+                        f"correct ones; 0: none)")
+    g.add_argument("--no-maps", action="store_true",
+                   help="no class-activation maps: no gallery and no lesion scores (the report is faster)")
+    g.add_argument("--cam-layer", action="append", metavar="NAME",
+                   help="module(s) the maps are taken at, e.g. stages.3 (default: each architecture's last three stages)")
+    g.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD, help="map method")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {value}")
+    return value
+
+
+def map_explainer(
+    device: str = "auto",
+    gallery: int = DEFAULT_GALLERY_ERRORS,
+    cam_layer: str | list[str] | None = None,
+    cam_method: str = DEFAULT_CAM_METHOD,
+    n_boot: int = DEFAULT_N_BOOT,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+):
+    """The ``explain`` step of :func:`medens.evaluate.ensemble.evaluate_ensemble`: reload the members' models and
+    the test images, write the gallery and score the maps against lesion masks.
+
+    A member without its model, or a dataset that cannot be opened where the config says, gives no maps (a
+    warning, and a note in the report) rather than a failed evaluation.
+    """
+
+    def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
+        from medens.data import DatasetError
+        from medens.errors import UsageError
+        from medens.evaluate.cam import resolve_cam_layers
+        from medens.evaluate.gallery import explain_test_split
+        from medens.inference import load_member_model
+        from medens.train.session import open_dataset
+
+        try:
+            dataset = open_dataset(members[0].config)
+            models = [load_member_model(m, device) for m in members]
+            base = load_member_model(baseline, device) if baseline is not None else None
+        except (FileNotFoundError, DatasetError, ValueError, KeyError, OSError) as err:
+            logger.warning("no class-activation maps in the report: %s", err)
+            return {"gallery": None, "lesion": None, "gallery_note": f"the models or images could not be loaded ({err})"}
+        for mm in [*models, *([base] if base is not None else [])]:
+            try:
+                resolve_cam_layers(mm.model, cam_layer if mm is not base else None, argument="--cam-layer")
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        return explain_test_split(
+            models, dataset, paths, labels, classes, probs, out_dir, labels_by_name=labels_by_name,
+            weights=weights, baseline_model=base, max_errors=gallery,
+            max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=cam_method,
+            n_boot=n_boot, confidence=confidence, seed=seed,
+        )
+
+    return explain
 
 
 def is_complete(
@@ -122,6 +202,10 @@ def run_ensemble(
     device: str = "auto",
     batch_size: int = 32,
     baseline: str | os.PathLike[str] | None = None,
+    maps: bool = True,
+    gallery: int = DEFAULT_GALLERY_ERRORS,
+    cam_layer: str | list[str] | None = None,
+    cam_method: str = DEFAULT_CAM_METHOD,
 ) -> dict[str, Any]:
     """Load the members, optionally re-predict with test-time augmentation, evaluate and write the outputs.
 
@@ -140,6 +224,10 @@ def run_ensemble(
         batch_size: inference batch size for ``tta``.
         baseline: a fine-tuning output folder scored beside the ensemble, never combined (with ``tta``, it is
             re-predicted on flipped images too).
+        maps: add the class-activation maps (the gallery and, with lesion masks, the lesion scores).
+        gallery: most misclassified test images in the gallery (0: no gallery; lesion scores still).
+        cam_layer: layers of the maps (default per architecture).
+        cam_method: the map method.
 
     Returns:
         The content of ``metrics.json``.
@@ -172,6 +260,7 @@ def run_ensemble(
         plots=plots,
         progress=True,
         baseline=loaded[-1] if baseline is not None else None,
+        explain=map_explainer(device, gallery, cam_layer, cam_method, n_boot, confidence, seed) if maps else None,
     )
 
 
@@ -196,10 +285,14 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         baseline=args.baseline,
+        maps=not args.no_maps,
+        gallery=args.gallery,
+        cam_layer=args.cam_layer,
+        cam_method=args.cam_method,
     )
     print(comparison_table(results))
     note = skipped_note(results)
     if note:
         print("\n" + note)
-    print(f"\nreport: {Path(args.out) / REPORT_NAME}")
+    print(f"\nreport: {Path(args.out) / REPORT_NAME} (in a browser: {Path(args.out) / HTML_REPORT_NAME})")
     return 0

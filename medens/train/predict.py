@@ -5,6 +5,14 @@
 are combined as ``ensemble`` combines them (``--method``, ``--calibrate``, ``--tta``); one member gives its own
 probabilities. An image that cannot be decoded gets a row with empty prediction and probability cells, and is listed on the
 terminal and logged; every readable image is predicted. The models run through :mod:`medens.inference`.
+
+``--explain`` also writes, into the folder ``<CSV stem>_explain/`` beside the CSV, one PNG per readable image: the
+image as the models saw it, each member's class-activation map over it and the ensemble's, captioned with the
+predicted class and the probabilities; the CSV gains the column ``explanation`` with the PNG's path relative to the
+CSV (empty for an unreadable image, which gets no PNG). ``--cam-layer``, ``--cam-class`` and ``--cam-method`` choose
+the layers, the class and the method (:mod:`medens.evaluate.cam`). The probabilities are the same with and without
+``--explain``; with ``--tta`` the captions show the flip-averaged probabilities and the maps are of the image as it
+is.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ import numpy as np
 
 from medens.cli import command, command_help, config_file_argument
 from medens.engine.atomic import remove_stale_temporaries
+from medens.errors import UsageError
+from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD, resolve_cam_layers
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
+from medens.evaluate.explain import write_explanations
 from medens.evaluate.members import IncompatibleMembersError, align_members, load_member
 from medens.evaluate.predictions import write_class_predictions
 from medens.evaluate.tables import text_table
@@ -35,6 +46,14 @@ logger = logging.getLogger(__name__)
 
 #: Rows of the prediction table printed to the terminal; the CSV has them all.
 PRINTED_ROWS = 20
+#: The CSV column naming each image's PNG under ``--explain``.
+EXPLANATION_COLUMN = "explanation"
+
+
+def explain_folder(out: str | os.PathLike[str]) -> Path:
+    """Where ``--explain`` writes its PNGs: ``<CSV stem>_explain/`` beside the CSV."""
+    out = Path(out).expanduser()
+    return out.parent / f"{out.stem}_explain"
 
 
 def collect_images(path: str | os.PathLike[str]) -> list[Path]:
@@ -70,6 +89,10 @@ def run_predict(
     device: str = "auto",
     batch_size: int = 32,
     skipped_out: list[Skipped] | None = None,
+    explain: bool = False,
+    cam_layer: str | Sequence[str] | None = None,
+    cam_class: str | None = None,
+    cam_method: str = DEFAULT_CAM_METHOD,
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Predict new images with each member's model and combine as ``ensemble`` would.
 
@@ -90,16 +113,29 @@ def run_predict(
         device: inference device.
         batch_size: images per forward pass.
         skipped_out: receives the unreadable images (path, reason).
+        explain: write one PNG of class-activation maps per readable image into :func:`explain_folder` and the
+            column ``explanation`` into the CSV.
+        cam_layer: layers of the maps (module names, comma-separated or a list); default per architecture.
+        cam_class: the class every map explains; default: the class each model (and the ensemble) predicts.
+        cam_method: one of :data:`medens.evaluate.cam.CAM_METHODS`.
 
     Returns:
         ``(image paths, classes, (N, K) probabilities)`` of the readable images.
 
     Raises:
-        OverwritesInputError: if ``out`` is one of the images, ``images`` itself, or lies inside a member folder
+        OverwritesInputError: if ``out`` is one of the images, ``images`` itself, or lies inside a member folder;
+            with ``explain``, if the PNG folder is an input or lies inside the images' folder or a member folder
             (checked before any work).
+        UsageError: on an unknown ``cam_class``, ``cam_layer`` or ``cam_method``.
     """
     files = collect_images(images)
     refuse_output_over_inputs("out", out, folders=member_dirs, files=[images, *files])
+    if explain:
+        if cam_method not in CAM_METHODS:
+            raise UsageError(f"--cam-method: expected one of {list(CAM_METHODS)}, received {cam_method!r}")
+        image_folders = [images] if Path(images).expanduser().is_dir() else []
+        refuse_output_over_inputs("out", explain_folder(out), folders=[*member_dirs, *image_folders],
+                                  files=[images, *files])
     remove_stale_temporaries(Path(out).expanduser().parent, target=Path(out).name)
     members = [load_member(d) for d in member_dirs]
     needs_val = calibrate or method == "weighted"
@@ -112,6 +148,8 @@ def run_predict(
     if tta and needs_val:
         members = [with_tta_predictions(m, val=True, device=device, batch_size=batch_size) for m in members]
     classes = members[0].classes
+    if explain and cam_class is not None and cam_class not in classes:
+        raise UsageError(f"--cam-class: expected one of the members' classes {classes}, received {cam_class!r}")
     val_labels = members[0].val.labels if needs_val else None
     val_probs = {m.name: m.val.probs for m in members} if needs_val else None
     rule = fit_rule(
@@ -122,13 +160,33 @@ def run_predict(
         raise ValueError(f"images: expected at least one readable image in {images}, received {len(skipped)} "
                          f"that cannot be decoded (e.g. {skipped[0].path}: {skipped[0].reason})")
     raw = {}
+    kept = []
     for m in members:
         mm = load_member_model(m, device)
+        if explain:
+            try:
+                resolve_cam_layers(mm.model, cam_layer, argument="--cam-layer")
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+            kept.append(mm)
         raw[m.name] = member_probs(mm, ImageFiles(files, mm.transform), tta, batch_size, f"predict {m.name}")
     calibrated, ensemble = rule.apply(raw)
     probs = ensemble if len(members) > 1 else calibrated[members[0].name]
     paths = [str(p) for p in files]
-    write_class_predictions(out, paths, classes, probs, skipped=[item.path for item in skipped])
+    extra = None
+    if explain:
+        folder = explain_folder(out)
+        width = len(str(len(files)))
+        names = [f"{i:0{width}d}-{f.stem}.png" for i, f in enumerate(files)]
+        write_explanations(
+            kept, files, names, folder, classes, probs, calibrated,
+            weights=rule.weights if len(members) > 1 else None,
+            target=None if cam_class is None else classes.index(cam_class),
+            layers=cam_layer, method=cam_method, batch_size=batch_size,
+            labels={m.name: m.label for m in members},
+        )
+        extra = {EXPLANATION_COLUMN: [f"{folder.name}/{n}" for n in names]}
+    write_class_predictions(out, paths, classes, probs, skipped=[item.path for item in skipped], extra=extra)
     if skipped_out is not None:
         skipped_out.extend(skipped)
     return paths, classes, probs
@@ -166,6 +224,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
+    cam = p.add_argument_group("class-activation maps")
+    cam.add_argument("--explain", action="store_true",
+                     help="also write one PNG per image (each member's and the ensemble's map over it) into "
+                          "<CSV stem>_explain/ beside the CSV, named in the CSV's 'explanation' column")
+    cam.add_argument("--cam-layer", action="append", metavar="NAME",
+                     help="module(s) to take the maps at, e.g. stages.3 (repeat or comma-separate; default: the "
+                          "last three feature stages of each architecture)")
+    cam.add_argument("--cam-class", metavar="CLASS", help="the class every map explains (default: the predicted one)")
+    cam.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD,
+                     help="gradcam (Grad-CAM) or gradxact (gradient x activation)")
     config_file_argument(p)
     p.set_defaults(func=main)
     return p
@@ -188,6 +256,10 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         skipped_out=skipped,
+        explain=args.explain,
+        cam_layer=args.cam_layer,
+        cam_class=args.cam_class,
+        cam_method=args.cam_method,
     )
     rows = [
         [p, classes[int(np.argmax(row))], f"{float(np.max(row)):.3f}"]
@@ -197,6 +269,8 @@ def main(args: argparse.Namespace) -> int:
     if len(paths) > PRINTED_ROWS:
         print(f"... and {len(paths) - PRINTED_ROWS} more")
     print(f"\n{len(paths)} images; probabilities of every class: {args.out}")
+    if args.explain:
+        print(f"class-activation maps, one PNG per image: {explain_folder(args.out)}")
     if skipped:
         print(f"{len(skipped)} skipped (cannot be decoded; their rows in the CSV are empty):")
         for item in skipped:
