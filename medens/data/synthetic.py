@@ -319,7 +319,7 @@ class SyntheticDataset(LabeledDataset):
         if caliper in ("", "none"):
             caliper = None
         if caliper is not None and caliper not in self.classes:
-            raise DatasetError(f"{NAME}: argument 'caliper' must be one of {self.classes} or none, got {caliper!r}")
+            raise DatasetUsageError(f"{NAME}: option 'caliper' (--dataset-option caliper=...) must be one of {self.classes} or none, got {caliper!r}")
         self.caliper = caliper
         order = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(0,))).permutation(int(num_images))
         targets = (order % self.num_classes).tolist()
