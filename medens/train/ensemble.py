@@ -33,7 +33,7 @@ from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table, skipped_note
 from medens.layout import HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME
-from medens.train.guards import open_unit_interval, positive_int, refuse_output_over_inputs
+from medens.train.guards import non_negative_int, open_unit_interval, positive_int, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +96,6 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cam-layer", action="append", metavar="NAME",
                    help="module(s) the maps are taken at, e.g. stages.3 (default: each architecture's last three stages)")
     g.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD, help="map method")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {value}")
-    return value
 
 
 def map_explainer(
