@@ -28,7 +28,7 @@ patch ``p`` is a multiple of the encoder's total stride ``s``. The published Con
 is a 3 x 3 grid, a choice among nine blocks that leaves the task of painting two thirds of the image from three.
 ``output_stride=16`` (or 8) builds the same network with its last stage (or last two) dilated instead of
 downsampling (timm's ``output_stride``; the weights keep their shapes), so 16 px patches give a 6 x 6 grid at
-96 px, the paper's 7 x 7 at 224 px in miniature, at about 1.5 times the compute of ``s = 32``. The sparse
+96 px, the paper's 7 x 7 at 224 px in miniature, at about 1.5 times the arithmetic of ``s = 32`` (counted per stage, not timed). The sparse
 semantics above hold unchanged at every stride, and the MAE member is built with the encoder's stride.
 
 Shapes: ``B`` images of ``H x W`` pixels, patch size ``p`` (a multiple of the encoder's stride ``s``),
