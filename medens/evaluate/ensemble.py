@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from medens.engine.atomic import atomic_write_text
 from medens.evaluate.bootstrap import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -39,6 +37,7 @@ from medens.evaluate.metrics import DEFAULT_ECE_BINS, SUMMARY_METRICS, classific
 from medens.evaluate.plots import plot_confusion_matrices, plot_reliability, plot_roc_curves
 from medens.evaluate.predictions import write_prediction_table
 from medens.evaluate.report import BASELINE_NAME, ENSEMBLE_NAME, render_report
+from medens.io import atomic_write_text, json_text, plain
 from medens.layout import ENSEMBLE_PLOT_NAMES, HTML_REPORT_NAME, METRICS_NAME, PREDICTIONS_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
@@ -64,19 +63,6 @@ def baseline_label(member: Member) -> str:
     """The baseline's name in tables: its architecture and its member label, e.g.
     ``Baseline resnet18: Scratch (random init)``."""
     return f"Baseline {member.config.get('arch') or member.directory.name}: {member.label}"
-
-
-def _json_ready(obj: Any) -> Any:
-    """Replace NaN/inf with None and numpy scalars with Python ones, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def skipped_test_images(directory: str | os.PathLike[str]) -> list[str]:
@@ -259,7 +245,7 @@ def evaluate_ensemble(
             probs=probs_by_name, weights=list(rule.weights) if rule.weights else None,
             labels_by_name=labels_by_name, out_dir=out,
         ))
-    results = _json_ready(results)
+    results = plain(results, finite=True)
 
     write_prediction_table(
         out / PREDICTIONS_NAME,
@@ -278,5 +264,5 @@ def evaluate_ensemble(
     atomic_write_text(out / REPORT_NAME, report)
     write_html_report(report, out, "ensemble")
     # metrics.json last: its presence marks a complete evaluation.
-    atomic_write_text(out / METRICS_NAME, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / METRICS_NAME, json_text(results))
     return results

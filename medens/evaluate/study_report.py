@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.engine.atomic import atomic_write_text
+from medens.io import atomic_write_text
 from medens.layout import REPORT_NAME, STUDY_DIFFERENCES_PLOT, STUDY_RUNS_PLOT
 
 from .metrics import UNIT_INTERVAL_METRICS, summary_metrics

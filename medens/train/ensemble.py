@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from medens.cli import command, command_help, config_file_argument
-from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD
 from medens.evaluate.combine import ENSEMBLE_METHODS
@@ -32,6 +31,7 @@ from medens.evaluate.gallery import DEFAULT_GALLERY_CORRECT, DEFAULT_GALLERY_ERR
 from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table, skipped_note
+from medens.io import remove_stale_temporaries
 from medens.layout import HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME
 from medens.train.guards import non_negative_int, open_unit_interval, positive_int, refuse_output_over_inputs
 

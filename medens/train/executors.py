@@ -196,7 +196,7 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 def write_state(folder: Path, **fields: Any) -> None:
     """Update the unit's ``unit.json`` with ``fields`` (atomically)."""
-    from medens.engine.atomic import atomic_write_text
+    from medens.io import atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {**read_state(folder), **fields, "updated": time.time()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -38,8 +37,8 @@ from medens.engine import (
     seed_everything,
     steps_per_epoch,
 )
-from medens.engine.atomic import atomic_write_text
 from medens.inference import load_model, sharded_probs
+from medens.io import atomic_write_text, json_text
 from medens.layout import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -516,7 +515,7 @@ def _write_outputs(
         # Images of the splits that could not be decoded: in no metric; rows with empty probabilities.
         "skipped": skipped or {"val": [], "test": []},
     }
-    atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(metrics), indent=2) + "\n")
+    atomic_write_text(out / METRICS_NAME, json_text(metrics))
     t = metrics["test"]
     _logger.info(
         "best epoch %d; test accuracy %.4f, macro-F1 %.4f, AUROC %.4f -> %s",
@@ -526,17 +525,6 @@ def _write_outputs(
         t["auroc_macro"],
         out,
     )
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become None (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medens.cli import command, command_help, config_file_argument
-from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
 from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD, resolve_cam_layers
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
@@ -36,6 +35,7 @@ from medens.evaluate.members import IncompatibleMembersError, align_members, loa
 from medens.evaluate.predictions import write_class_predictions
 from medens.evaluate.tables import text_table
 from medens.inference import ImageFiles, load_member_model, member_probs, with_tta_predictions
+from medens.io import remove_stale_temporaries
 from medens.layout import VAL_PREDICTIONS_NAME
 from medens.train.guards import positive_int, refuse_output_over_inputs
 
