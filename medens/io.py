@@ -3,6 +3,7 @@
 - Atomic writes: write a temporary file next to the target, flush it to disk, then rename over the target. A
   reader (or a run resumed after a crash) sees either the old file or the new one, never half of one.
 - :func:`plain`: any result or configuration as plain Python values, for YAML and (strict) JSON.
+- :func:`text_table` and :func:`markdown_table`: tables as aligned text for the terminal, GitHub markdown for reports.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "remove_stale_temporaries",
     "plain",
     "json_text",
+    "text_table",
+    "markdown_table",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -209,3 +212,57 @@ def plain(value: Any, *, finite: bool = False) -> Any:
 def json_text(value: Any, indent: int = 2) -> str:
     """``value`` as strict JSON (NaN and infinities as ``null``, see :func:`plain`), ending in a newline."""
     return json.dumps(plain(value, finite=True), indent=indent) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables as text
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    for i, row in enumerate(rows):
+        if len(row) != len(headers):
+            raise ValueError(
+                f"rows[{i}]: expected {len(headers)} cells to match headers, received {len(row)}"
+            )
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """Columns padded to a common width.
+
+    Args:
+        headers: column titles.
+        rows: cells as text, one sequence per row.
+        align: one letter per column, ``l`` or ``r``; default: first column left, the rest right.
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    _check(headers, rows)
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align: expected {len(headers)} letters from 'l'/'r', received {align!r}")
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            str(c).ljust(w) if a == "l" else str(c).rjust(w)
+            for c, w, a in zip(cells, widths, align, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (``|`` in cells escaped); first column left-, others right-aligned."""
+    _check(headers, rows)
+
+    def cell(c: str) -> str:
+        return str(c).replace("|", "\\|")
+
+    align = ["---"] + ["--:"] * (len(headers) - 1)
+    out = ["| " + " | ".join(cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

@@ -34,7 +34,7 @@ from medens.cli import command, command_help, config_file_argument
 from medens.errors import UsageError
 from medens.evaluate.ensemble import EnsembleOptions
 from medens.evaluate.report import comparison_table, probe_table, skipped_note
-from medens.evaluate.tables import text_table
+from medens.io import text_table
 from medens.layout import (
     ENSEMBLE_DIR,
     METRICS_NAME,
