@@ -101,3 +101,15 @@ def test_precise_batchnorm_recomputes_the_statistics_over_the_given_set(tmp_path
 def test_precise_batchnorm_is_not_applied_without_batchnorm(caplog: pytest.LogCaptureFixture) -> None:
     assert not precise_bn_applies(True, nn.Linear(2, 2))
     assert "no BatchNorm layer" in caplog.text
+
+
+def test_precise_batchnorm_leaves_out_a_last_batch_of_one_image() -> None:
+    """A BatchNorm after global pooling refuses a batch of one in training mode; 5 images in batches of 4 must
+    not fail, and the statistics are those of the first 4."""
+    from medens.engine import recompute_batchnorm_statistics
+
+    images = _Images(5)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(3))
+    assert recompute_batchnorm_statistics(model, images, batch_size=4)
+    expected = images.images[:4].mean(dim=(2, 3)).mean(dim=0)
+    torch.testing.assert_close(model[2].running_mean, expected)
