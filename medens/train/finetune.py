@@ -202,12 +202,7 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     mean, std = pixel_normalisation(model)
     train_set, val_set, test_set, skipped, eval_tf = _split_sets(config, dataset, splits, mean, std)
 
-    targets = train_set.targets
-    weight = class_weights(targets, len(classes)) if config["imbalance"] == "weighted_loss" else None
-    sample_weights = None
-    if config["imbalance"] == "balanced_sampler":
-        per_class = class_weights(targets, len(classes))
-        sample_weights = per_class[torch.as_tensor(targets)].double()
+    weight, sample_weights = _imbalance_weights(config["imbalance"], train_set.targets, len(classes))
     loader = train_loader(config, train_set, dist, weights=sample_weights)
     seed_everything(int(config["seed"]) + dist.rank)
 
@@ -348,6 +343,18 @@ def _split_sets(config: dict[str, Any], dataset: Any, splits: dict[str, Any], me
     test_set, test_skipped = SplitDataset(dataset, splits["test"], eval_tf, substitute=False).without_unreadable()
     skipped = {"val": [vars(k) for k in val_skipped], "test": [vars(k) for k in test_skipped]}
     return train_set, val_set, test_set, skipped, eval_tf
+
+
+def _imbalance_weights(
+    imbalance: str, targets: list[int], num_classes: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(class weights (K,) of the loss, sampling weights (N,) float64 of the training images)`` for the
+    ``imbalance`` option: ``weighted_loss`` sets the first, ``balanced_sampler`` the second, anything else neither."""
+    if imbalance == "weighted_loss":
+        return class_weights(targets, num_classes), None
+    if imbalance == "balanced_sampler":
+        return None, class_weights(targets, num_classes)[torch.as_tensor(targets)].double()
+    return None, None
 
 
 def _layer_decay_for(init_used: str, layer_decay: float) -> float:
