@@ -195,12 +195,20 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
         values: Mapping[str, Any] = load_yaml(path)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)}
+    # A key is a flag's dest or the name of one of its flags (an old spelling too: ``seed`` for --split-seed).
+    given = [a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)]
+    actions: dict[str, argparse.Action] = {}
+    for action in given:
+        actions.setdefault(action.dest, action)
+    for action in given:
+        for flag in action.option_strings:
+            actions.setdefault(flag.lstrip("-").replace("-", "_"), action)
     for key, value in values.items():
-        dest = str(key).replace("-", "_")
-        action = actions.get(dest)
+        action = actions.get(str(key).replace("-", "_"))
         if action is None:
             raise UsageError(f"config: {path}: expected one of the options {sorted(actions)}, received {key!r}")
+        dest = action.dest
+        action = actions[dest]  # the flag itself, not an old spelling of it
         if isinstance(value, str) and callable(action.type):
             try:
                 value = action.type(value)
@@ -210,7 +218,8 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
             raise UsageError(
                 f"{key}: in {path}: expected one of {list(action.choices)}, received {value!r}"
             )
-        if action.nargs in ("+", "*") and not isinstance(value, list):
+        repeated = action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction)
+        if repeated and not isinstance(value, list):
             value = [value]
         action.required = False
         parser.set_defaults(**{dest: value})

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medens.data.options import DEFAULT_DATASET
 from medens.engine.config import load_yaml, resolve_config_path
 from medens.errors import UsageError
 
@@ -40,7 +41,7 @@ PRESET_NAMES = ("paper", "small", "smoke")
 STAGES = ("pretrain", "finetune")
 
 #: The demo of ``python -m medens.train`` without arguments, and the data of a stage run without ``--dataset``.
-DEMO_DATASET = "synthetic"
+DEMO_DATASET = DEFAULT_DATASET
 DEMO_OUT = "runs/demo"
 #: Synthetic images for the demo, at the small preset's resolution; fewer than BUSI's 780 so the demo stays
 #: within 10 minutes on 2 CPU cores (benchmarks/RESULTS.md).

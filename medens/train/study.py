@@ -234,7 +234,7 @@ def check_folds(options: Mapping[str, Any], folds: int) -> None:
     """
     from collections import Counter
 
-    from medens.train.session import open_dataset
+    from medens.data import open_dataset
     from medens.train.stages import stage_configs
 
     config = stage_configs(options)["pretrain"]
