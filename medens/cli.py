@@ -31,11 +31,21 @@ import traceback  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
-from medens.errors import EXIT_ERROR, UsageError, exit_code_of, interrupted_exit_code, user_error_message  # noqa: E402
+from medens.errors import (  # noqa: E402
+    EXIT_ERROR,
+    EXIT_USAGE,
+    UsageError,
+    exit_code_of,
+    interrupted_exit_code,
+    user_error_message,
+)
 
 __all__ = [
     "COMMANDS",
+    "TRAIN_COMMANDS",
     "DEFAULT_COMMAND",
+    "MissingCommandError",
+    "build_parser",
     "command_help",
     "command",
     "set_prog",
@@ -72,10 +82,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 #: What runs when no command is given.
 DEFAULT_COMMAND = "pipeline"
+#: The commands of ``python -m medens.train``: every command of ``medens`` but ``data`` (``python -m medens.data``).
+TRAIN_COMMANDS: dict[str, tuple[str, str]] = {name: entry for name, entry in COMMANDS.items() if name != "data"}
+#: How the training commands are run as a module.
+TRAIN_PROG = "python -m medens.train"
 
 
 #: How the training commands are called in messages: ``python -m medens.train`` or, from the script, ``medens``.
-_prog = "python -m medens.train"
+_prog = TRAIN_PROG
 
 
 def command_help(name: str) -> str:
@@ -247,14 +261,75 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``medens [COMMAND] ...``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "data":
-        return importlib.import_module(COMMANDS["data"][0]).main(argv[1:], prog="medens data")
-    from medens.train.__main__ import main as train_main
+_HELP_FLAGS = ("-h", "--help")
 
-    return train_main(argv, prog="medens")
+
+class MissingCommandError(UsageError):
+    """The module of a command is not installed."""
+
+
+def _load(name: str):
+    module_name = (TRAIN_COMMANDS.get(name) or COMMANDS[name])[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise  # a dependency of the module is missing: show the real error
+        raise MissingCommandError(
+            f"the '{name}' command is not available: module {module_name} is missing from this installation"
+        ) from None
+
+
+def build_parser(
+    command: str | None, prog: str = TRAIN_PROG
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The top-level parser and ``command``'s parser (only that module is imported and its options added)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Entropy-guided self-supervised learning for medical image classification. "
+        f"Without a command, runs '{DEFAULT_COMMAND}' (with no arguments: the demo).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None
+    for name, (_, text) in TRAIN_COMMANDS.items():
+        if name == command:
+            chosen = _load(name).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=text, add_help=False)
+    if prog == "medens":  # the console script also runs 'medens data' (dispatched before this parser)
+        subparsers.add_parser("data", help=command_help("data"), add_help=False)
+    return parser, chosen
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "medens") -> int:
+    """``medens [COMMAND] ...`` (and, with ``prog="python -m medens.train"``, the training commands alone).
+
+    The one dispatcher: it imports only the command that runs; flags without a command run the pipeline, no
+    arguments at all the demo; ``data`` (``medens`` only) runs ``python -m medens.data``'s command.
+
+    Returns:
+        The command's code: 0; 2 for a usage error; 1 for another error; 130/143 when stopped by a signal.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if prog == "medens" and argv and argv[0] == "data":
+        return _load("data").main(argv[1:], prog="medens data")
+    set_prog(prog)
+    if not argv or (argv[0].startswith("-") and argv[0] not in _HELP_FLAGS):
+        argv = [DEFAULT_COMMAND, *argv]  # flags without a command: the pipeline
+    command = argv[0] if argv[0] in TRAIN_COMMANDS else None
+    try:
+        parser, chosen = build_parser(command, prog)
+        if chosen is not None:
+            apply_config_file(chosen, argv[1:])
+    except UsageError as err:
+        where = f"{prog} {command}" if command is not None and not isinstance(err, MissingCommandError) else prog
+        sys.stderr.write(f"{where}: error: {err}\n")
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    if command is None:  # --help was handled above; anything else is a usage error
+        parser.print_help()
+        return EXIT_USAGE
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
