@@ -51,6 +51,7 @@ __all__ = [
     "set_prog",
     "run_command",
     "apply_config_file",
+    "config_file_exit_code",
     "cli_logging",
     "int_in_range",
     "main",
@@ -239,6 +240,23 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
         parser.set_defaults(**{dest: value})
 
 
+def config_file_exit_code(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int | None:
+    """:func:`apply_config_file`, its failure said on stderr: None when it applied, else the exit code.
+
+    2 for a usage error (a key that is no option, a value of the wrong kind), 1 for a file that cannot be read
+    (the error rule of :mod:`medens.errors`: one message, no traceback).
+    """
+    try:
+        apply_config_file(parser, argv)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return exit_code_of(err)
+    return None
+
+
 def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in ``low..high`` (a bad value is a usage error, exit 2, naming the flag)."""
     expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
@@ -319,12 +337,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "medens") -> int:
     command = argv[0] if argv[0] in TRAIN_COMMANDS else None
     try:
         parser, chosen = build_parser(command, prog)
-        if chosen is not None:
-            apply_config_file(chosen, argv[1:])
-    except UsageError as err:
-        where = f"{prog} {command}" if command is not None and not isinstance(err, MissingCommandError) else prog
-        sys.stderr.write(f"{where}: error: {err}\n")
+    except MissingCommandError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
         return EXIT_USAGE
+    if chosen is not None:
+        code = config_file_exit_code(f"{prog} {command}", chosen, argv[1:])
+        if code is not None:
+            return code
     args = parser.parse_args(argv)
     if command is None:  # --help was handled above; anything else is a usage error
         parser.print_help()

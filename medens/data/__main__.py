@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medens.cli import apply_config_file, config_file_argument, run_command
+from medens.cli import config_file_argument, config_file_exit_code, run_command
 from medens.engine.config import parse_overrides
 from medens.errors import UsageError
 from medens.flags import flag_name
@@ -144,11 +144,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m medens.data")
     """Run the command on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
-    try:
-        apply_config_file(parser, argv)
-    except UsageError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
+    code = config_file_exit_code(prog, parser, argv)
+    if code is not None:
+        return code
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return run_command(prog, lambda: _run(args))
