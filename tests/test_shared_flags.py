@@ -53,3 +53,14 @@ def test_no_command_shows_a_flag_twice(name):
     shown = [line.split()[0].rstrip(",") for line in parser.format_help().splitlines()
              if line.startswith("  --")]
     assert len(shown) == len(set(shown)), sorted(f for f in shown if shown.count(f) > 1)
+
+
+def test_the_readme_names_every_registered_dataset():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip(f"no README.md beside the tests ({readme})")
+    section = readme.read_text(encoding="utf-8").split("## Datasets", 1)[-1].split("\n## ", 1)[0]
+    for name in list_datasets():
+        assert f"`{name}:<flag>`" in section if name == "medmnist" else f"`{name}`" in section, name
