@@ -177,7 +177,8 @@ def match_mask_dir(dataset: Any, mask_dir: str | os.PathLike[str]) -> MaskFiles:
     folder (a copy of the dataset's own layout), or else the one image with that file stem. Several masks of one
     image are united when read. ``mask_dir`` may be a folder of masks (Kvasir-SEG's ``masks/``, one of ISIC's
     ``ISIC2018_Task1_*_GroundTruth/``) or a release holding such folders beside its images (searched two levels
-    down); a folder mixing images and masks (BUSI's) gives its files with a mask ending.
+    down); a folder mixing images and masks (BUSI's) gives its files with a mask ending. An image file is never
+    its own mask (``mask_dir`` pointed at the images gives no mask).
 
     Args:
         dataset: a dataset of image files (``ids``, ``paths``, ``name``).
@@ -206,14 +207,16 @@ def match_mask_dir(dataset: Any, mask_dir: str | os.PathLike[str]) -> MaskFiles:
     files: dict[int, tuple[Path, ...]] = {}
     ambiguous: set[str] = set()
     for index, item in enumerate(dataset.ids):
-        own = by_relative.get(os.path.splitext(item)[0])
+        image = Path(dataset.paths[index]).resolve()
+        own = [p for p in by_relative.get(os.path.splitext(item)[0], []) if p.resolve() != image]
         if own:
             files[index] = tuple(own)
             continue
         stem = Path(item).stem
-        if stem in by_id:
+        found = [p for p in by_id.get(stem, []) if p.resolve() != image]  # never an image as its own mask
+        if found:
             if len(stems[stem]) == 1:
-                files[index] = tuple(by_id[stem])
+                files[index] = tuple(found)
             else:
                 ambiguous.add(stem)
     matched = {mask_image_id(p) for found in files.values() for p in found}

@@ -110,6 +110,10 @@ def test_folder_masks_by_relative_path_are_united_and_stems_that_name_two_images
     assert not ds.mask_files.files and ds.mask_files.ambiguous == ["img0", "img1"]
     assert "0 of 6 images have a mask" in caplog.text and "name several images by stem" in caplog.text
     assert all(lesion_mask(ds, i) is None for i in range(len(ds)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medens.data.masks"):
+        ds = load_dataset("folder", root, mask_dir=root / "cat_a")  # the images themselves, by mistake
+    assert not ds.mask_files.files and "0 of 6 images have a mask" in caplog.text
 
 
 def test_busi_mask_dir_replaces_the_masks_beside_the_images(tmp_path: Path, layouts) -> None:
