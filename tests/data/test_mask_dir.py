@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,3 +143,25 @@ def test_bad_mask_dir_is_named(tmp_path: Path, layouts) -> None:
         load_dataset("folder", root, mask_dir=3)
     with pytest.raises(DatasetError, match=r"unknown option\(s\) \['mask_dir'\]"):
         load_dataset("synthetic", None, num_images=6, mask_dir=tmp_path)
+
+
+def test_mask_dir_feeds_the_lesion_scores_of_the_report(tmp_path: Path, layouts) -> None:
+    from medens.data import build_transforms
+    from medens.evaluate.gallery import explain_test_split
+    from tests.evaluate.test_cam_methods import GapNet
+
+    root = layouts.folder(tmp_path / "data", classes=("lesion", "normal"), per_class=3)
+    for stem in ("img0", "img1"):
+        _write_mask(tmp_path / "m" / "lesion" / f"{stem}.png", (2, 2, 8, 8))
+    _write_mask(tmp_path / "m" / "normal" / "img0.png", (2, 2, 8, 8))  # a normal image: never scored
+    ds = load_dataset("folder", root, mask_dir=tmp_path / "m")
+    transform = build_transforms(16, train=False, crop_pct=1.0)
+    member = SimpleNamespace(member=SimpleNamespace(name="a", config={"image_size": 16, "crop_pct": 1.0}),
+                             model=GapNet().eval(), transform=transform, device="cpu")
+    labels = np.array(ds.targets)
+    probs = np.tile([[0.6, 0.4]], (len(ds), 1))
+    out = explain_test_split([member], ds, ds.ids, labels, ds.classes, {"a": probs, "ensemble": probs},
+                             tmp_path / "report", max_errors=0, max_correct=0, n_boot=50, tta=True)
+    lesion = out["lesion"]
+    assert lesion["n_images"] == 2 and set(lesion["models"]) == {"a", "ensemble"}
+    assert lesion["models"]["a"]["n_images"] == 2 and 0 <= lesion["models"]["a"]["energy_inside"] <= 1
