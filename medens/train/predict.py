@@ -233,7 +233,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "last three feature stages of each architecture)")
     cam.add_argument("--cam-class", metavar="CLASS", help="the class every map explains (default: the predicted one)")
     cam.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD,
-                     help="gradcam (Grad-CAM) or gradxact (gradient x activation)")
+                     help="gradcam (Grad-CAM), gradxact (gradient x activation) or gradcampp (Grad-CAM++)")
     config_file_argument(p)
     p.set_defaults(func=main)
     return p
