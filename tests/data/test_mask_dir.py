@@ -165,3 +165,12 @@ def test_mask_dir_feeds_the_lesion_scores_of_the_report(tmp_path: Path, layouts)
     lesion = out["lesion"]
     assert lesion["n_images"] == 2 and set(lesion["models"]) == {"a", "ensemble"}
     assert lesion["models"]["a"]["n_images"] == 2 and 0 <= lesion["models"]["a"]["energy_inside"] <= 1
+
+
+def test_kvasir_pointed_at_kvasir_seg_says_to_give_it_as_mask_dir(tmp_path: Path, layouts) -> None:
+    seg = tmp_path / "Kvasir-SEG"
+    layouts.write_image(seg / "images" / "cju0qkwl35piu0993l0dewei2.jpg")
+    _write_mask(seg / "masks" / "cju0qkwl35piu0993l0dewei2.jpg", (0, 0, 4, 4))
+    for root in (seg, tmp_path):
+        with pytest.raises(DatasetError, match=r"looks like Kvasir-SEG .* --dataset-option mask_dir="):
+            load_dataset("kvasir", root)
