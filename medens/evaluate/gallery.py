@@ -167,6 +167,7 @@ def explain_test_split(
         "max_correct": max_correct,
         "method": method,
         "layers": layers,
+        "tta": tta,
         "images": entries,
     }
     lesion = None
@@ -219,6 +220,7 @@ def _lesion_scores(
         "n_images": len(masked),
         "lesion_area": area,
         "method": method,
+        "tta": tta,
         "models": lesion_summary(scores, n_boot=n_boot, confidence=confidence, seed=seed),
     }
 
@@ -260,7 +262,9 @@ def gallery_markdown(results: Mapping[str, Any]) -> list[str]:
     if gallery:
         out += [f"{gallery['errors']} of the {gallery['errors_total']} misclassified test images (the most confident "
                 f"errors first), then the {gallery['correct']} least-confident correct ones; each with the members' "
-                f"and the ensemble's class-activation maps ({gallery['method']}) for the class each predicts.", ""]
+                f"and the ensemble's class-activation maps ({gallery['method']}"
+                f"{', flip-averaged as the probabilities' if gallery.get('tta') else ''}) for the class each "
+                "predicts.", ""]
         for e in gallery["images"]:
             what = "error" if e["kind"] == "error" else "correct"
             out += [f"![{what}: {e['path']}]({e['file']})", "",

@@ -163,7 +163,7 @@ def test_mask_dir_feeds_the_lesion_scores_of_the_report(tmp_path: Path, layouts)
     out = explain_test_split([member], ds, ds.ids, labels, ds.classes, {"a": probs, "ensemble": probs},
                              tmp_path / "report", max_errors=0, max_correct=0, n_boot=50, tta=True)
     lesion = out["lesion"]
-    assert lesion["n_images"] == 2 and set(lesion["models"]) == {"a", "ensemble"}
+    assert lesion["n_images"] == 2 and set(lesion["models"]) == {"a", "ensemble"} and lesion["tta"] is True
     assert lesion["models"]["a"]["n_images"] == 2 and 0 <= lesion["models"]["a"]["energy_inside"] <= 1
 
 
