@@ -14,7 +14,8 @@ Two more methods at the same cost as Grad-CAM (one forward and backward pass per
 Captum (the gradient times the activation, summed over channels, then ReLU: LayerCAM's map without its gradient
 ReLU), which keeps finer detail than Grad-CAM's channel-averaged gradient; and ``gradcampp``, Grad-CAM++, which
 Captum lacks: computed here (:func:`gradcam_plus_plus`) from the layer's activations and gradients as Captum captures
-them for its Grad-CAM (``captum._utils.gradient.compute_layer_gradients_and_eval``, what ``LayerGradCam`` calls).
+them for its Grad-CAM (``captum._utils.gradient.compute_layer_gradients_and_eval``, what ``LayerGradCam`` calls;
+a helper outside Captum's public API, so the closed-form test of Grad-CAM++ is what catches a change in it).
 
 **The layers.** A map is computed at each named layer (a module name of the model, e.g. ``stages.2``), upsampled
 bilinearly to the input's size, scaled so its maximum is 1, and the layers' maps are averaged. The default, per
