@@ -106,6 +106,7 @@ def map_explainer(
     n_boot: int = DEFAULT_N_BOOT,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    tta: bool = False,
 ):
     """The ``explain`` step of :func:`medens.evaluate.ensemble.evaluate_ensemble`: reload the members' models and
     the test images, write the gallery and score the maps against lesion masks.
@@ -136,7 +137,7 @@ def map_explainer(
         return explain_test_split(
             models, dataset, paths, labels, classes, probs, out_dir, labels_by_name=labels_by_name,
             weights=weights, baseline_model=base, max_errors=gallery,
-            max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=cam_method,
+            max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=cam_method, tta=tta,
             n_boot=n_boot, confidence=confidence, seed=seed,
         )
 
@@ -248,7 +249,7 @@ def run_ensemble(
         plots=plots,
         progress=True,
         baseline=loaded[-1] if baseline is not None else None,
-        explain=map_explainer(device, gallery, cam_layer, cam_method, n_boot, confidence, seed) if maps else None,
+        explain=map_explainer(device, gallery, cam_layer, cam_method, n_boot, confidence, seed, tta) if maps else None,
     )
 
 
