@@ -53,7 +53,6 @@ __all__ = [
     "apply_config_file",
     "config_file_exit_code",
     "cli_logging",
-    "int_in_range",
     "main",
 ]
 
@@ -255,23 +254,6 @@ def config_file_exit_code(prog: str, parser: argparse.ArgumentParser, argv: Sequ
         sys.stderr.write(f"{prog}: error: {message}\n")
         return exit_code_of(err)
     return None
-
-
-def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in ``low..high`` (a bad value is a usage error, exit 2, naming the flag)."""
-    expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {expected}, received {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse's own message names the type
-    return parse
 
 
 # ---------------------------------------------------------------------------------------------------------------
