@@ -98,10 +98,16 @@ def _checked(args: argparse.Namespace) -> dict[str, Any]:
                 option.check(flag_name(key, option), value)
             except ValueError as err:
                 raise UsageError(str(err)) from None
-    try:
-        return parse_overrides(args.dataset_options, option="--dataset-option")
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    options: dict[str, Any] = {}
+    for item in args.dataset_options:  # KEY=VALUE from the command line; a --config file may give a mapping
+        if isinstance(item, dict):
+            options.update(item)
+            continue
+        try:
+            options.update(parse_overrides([str(item)], option="--dataset-option"))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return options
 
 
 def _listing(dataset, group: list[int], most: int = 8) -> str:
