@@ -72,7 +72,9 @@ def bare_step_speed(size: int, batch: int = 32) -> float:
 
 
 def _median_speed(run_dir: Path) -> float:
-    with (run_dir / "log.csv").open(newline="") as f:
+    from medens.layout import LOG_NAME
+
+    with (run_dir / LOG_NAME).open(newline="") as f:
         speeds = [float(row["images_per_s"]) for row in csv.DictReader(f)]
     return statistics.median(speeds[1:] or speeds)
 

@@ -103,6 +103,16 @@ def list_datasets() -> dict[str, str]:
     return {name: entry.summary for name, entry in sorted(_REGISTRY.items())}
 
 
+#: Registered names that take a part after a colon, as ``--help`` spells them.
+_NAME_FORMS = {"medmnist": "medmnist:<flag>"}
+
+
+def dataset_names() -> str:
+    """The registered dataset names as ``--help`` lists them: ``busi, covid, ..., medmnist:<flag> or synthetic``."""
+    names = [_NAME_FORMS.get(name, name) for name in sorted(_REGISTRY)]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options) -> LabeledDataset:
     """Open a dataset as its publisher distributes it.
 

@@ -47,8 +47,10 @@ class ExplainedBatch:
 
 
 def _config_of(mm: Any) -> tuple[int, float]:
+    from medens.data import DEFAULT_CROP_PCT
+
     config = mm.member.config
-    return int(config["image_size"]), float(config.get("crop_pct", 0.875))
+    return int(config["image_size"]), float(config.get("crop_pct", DEFAULT_CROP_PCT))
 
 
 def display_geometry(member_models: Sequence[Any], interpolation: str = "bilinear") -> Any:

@@ -116,12 +116,11 @@ def map_explainer(
     """
 
     def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
-        from medens.data import DatasetError
+        from medens.data import DatasetError, open_dataset
         from medens.errors import UsageError
         from medens.evaluate.cam import resolve_cam_layers
         from medens.evaluate.gallery import explain_test_split
         from medens.inference import load_member_model
-        from medens.train.session import open_dataset
 
         try:
             dataset = open_dataset(members[0].config)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medens.data.options import SHARED_DATA_KEYS
 from medens.engine.estimate import PlannedStage
 from medens.layout import (
     BASELINE_DIR,
@@ -42,24 +43,14 @@ __all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_
 
 logger = logging.getLogger(__name__)
 
-#: Stage options that the pipeline's flags of the same name set for every training stage.
+#: The pipeline's run flags that set the stage option of the same name for every training stage.
+RUN_SHARED_KEYS = ("arch", "norm", "image_size", "batch_size", "num_workers", "device", "seed")
+#: Stage options that the pipeline's flags of the same name set for every training stage: its data flags
+#: (:data:`medens.data.options.SHARED_DATA_KEYS`; the reader options are merged apart, with the demo's), its run
+#: flags, and a study unit's fold.
 SHARED_KEYS = (
-    "dataset",
-    "data_root",
-    "cache_dir",
-    "arch",
-    "norm",
-    "image_size",
-    "batch_size",
-    "num_workers",
-    "device",
-    "seed",
-    "split_seed",
-    "val_fraction",
-    "test_fraction",
-    "dedupe",
-    "dedupe_threshold",
-    "keep_conflicts",
+    *(key for key in SHARED_DATA_KEYS if key != "dataset_options"),
+    *RUN_SHARED_KEYS,
     "folds",
     "fold",
 )
