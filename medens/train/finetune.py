@@ -383,8 +383,9 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     }
 
     # Precise BatchNorm: the running statistics (momentum 0.1, about the last ten batches) move so much from step to
-    # step on a few hundred images that nearly equal weights score 0.2 apart in validation accuracy
-    # (benchmarks/RESULTS.md, "noisy BatchNorm statistics"); averaged over the whole training split they depend on
+    # step on a few hundred images that nearly equal weights score far apart in validation accuracy (measured on
+    # BUSI fold 2, 2026-12-02: the live weights 0.724, the same weights with their EMA's buffers 0.566; in
+    # benchmarks/RESULTS.md); averaged over the whole training split they depend on
     # the weights alone. Evaluation transforms, so no augmentation draws; an unreadable image is substituted as in
     # training (no extra decoding pass up front, and a model without BatchNorm never reads the set). Like the
     # validation pass it runs before the epoch's checkpoint, so a resumed run stays exact.
