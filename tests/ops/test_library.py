@@ -8,6 +8,7 @@ import torch
 
 import medens
 from medens.ops import (
+    _backends,
     available_backends,
     build_info,
     entropy_guided_mask,
@@ -43,15 +44,12 @@ def test_torch_compile_fullgraph_traces_every_op(backend):
 
 
 def test_available_backends_tells_what_runs():
+    # Each backend said to run does run (on its device), and each said not to run is refused saying so.
     backends = available_backends()
     assert set(backends) == {"reference", "cpp", "cuda", "triton"}
     assert backends["reference"] is True
-    assert backends["cuda"] == (build_info()["cuda_compiled"] and torch.cuda.is_available())
     for name, ok in backends.items():
-        if name == "triton" and ok and not torch.cuda.is_available():
-            continue  # interpreted Triton is tested in test_entropy.py, test_masking.py and test_patches.py
-        on_gpu = ok and name in ("cuda", "triton") and torch.cuda.is_available()
-        images = torch.rand(1, 1, 8, 8, device="cuda" if on_gpu else "cpu")
+        images = torch.rand(1, 1, 8, 8, device=device_of(name) if ok else "cpu")
         if ok:
             assert patch_entropy(images, 4, backend=name).shape == (1, 4)
         else:
@@ -59,11 +57,33 @@ def test_available_backends_tells_what_runs():
                 patch_entropy(images, 4, backend=name)
 
 
-def test_auto_picks_cpp_for_cpu_tensors_when_built():
-    from medens.ops._backends import resolve_backend
+def test_without_the_compiled_core_only_reference_and_triton_can_run(monkeypatch):
+    # medens._C absent (a source tree): cpp and cuda are unavailable and refused with the reason, and "auto"
+    # falls back to the reference on CPU tensors.
+    monkeypatch.setattr(_backends, "extension", lambda: None)
+    backends = available_backends()
+    assert backends["reference"] is True
+    assert backends["cpp"] is False and backends["cuda"] is False
+    images = torch.rand(1, 1, 8, 8)
+    for name in ("cpp", "cuda"):
+        with pytest.raises(RuntimeError, match=f"backend '{name}' cannot run here"):
+            patch_entropy(images, 4, backend=name)
+    assert _backends.resolve_backend("auto", torch.device("cpu"), "patch_entropy") == "reference"
 
-    expected = "cpp" if available_backends()["cpp"] else "reference"
-    assert resolve_backend("auto", torch.device("cpu"), "patch_entropy") == expected
+
+def test_without_a_gpu_cuda_and_compiled_triton_cannot_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    backends = available_backends()
+    assert backends["cuda"] is False and backends["triton"] is False
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert available_backends()["triton"] is _backends.triton_importable()
+
+
+def test_auto_picks_the_compiled_cpu_kernels_for_cpu_tensors():
+    # The suite runs on an installed medens, whose medens._C test_compiled_extension_is_installed requires.
+    assert _backends.resolve_backend("auto", torch.device("cpu"), "patch_entropy") == "cpp"
+    assert _backends.resolve_backend("reference", torch.device("cpu"), "patch_entropy") == "reference"
 
 
 def test_build_info_reports_the_build():
@@ -83,16 +103,28 @@ def test_compiled_extension_is_installed():
     assert info["openmp"], "the CPU kernels were built without OpenMP"
 
 
-def test_kernels_honour_torch_threads():
+def test_kernels_use_torch_threads(monkeypatch):
+    # Each call of a CPU kernel is given torch.get_num_threads() OpenMP threads, read at the call: spy on the
+    # arguments the extension receives, at thread counts other than the default.
+    ext = _backends.extension()
+    calls = []
+    original = ext.patch_entropy_cpu
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["num_threads"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ext, "patch_entropy_cpu", spy)
     images = torch.rand(8, 3, 64, 64)
     expected = R.patch_entropy(images, 16)
     previous = torch.get_num_threads()
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            torch.testing.assert_close(patch_entropy(images, 16), expected, **tol("entropy"))
+            torch.testing.assert_close(patch_entropy(images, 16, backend="cpp"), expected, **tol("entropy"))
     finally:
         torch.set_num_threads(previous)
+    assert calls == [1, 2, 3]
 
 
 # ---- what every op shares on a GPU ---------------------------------------------------------------------------------
