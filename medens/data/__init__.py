@@ -51,7 +51,6 @@ from .imageio import read_image, to_rgb8
 from .registry import list_datasets, load_dataset, register_dataset
 from .splits import (
     SplitPlan,
-    compute_splits,
     load_splits,
     make_splits,
     plan_splits,
@@ -81,7 +80,6 @@ __all__ = [
     "SyntheticDataset",
     "build_transforms",
     "cache_dataset",
-    "compute_splits",
     "plan_splits",
     "SplitPlan",
     "find_duplicates",
