@@ -21,7 +21,6 @@ import copy
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +120,9 @@ def default_config() -> dict[str, Any]:
     return copy.deepcopy(FINETUNE_DEFAULTS)
 
 
-def is_complete(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds a finished fine-tuning run (``metrics.json`` is written last)."""
-    return is_finetune_complete(out_dir)
+#: True when a folder holds a finished fine-tuning run (``metrics.json`` is written last): the layout's own test,
+#: under the name of this module's Python entry points.
+is_complete = is_finetune_complete
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def run_finetune(config: dict[str, Any]) -> Path:
     with option_checks():  # before any data is read
         _check_options(config)
         engine = EngineConfig.from_config(config)
-    with run_session(config, "finetune", is_complete) as ctx:
+    with run_session(config, "finetune", is_finetune_complete) as ctx:
         return _finetune(ctx, engine)
 
 
