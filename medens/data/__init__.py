@@ -54,7 +54,6 @@ from .options import open_dataset
 from .registry import list_datasets, load_dataset, register_dataset
 from .splits import (
     SplitPlan,
-    compute_splits,
     load_splits,
     make_splits,
     plan_splits,
@@ -85,7 +84,6 @@ __all__ = [
     "SyntheticDataset",
     "build_transforms",
     "cache_dataset",
-    "compute_splits",
     "plan_splits",
     "SplitPlan",
     "find_duplicates",

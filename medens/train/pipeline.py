@@ -42,6 +42,8 @@ from medens.layout import (
     ENSEMBLE_DIR,
     METRICS_NAME,
     REPORT_NAME,
+    is_finetune_complete,
+    is_pretrain_complete,
 )
 from medens.models.arch import NORM_CHOICES
 from medens.train.guards import positive_int
@@ -118,17 +120,17 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
         configs = stage_configs(options, variant)
         tag = f" [{variant.name}]" if variant.pretrain else ""
         outcomes.append(run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
-                                   pretrain.is_complete))
+                                   is_pretrain_complete))
         if not imagenet_done:
             outcomes.append(run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
-                                       finetune.is_complete))
+                                       is_finetune_complete))
             if "baseline" in configs:
                 outcomes.append(run_stage("finetune-baseline", configs["baseline"], finetune.run_finetune,
-                                           finetune.is_complete))
+                                           is_finetune_complete))
                 baseline_dir = configs["baseline"]["out"]
             imagenet_done = True
         outcomes.append(run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
-                                   finetune.is_complete))
+                                   is_finetune_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
         ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
         found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot, baseline_dir)

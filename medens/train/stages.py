@@ -26,6 +26,8 @@ from medens.layout import (
     MAE_DIR,
     PRETRAIN_DIR,
     SPLITS_NAME,
+    is_finetune_complete,
+    is_pretrain_complete,
 )
 from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE
 from medens.train.options import EXECUTION_KEYS
@@ -259,8 +261,6 @@ def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> li
     For the estimates of :mod:`medens.engine.estimate`: each variant's pre-training, the shared ImageNet member
     (and ``--baseline``) once after the first pre-training, then the variant's MAE member.
     """
-    from medens.train import finetune, pretrain
-
     plan: list[PlannedStage] = []
     shared_done = False
     for variant in variants:
@@ -272,7 +272,7 @@ def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> li
         keys.append("mae")
         for key in keys:
             config = configs[key]
-            is_complete = pretrain.is_complete if key == "pretrain" else finetune.is_complete
+            is_complete = is_pretrain_complete if key == "pretrain" else is_finetune_complete
             if not is_complete(Path(config["out"])):
                 plan.append(PlannedStage(Path(config["out"]), int(config["epochs"])))
     return plan

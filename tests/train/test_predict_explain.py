@@ -12,7 +12,7 @@ from PIL import Image
 
 from medens.data import load_dataset
 from medens.train import predict as predict_cli
-from tests.cli.test_predict_cli import DATASET_OPTIONS, make_member, run_cli
+from tests.train.test_predict import DATASET_OPTIONS, make_member, run_cli
 
 
 @pytest.fixture(scope="module")
