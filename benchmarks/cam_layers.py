@@ -4,7 +4,9 @@ known) and score each choice of layers by the energy inside the lesion and the p
     python benchmarks/cam_layers.py --size 96 --steps 150
 
 Prints one table row per architecture and layer set (test images with a lesion only). The default of
-:mod:`medens.evaluate.cam` comes from this measurement (benchmarks/RESULTS.md, "Class-activation maps").
+:mod:`medens.evaluate.cam` comes from this measurement (``--size 96 --steps 100``, 2026-12-06: the last three
+stages of a BatchNorm ConvNeXt-Atto put 0.066 of the map's energy inside the lesion and hit it in 0.39 of the
+pointing games, the last stage alone 0.045 and 0.02; recorded in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

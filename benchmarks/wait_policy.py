@@ -2,8 +2,9 @@
 
 Runs ``medens finetune`` (the installed CLI) for a few epochs under each setting, one run at a time and then two
 at once, and prints the median images/s of each run's epochs after the first (from its ``log.csv``). ``--bare``
-adds a bare timm training step on random data (no data loading) as the ceiling. Results and their conditions:
-benchmarks/RESULTS.md ("OpenMP wait policy on an idle machine").
+adds a bare timm training step on random data (no data loading) as the ceiling. Measured 2026-12-02 on a 2-core
+machine, one run alone (BUSI, ``--preset small --image-size 96``): 92-98 images/s with ``OMP_WAIT_POLICY=PASSIVE``,
+126-130 with ``ACTIVE``; the conditions are recorded in benchmarks/RESULTS.md.
 
     python benchmarks/wait_policy.py --out /tmp/wp --bare -- --dataset busi --data-root ~/data/BUSI \\
         --preset small --init scratch --image-size 96 --epochs 5
@@ -72,7 +73,9 @@ def bare_step_speed(size: int, batch: int = 32) -> float:
 
 
 def _median_speed(run_dir: Path) -> float:
-    with (run_dir / "log.csv").open(newline="") as f:
+    from medens.layout import LOG_NAME
+
+    with (run_dir / LOG_NAME).open(newline="") as f:
         speeds = [float(row["images_per_s"]) for row in csv.DictReader(f)]
     return statistics.median(speeds[1:] or speeds)
 

@@ -31,18 +31,28 @@ import traceback  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
-from medens.errors import EXIT_ERROR, UsageError, exit_code_of, interrupted_exit_code, user_error_message  # noqa: E402
+from medens.errors import (  # noqa: E402
+    EXIT_ERROR,
+    EXIT_USAGE,
+    UsageError,
+    exit_code_of,
+    interrupted_exit_code,
+    user_error_message,
+)
 
 __all__ = [
     "COMMANDS",
+    "TRAIN_COMMANDS",
     "DEFAULT_COMMAND",
+    "MissingCommandError",
+    "build_parser",
     "command_help",
     "command",
     "set_prog",
     "run_command",
     "apply_config_file",
+    "config_file_exit_code",
     "cli_logging",
-    "int_in_range",
     "main",
 ]
 
@@ -72,10 +82,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 #: What runs when no command is given.
 DEFAULT_COMMAND = "pipeline"
+#: The commands of ``python -m medens.train``: every command of ``medens`` but ``data`` (``python -m medens.data``).
+TRAIN_COMMANDS: dict[str, tuple[str, str]] = {name: entry for name, entry in COMMANDS.items() if name != "data"}
+#: How the training commands are run as a module.
+TRAIN_PROG = "python -m medens.train"
 
 
 #: How the training commands are called in messages: ``python -m medens.train`` or, from the script, ``medens``.
-_prog = "python -m medens.train"
+_prog = TRAIN_PROG
 
 
 def command_help(name: str) -> str:
@@ -195,12 +209,20 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
         values: Mapping[str, Any] = load_yaml(path)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)}
+    # A key is a flag's dest or the name of one of its flags (an old spelling too: ``seed`` for --split-seed).
+    given = [a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)]
+    actions: dict[str, argparse.Action] = {}
+    for action in given:
+        actions.setdefault(action.dest, action)
+    for action in given:
+        for flag in action.option_strings:
+            actions.setdefault(flag.lstrip("-").replace("-", "_"), action)
     for key, value in values.items():
-        dest = str(key).replace("-", "_")
-        action = actions.get(dest)
+        action = actions.get(str(key).replace("-", "_"))
         if action is None:
             raise UsageError(f"config: {path}: expected one of the options {sorted(actions)}, received {key!r}")
+        dest = action.dest
+        action = actions[dest]  # the flag itself, not an old spelling of it
         if isinstance(value, str) and callable(action.type):
             try:
                 value = action.type(value)
@@ -210,27 +232,28 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> N
             raise UsageError(
                 f"{key}: in {path}: expected one of {list(action.choices)}, received {value!r}"
             )
-        if action.nargs in ("+", "*") and not isinstance(value, list):
+        repeated = action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction)
+        if repeated and not isinstance(value, list):
             value = [value]
         action.required = False
         parser.set_defaults(**{dest: value})
 
 
-def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in ``low..high`` (a bad value is a usage error, exit 2, naming the flag)."""
-    expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+def config_file_exit_code(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int | None:
+    """:func:`apply_config_file`, its failure said on stderr: None when it applied, else the exit code.
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {expected}, received {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse's own message names the type
-    return parse
+    2 for a usage error (a key that is no option, a value of the wrong kind), 1 for a file that cannot be read
+    (the error rule of :mod:`medens.errors`: one message, no traceback).
+    """
+    try:
+        apply_config_file(parser, argv)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return exit_code_of(err)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,14 +261,76 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``medens [COMMAND] ...``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "data":
-        return importlib.import_module(COMMANDS["data"][0]).main(argv[1:], prog="medens data")
-    from medens.train.__main__ import main as train_main
+_HELP_FLAGS = ("-h", "--help")
 
-    return train_main(argv, prog="medens")
+
+class MissingCommandError(UsageError):
+    """The module of a command is not installed."""
+
+
+def _load(name: str):
+    module_name = (TRAIN_COMMANDS.get(name) or COMMANDS[name])[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise  # a dependency of the module is missing: show the real error
+        raise MissingCommandError(
+            f"the '{name}' command is not available: module {module_name} is missing from this installation"
+        ) from None
+
+
+def build_parser(
+    command: str | None, prog: str = TRAIN_PROG
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The top-level parser and ``command``'s parser (only that module is imported and its options added)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Entropy-guided self-supervised learning for medical image classification. "
+        f"Without a command, runs '{DEFAULT_COMMAND}' (with no arguments: the demo).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None
+    for name, (_, text) in TRAIN_COMMANDS.items():
+        if name == command:
+            chosen = _load(name).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=text, add_help=False)
+    if prog == "medens":  # the console script also runs 'medens data' (dispatched before this parser)
+        subparsers.add_parser("data", help=command_help("data"), add_help=False)
+    return parser, chosen
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "medens") -> int:
+    """``medens [COMMAND] ...`` (and, with ``prog="python -m medens.train"``, the training commands alone).
+
+    The one dispatcher: it imports only the command that runs; flags without a command run the pipeline, no
+    arguments at all the demo; ``data`` (``medens`` only) runs ``python -m medens.data``'s command.
+
+    Returns:
+        The command's code: 0; 2 for a usage error; 1 for another error; 130/143 when stopped by a signal.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if prog == "medens" and argv and argv[0] == "data":
+        return _load("data").main(argv[1:], prog="medens data")
+    set_prog(prog)
+    if not argv or (argv[0].startswith("-") and argv[0] not in _HELP_FLAGS):
+        argv = [DEFAULT_COMMAND, *argv]  # flags without a command: the pipeline
+    command = argv[0] if argv[0] in TRAIN_COMMANDS else None
+    try:
+        parser, chosen = build_parser(command, prog)
+    except MissingCommandError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_USAGE
+    if chosen is not None:
+        code = config_file_exit_code(f"{prog} {command}", chosen, argv[1:])
+        if code is not None:
+            return code
+    args = parser.parse_args(argv)
+    if command is None:  # --help was handled above; anything else is a usage error
+        parser.print_help()
+        return EXIT_USAGE
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

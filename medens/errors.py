@@ -1,5 +1,7 @@
 """The one error rule of every medens command: which failures are a user's, and the exit codes.
 
+- **User errors** (:class:`UserError`, the base of every error the library raises for a user to act on, and
+  ``ValueError``/``FileNotFoundError``): the rule below needs nothing but this module to recognise them.
 - **Usage errors** (:class:`UsageError`, and argparse's own): the command line is wrong: an unknown or ill-formed
   option, a value out of range, a missing or conflicting option. Exit code :data:`EXIT_USAGE` (2).
 - **Other user and environment errors**: a bad or missing file, a dataset that cannot be read, members that
@@ -19,26 +21,34 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "UserError",
     "UsageError",
     "OverwritesInputError",
     "refuse_output_over_inputs",
     "describe_path",
-    "EXIT_OK",
     "EXIT_ERROR",
     "EXIT_USAGE",
     "USER_ERRNOS",
+    "USER_ERRORS",
     "user_errors",
     "user_error_message",
     "exit_code_of",
     "interrupted_exit_code",
 ]
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-class UsageError(ValueError):
+class UserError(Exception):
+    """A failure the user can act on from its message alone: a bad input, file or dataset (exit 1).
+
+    The library's user-facing errors derive from it (beside the built-in class they are: a ``DatasetError`` is also
+    a ``ValueError``), so a command tells them from a bug without importing the modules that raise them.
+    """
+
+
+class UsageError(UserError, ValueError):
     """The command line is wrong: an unknown option, a bad value, a missing or conflicting option (exit 2)."""
 
 
@@ -120,16 +130,14 @@ def describe_path(path: str | os.PathLike[str]) -> str:
     return "which is a device, not a regular file"
 
 
+#: Exceptions a user can act on from the message alone (plus ``OSError`` of :data:`USER_ERRNOS`).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions a user can act on from the message alone (plus ``OSError`` of :data:`USER_ERRNOS`).
-
-    Imported here rather than at module level, so that ``--help`` does not load the models.
-    """
-    from medens.data import DatasetError
-    from medens.engine import NonFiniteLossError
-    from medens.models import PretrainedWeightsUnavailable
-
-    return (ValueError, FileNotFoundError, DatasetError, PretrainedWeightsUnavailable, NonFiniteLossError)
+    """:data:`USER_ERRORS`: :class:`UserError` (the library's own: datasets, weights, a diverged loss) and the
+    built-in errors of bad values and missing files."""
+    return USER_ERRORS
 
 
 #: ``OSError`` numbers that are the environment's or the user's doing (a path, a permission, the disk), not a bug.
@@ -163,17 +171,17 @@ _ERRNO_HINTS = {
 def user_error_message(err: BaseException) -> str | None:
     """The message to print for a user's or the environment's mistake, or None for what must be a bug.
 
-    One place decides: :func:`user_errors` (bad values, files, datasets, weights), and ``OSError`` whose number is
+    One place decides: :data:`USER_ERRORS` (bad values, files, datasets, weights), and ``OSError`` whose number is
     in :data:`USER_ERRNOS` (said with the file it concerns and what to do).
     """
-    if isinstance(err, OSError) and not isinstance(err, user_errors()):
+    if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
         if err.errno not in USER_ERRNOS:
             return None
         names = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
         text = err.strerror or str(err)
         hint = _ERRNO_HINTS.get(err.errno)
         return f"{names + ': ' if names and names not in text else ''}{text}" + (f"; {hint}" if hint else "")
-    if isinstance(err, user_errors()):
+    if isinstance(err, USER_ERRORS):
         return str(err)
     return None
 

@@ -158,7 +158,7 @@ def load_member_model(member: Member, device: str | torch.device = "auto") -> Me
         FileNotFoundError: if the folder has no ``model.safetensors``.
         ValueError: if the config lacks ``image_size``.
     """
-    from medens.data import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+    from medens.data import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, build_transforms
     from medens.engine import resolve_device
 
     if not (member.directory / MODEL_NAME).is_file():
@@ -178,7 +178,7 @@ def load_member_model(member: Member, device: str | torch.device = "auto") -> Me
         train=False,
         mean=run.get("mean") or IMAGENET_MEAN,
         std=run.get("std") or IMAGENET_STD,
-        crop_pct=float(config.get("crop_pct", 0.875)),
+        crop_pct=float(config.get("crop_pct", DEFAULT_CROP_PCT)),
     )
     return MemberModel(member=member, model=model, transform=transform, device=dev)
 
@@ -214,8 +214,7 @@ def member_probs(
 
 def _split_dataset(mm: MemberModel, preds: Predictions) -> Dataset:
     """The member's dataset items named by ``preds.paths``, with its evaluation transform."""
-    from medens.data import SplitDataset
-    from medens.train.session import open_dataset
+    from medens.data import SplitDataset, open_dataset
 
     config = mm.member.config
     dataset = open_dataset(config)

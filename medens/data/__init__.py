@@ -16,6 +16,8 @@ Public API:
 - :func:`load_dataset` ``(name, root=None, **options) -> LabeledDataset``: open ``busi``, ``isic2018``,
   ``kvasir``, ``covid``, ``medmnist:<flag>``, ``folder`` or ``synthetic``; ``cache_dir=`` adds the decode cache.
 - :func:`list_datasets` ``() -> dict[str, str]``: registered names and descriptions.
+- :func:`open_dataset` ``(config) -> LabeledDataset``: the dataset a run's configuration names (``dataset``,
+  ``data_root``, ``dataset_options``, ``cache_dir``).
 - :class:`LabeledDataset`: items ``(PIL RGB image, int)``; ``classes``, ``targets``, ``ids``, ``paths``,
   ``official_splits``, ``groups``, ``skipped``, ``image_size(i)``.
 - :func:`make_splits` ``(dataset, *, seed, val_fraction, test_fraction, folds, fold, use_official, grouped,
@@ -48,10 +50,10 @@ from .duplicates import DuplicateGroups, find_duplicates
 from .errors import CorruptImageError, DatasetError, DatasetNotFoundError
 from .filedataset import ImageDataset, Sample
 from .imageio import read_image, to_rgb8
+from .options import open_dataset
 from .registry import list_datasets, load_dataset, register_dataset
 from .splits import (
     SplitPlan,
-    compute_splits,
     load_splits,
     make_splits,
     plan_splits,
@@ -62,9 +64,10 @@ from .subset import SplitDataset
 from .summary import format_summary, summarize
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from .synthetic import SyntheticDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from .transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 __all__ = [
+    "DEFAULT_CROP_PCT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SPLIT_NAMES",
@@ -81,7 +84,6 @@ __all__ = [
     "SyntheticDataset",
     "build_transforms",
     "cache_dataset",
-    "compute_splits",
     "plan_splits",
     "SplitPlan",
     "find_duplicates",
@@ -89,6 +91,7 @@ __all__ = [
     "format_summary",
     "list_datasets",
     "load_dataset",
+    "open_dataset",
     "load_splits",
     "make_splits",
     "read_image",

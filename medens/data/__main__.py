@@ -22,22 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medens.cli import apply_config_file, config_file_argument, int_in_range, run_command
+from medens.cli import config_file_argument, config_file_exit_code, run_command
+from medens.engine.config import parse_overrides
 from medens.errors import UsageError
+from medens.flags import flag_name
 
-from .duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, HASH_BITS, find_duplicates
+from .duplicates import HASH_BITS, find_duplicates
 from .filedataset import VERIFY_MODES
-from .registry import list_datasets, load_dataset
+from .options import DATA_DEFAULTS, DATA_OPTIONS, SHARED_DATA_KEYS, add_data_flags
+from .registry import load_dataset
 from .summary import format_summary, summarize
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, received {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -49,34 +43,29 @@ class _DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
         sys.stderr.write(f"{parser.prog}: note: {option_string} is deprecated; use {self.new}\n")
-        if self.dest == "option":
-            getattr(namespace, self.dest).append(values)
+        if self.dest == "dataset_options":
+            setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
         else:
             setattr(namespace, self.dest, values)
 
 
 def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser:
-    names = ", ".join(list_datasets()) + ", medmnist:<flag>"
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Look at a dataset before training on it: its classes, images per class and split, "
                     "image sizes, and the files skipped and why.",
         epilog="\n".join(line.strip() for line in __doc__.splitlines() if line.startswith("    python")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help=f"dataset name: {names}")
-    parser.add_argument("--data-root", default=None, help="folder the dataset was unpacked into (not for synthetic)")
+    # The data flags of every command, with their one help text (medens.data.options).
+    add_data_flags(parser, ("dataset", "data_root", "dataset_options", "split_seed", "val_fraction",
+                            "test_fraction"), values={**DATA_DEFAULTS, "dataset_options": []})
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     parser.add_argument("--strict", action="store_true", help="fail on the first corrupt image instead of skipping it")
     parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
                         help="how image files are checked (default header; full decodes every file)")
-    parser.add_argument("--split-seed", dest="seed", type=int_in_range(0), default=0,
-                        help="seed of the default split shown (default 0)")
-    parser.add_argument("--seed", dest="seed", type=int_in_range(0), action=_DeprecatedAlias, new="--split-seed",
+    parser.add_argument("--seed", dest="split_seed", type=int, action=_DeprecatedAlias, new="--split-seed",
                         help=argparse.SUPPRESS)
-    parser.add_argument("--dataset-option", dest="option", action="append", type=_option, default=[],
-                        metavar="KEY=VALUE",
-                        help="reader option, repeatable, e.g. size=64 (medmnist) or num_images=300 (synthetic)")
-    parser.add_argument("--option", dest="option", type=_option, action=_DeprecatedAlias, new="--dataset-option",
+    parser.add_argument("--option", dest="dataset_options", action=_DeprecatedAlias, new="--dataset-option",
                         help=argparse.SUPPRESS)
     config_file_argument(parser)
     dup = parser.add_argument_group("duplicates")
@@ -85,17 +74,7 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
                           "(file, class, distance and similarity of every image) and plot each image's "
                           "nearest-neighbour distance and similarity with the thresholds (with --json: one JSON "
                           "object with images_in_groups, groups, conflicts, threshold, method, parameters)")
-    dup.add_argument("--dedupe", choices=("on", "off"), default="on",
-                     help="keep near-duplicate images on one side of the split shown (default on; off: plain "
-                          "stratified, a leaky protocol)")
-    dup.add_argument("--dedupe-threshold", type=int_in_range(0, HASH_BITS), default=DEFAULT_THRESHOLD, metavar="BITS",
-                     help=f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies "
-                          f"(default {DEFAULT_THRESHOLD}); a candidate is a copy when its aligned detail correlates "
-                          f">= {DEFAULT_MIN_CORRELATION}")
-    dup.add_argument("--keep-conflicts", action="store_true",
-                     help="keep images of duplicate groups whose labels disagree (excluded by default)")
-    dup.add_argument("--cache-dir", default=None, metavar="DIR",
-                     help="folder of the image-signature cache (default: $MEDENS_CACHE_DIR or ~/.cache/medens)")
+    add_data_flags(dup, ("dedupe", "dedupe_threshold", "keep_conflicts", "cache_dir"), values=DATA_DEFAULTS)
     dup.add_argument("--sheet", default=None, metavar="PNG",
                      help="where --duplicates draws the contact sheet (default: duplicates-<dataset>.png here); never "
                           "a file of the dataset, a folder of its images, or another file in its folder")
@@ -103,6 +82,32 @@ def build_parser(prog: str = "python -m medens.data") -> argparse.ArgumentParser
                      help="where --duplicates plots the nearest-neighbour distances (default: "
                           "duplicates-<dataset>-distances.png here); never over the data, as --sheet")
     return parser
+
+
+def _checked(args: argparse.Namespace) -> dict[str, Any]:
+    """The reader options of ``--dataset-option``, after checking every data flag's value against its limits.
+
+    Raises:
+        UsageError: an ill-formed ``--dataset-option`` item, or a value outside its flag's limits (named by the flag).
+    """
+    for key in SHARED_DATA_KEYS:
+        option = DATA_OPTIONS[key]
+        value = getattr(args, key)
+        if value is not None and not option.repeated:
+            try:
+                option.check(flag_name(key, option), value)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+    options: dict[str, Any] = {}
+    for item in args.dataset_options:  # KEY=VALUE from the command line; a --config file may give a mapping
+        if isinstance(item, dict):
+            options.update(item)
+            continue
+        try:
+            options.update(parse_overrides([str(item)], option="--dataset-option"))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return options
 
 
 def _listing(dataset, group: list[int], most: int = 8) -> str:
@@ -145,18 +150,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m medens.data")
     """Run the command on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
-    try:
-        apply_config_file(parser, argv)
-    except UsageError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
+    code = config_file_exit_code(prog, parser, argv)
+    if code is not None:
+        return code
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return run_command(prog, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    options = dict(args.option)
+    options = _checked(args)
     if args.strict:
         options["strict"] = True
     if args.verify is not None:
@@ -164,8 +167,9 @@ def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root, **options)
     if args.duplicates:
         return _duplicates(args, dataset)
-    summary = summarize(dataset, seed=args.seed, dedupe=args.dedupe == "on",
-                        dedupe_threshold=args.dedupe_threshold, keep_conflicts=args.keep_conflicts,
+    summary = summarize(dataset, seed=args.split_seed, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, dedupe=args.dedupe == "on",
+                        dedupe_threshold=args.dedupe_threshold, keep_conflicts=bool(args.keep_conflicts),
                         hash_cache_dir=args.cache_dir)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
     return 0

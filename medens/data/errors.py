@@ -6,10 +6,10 @@ wrong folder can fix the path without reading the source.
 
 from __future__ import annotations
 
-from medens.errors import UsageError
+from medens.errors import UsageError, UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset cannot be read as asked: wrong layout, empty class, bad CSV row, bad option."""
 
 

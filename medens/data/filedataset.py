@@ -128,6 +128,8 @@ class ImageDataset(LabeledDataset):
         self.verify = verify
         self.high_bit_depth = high_bit_depth
         self.skipped = list(skipped or [])
+        #: Lesion masks released apart from the images (the ``mask_dir`` option), set by ``load_dataset``.
+        self.mask_files: Any = None
         kept, infos = self._check_files(samples)
         self._paths = [str(s.path) for s in kept]
         self._sizes: list[tuple[int, int] | None] = [(i.width, i.height) if i else None for i in infos]

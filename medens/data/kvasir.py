@@ -46,9 +46,12 @@ def find_kvasir_dir(root: Path) -> Path:
                     f"missing {missing}, found {describe_folder(candidate)}"
                 )
             return candidate
+    seg = [c for c in [root, *subfolders(root)] if find_child_dir(c, ["images"]) and find_child_dir(c, ["masks"])]
+    hint = (f"; {str(seg[0])!r} looks like Kvasir-SEG (polyp images and their masks, one class): give it as "
+            f"--dataset-option mask_dir={seg[0]} with the Kvasir v2 class folders as the data root") if seg else ""
     raise DatasetError(
         f"{NAME}: expected the eight Kvasir class folders ({', '.join(CLASSES)}) in {str(root)!r} "
-        f"or in {str(root / FOLDERS[0])!r}; found {describe_folder(root)}"
+        f"or in {str(root / FOLDERS[0])!r}; found {describe_folder(root)}{hint}"
     )
 
 

@@ -19,6 +19,7 @@ from .folder import load_folder
 from .imageio import HIGH_BIT_DEPTH_MODES
 from .isic import load_isic2018
 from .kvasir import load_kvasir
+from .masks import match_mask_dir
 from .medmnist import load_medmnist
 from .synthetic import load_synthetic
 
@@ -26,6 +27,9 @@ from .synthetic import load_synthetic
 FILE_OPTIONS: tuple[str, ...] = ("strict", "verify", "high_bit_depth")
 # Options load_dataset handles itself, for any dataset.
 CACHE_OPTIONS: tuple[str, ...] = ("cache_dir", "cache_size", "cache_workers")
+# Options load_dataset handles itself, for the readers of image files that list them: lesion masks released
+# apart from the images (medens.data.masks.match_mask_dir).
+MASK_OPTIONS: tuple[str, ...] = ("mask_dir",)
 
 
 def _integer(value: Any, low: int | None = None) -> bool:
@@ -52,6 +56,7 @@ OPTION_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "num_classes": ("an integer >= 2", lambda v: _integer(v, 2)),
     "seed": ("an integer >= 0", lambda v: _integer(v, 0)),
     "cache_dir": ("a folder path", lambda v: v is None or isinstance(v, (str, os.PathLike))),
+    "mask_dir": ("a folder of lesion masks", lambda v: v is None or isinstance(v, (str, os.PathLike))),
     "cache_size": ("a side in pixels or [height, width]", lambda v: _side(v, 1)),
     "cache_workers": ("an integer >= 1 or null", lambda v: v is None or _integer(v, 1)),
 }
@@ -98,6 +103,16 @@ def list_datasets() -> dict[str, str]:
     return {name: entry.summary for name, entry in sorted(_REGISTRY.items())}
 
 
+#: Registered names that take a part after a colon, as ``--help`` spells them.
+_NAME_FORMS = {"medmnist": "medmnist:<flag>"}
+
+
+def dataset_names() -> str:
+    """The registered dataset names as ``--help`` lists them: ``busi, covid, ..., medmnist:<flag> or synthetic``."""
+    names = [_NAME_FORMS.get(name, name) for name in sorted(_REGISTRY)]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options) -> LabeledDataset:
     """Open a dataset as its publisher distributes it.
 
@@ -109,7 +124,9 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
             ``high_bit_depth="minmax"``; ``layout=`` for isic2018; ``size=`` for medmnist;
             ``num_images=``, ``image_size=``, ``num_classes=``, ``seed=`` for synthetic. And, for any dataset,
             ``cache_dir=`` (serve images from a decode cache there, see :class:`CachedDataset`),
-            ``cache_size=`` (stored size, default 256) and ``cache_workers=``.
+            ``cache_size=`` (stored size, default 256) and ``cache_workers=``. For the datasets of image files
+            (all but ``medmnist`` and ``synthetic``), ``mask_dir=``: lesion masks released apart from the images,
+            matched to them by image id (:func:`medens.data.masks.match_mask_dir`).
 
     Returns:
         A :class:`LabeledDataset` (a :class:`CachedDataset` when ``cache_dir`` is given).
@@ -132,22 +149,25 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
         raise DatasetUsageError(f"{name}: unknown option(s) {unknown}; this dataset accepts "
                            f"{sorted(entry.options + CACHE_OPTIONS)}")
     check_options(name, {**options, **cache})
+    mask_dir = options.pop("mask_dir", None)
     if flag:
         options["flag"] = flag.strip().lower()
     dataset = entry.loader(root, **options)
+    if mask_dir is not None:
+        dataset.mask_files = match_mask_dir(dataset, mask_dir)
     if cache.get("cache_dir") is not None:
         dataset = CachedDataset(dataset, cache["cache_dir"], cache.get("cache_size", 256),
                                 num_workers=cache.get("cache_workers"))
     return dataset
 
 
-register_dataset("busi", load_busi, FILE_OPTIONS, "BUSI breast ultrasound: Dataset_BUSI_with_GT/{benign,malignant,normal}")
-register_dataset("isic2018", load_isic2018, FILE_OPTIONS + ("layout",),
+register_dataset("busi", load_busi, FILE_OPTIONS + MASK_OPTIONS, "BUSI breast ultrasound: Dataset_BUSI_with_GT/{benign,malignant,normal}")
+register_dataset("isic2018", load_isic2018, FILE_OPTIONS + MASK_OPTIONS + ("layout",),
                  "ISIC 2018 Task 3 (official splits, lesion groups) or HAM10000 dermoscopy")
-register_dataset("kvasir", load_kvasir, FILE_OPTIONS, "Kvasir v2 endoscopy: eight class folders")
-register_dataset("covid", load_covid, FILE_OPTIONS, "COVID-19 Radiography Database (current and older releases)")
+register_dataset("kvasir", load_kvasir, FILE_OPTIONS + MASK_OPTIONS, "Kvasir v2 endoscopy: eight class folders")
+register_dataset("covid", load_covid, FILE_OPTIONS + MASK_OPTIONS, "COVID-19 Radiography Database (current and older releases)")
 register_dataset("medmnist", load_medmnist, ("flag", "size", "strict"),
                  "MedMNIST 2D .npz files: 'medmnist:<flag>', official splits")
-register_dataset("folder", load_folder, FILE_OPTIONS, "one sub-folder per class (optionally under train/val/test)")
+register_dataset("folder", load_folder, FILE_OPTIONS + MASK_OPTIONS, "one sub-folder per class (optionally under train/val/test)")
 register_dataset("synthetic", load_synthetic, ("num_images", "image_size", "num_classes", "seed", "caliper", "strict"),
                  "generated ultrasound-like images, no files (the default)")

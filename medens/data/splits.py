@@ -42,7 +42,6 @@ from .partition import kfold_partition, stratified_partition
 logger = logging.getLogger(__name__)
 
 FORMAT = "medens.splits/1"
-SPLITS_FILENAME = SPLITS_NAME  # the name every run folder gives it (medens.layout)
 Splits = dict[str, list[int]]
 #: Why an item is in no split, as ``splits.json`` records it.
 EXCLUDED_LABEL_CONFLICT = "label_conflict"
@@ -216,7 +215,7 @@ def make_splits(
                                          cache_dir=hash_cache_dir, progress=progress, known_groups=grouped)
             check_split_file_groups(split_file, dataset, splits, duplicates)
         if out_dir is not None:
-            target = Path(out_dir) / SPLITS_FILENAME
+            target = Path(out_dir) / SPLITS_NAME
             if not target.exists() or not target.samefile(split_file):
                 save_splits(target, dataset, splits, _split_file_settings(split_file, dedupe, duplicates, dataset))
         return splits
@@ -229,7 +228,7 @@ def make_splits(
                     "test_fraction": test_fraction, "folds": folds, "fold": fold, "use_official": use_official,
                     "grouped": grouped, "dedupe": bool(dedupe), "keep_conflicts": bool(keep_conflicts),
                     **plan.record(dataset)}
-        save_splits(Path(out_dir) / SPLITS_FILENAME, dataset, plan.splits, settings)
+        save_splits(Path(out_dir) / SPLITS_NAME, dataset, plan.splits, settings)
     logger.info("%s: split by %s%s: %s", dataset.name, plan.method, " (duplicate-aware)" if dedupe else "",
                 {k: len(v) for k, v in plan.splits.items()})
     return plan.splits
@@ -355,16 +354,6 @@ def check_split_file_groups(split_file: str | os.PathLike[str], dataset: Labeled
             f"{pairs(leaking)}. Make a new split (drop --split-file), or pass --dedupe off to use it as it is "
             f"(a leaky protocol, on purpose)"
         )
-
-
-def compute_splits(dataset: LabeledDataset, *, seed: int = 0, val_fraction: float = 0.1,
-                   test_fraction: float = 0.2, folds: int | None = None, fold: int | None = None,
-                   use_official: bool = True, grouped: bool = True, **dedupe_options: Any) -> tuple[Splits, str]:
-    """:func:`make_splits` without files: returns the splits and the method used (e.g. ``"official"``,
-    ``"grouped-stratified"``, ``"official+carved-val"``, ``"kfold"``). ``dedupe_options`` as :func:`plan_splits`."""
-    plan = plan_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, folds=folds,
-                       fold=fold, use_official=use_official, grouped=grouped, **dedupe_options)
-    return plan.splits, plan.method
 
 
 def split_counts(dataset: LabeledDataset, splits: Splits) -> dict[str, dict[str, int]]:

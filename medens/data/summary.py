@@ -13,15 +13,16 @@ from .splits import Splits, plan_splits, split_counts
 _MAX_SIZES = 12
 
 
-def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: int = 0,
-              **dedupe_options: Any) -> dict[str, Any]:
+def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: int = 0, val_fraction: float = 0.1,
+              test_fraction: float = 0.2, **dedupe_options: Any) -> dict[str, Any]:
     """Describe ``dataset`` as a JSON-ready dict.
 
     Args:
         dataset: Any :class:`LabeledDataset`.
         splits: The split to count; None makes the default one (official splits where the dataset has them,
-            else stratified 70/10/20 from ``seed``).
+            else stratified from ``seed`` with ``val_fraction`` and ``test_fraction``).
         seed: Seed of the default split.
+        val_fraction, test_fraction: Shares of the images the default split gives validation and testing.
         **dedupe_options: Duplicate handling of the default split (``dedupe``, ``dedupe_threshold``,
             ``keep_conflicts``, ``hash_cache_dir``; see :func:`~medens.data.splits.plan_splits`).
 
@@ -33,11 +34,13 @@ def summarize(dataset: LabeledDataset, splits: Splits | None = None, *, seed: in
     """
     duplicates, excluded = None, 0
     if splits is None:
-        plan = plan_splits(dataset, seed=seed, **dedupe_options)
+        plan = plan_splits(dataset, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                           **dedupe_options)
         splits, method, duplicates = plan.splits, plan.method, plan.duplicates
         excluded = sum(len(v) for v in plan.excluded.values())
         if not method.startswith("official"):
-            method = f"{method} 70/10/20, seed {seed} (default; official splits: none)"
+            shares = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
+            method = f"{method} {'/'.join(f'{100 * f:.3g}' for f in shares)}, seed {seed} (default; official splits: none)"
     else:
         method = "given"
     per_class = Counter(dataset.targets)

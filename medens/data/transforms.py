@@ -18,6 +18,8 @@ from torchvision.transforms import InterpolationMode, v2
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Evaluation: the share of the resized image the centre crop keeps (timm's default for ConvNeXt).
+DEFAULT_CROP_PCT = 0.875
 _INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                    "nearest": InterpolationMode.NEAREST}
 
@@ -42,7 +44,7 @@ def build_transforms(
     normalize: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    crop_pct: float = 0.875,
+    crop_pct: float = DEFAULT_CROP_PCT,
     scale: tuple[float, float] = (0.75, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,

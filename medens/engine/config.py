@@ -2,7 +2,7 @@
 
 A configuration is a flat ``dict`` of plain values (numbers, strings, booleans, lists, None), so it survives YAML,
 ``torch.load(weights_only=True)`` and a hand edit. Each stage (pre-training, fine-tuning) owns its defaults; a
-YAML file (a path, or the name of a preset in ``medens/configs``) and ``key=value`` overrides are merged over
+YAML file and ``key=value`` overrides are merged over
 them, and a key the stage does not know is an error that names it and suggests the closest known key.
 """
 
@@ -17,12 +17,10 @@ from typing import Any
 
 import yaml
 
+from medens.errors import describe_path
 from medens.io import atomic_write_text, plain
 
 __all__ = [
-    "PRESET_DIR",
-    "list_presets",
-    "resolve_config_path",
     "load_yaml",
     "yaml_value",
     "merge_config",
@@ -54,41 +52,16 @@ def yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-#: Where the packaged YAML presets live (``medens/configs``).
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def list_presets() -> list[str]:
-    """Names of the packaged presets (file names without ``.yaml``)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
-    """A YAML path as given, or a preset name (``pretrain_paper``) resolved in ``medens/configs``.
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from a file (a packaged preset's file by name: :func:`medens.train.presets.load_config_file`).
 
     Raises:
-        FileNotFoundError: when neither exists; the message lists the presets.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    raise FileNotFoundError(
-        f"config: expected a YAML file or a preset name ({', '.join(list_presets()) or 'none packaged'}), "
-        f"received {str(name_or_path)!r}"
-    )
-
-
-def load_yaml(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping from a file or preset.
-
-    Raises:
-        FileNotFoundError: see :func:`resolve_config_path`.
+        FileNotFoundError: when the file does not exist.
         ValueError: when the file is not a YAML mapping.
     """
-    path = resolve_config_path(name_or_path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config: expected a YAML file, received {str(path)!r}, {describe_path(path)}")
     try:
         data = yaml_value(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

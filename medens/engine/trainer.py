@@ -47,6 +47,7 @@ from medens.engine.loader import set_loader_epoch
 from medens.engine.precision import resolve_precision
 from medens.engine.records import TensorBoardLogger, write_csv_log
 from medens.engine.signals import GracefulStop
+from medens.errors import UserError
 from medens.layout import LOG_NAME
 
 __all__ = [
@@ -71,7 +72,7 @@ class _Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many optimiser steps in a row had a non-finite loss; a checkpoint was saved first."""
 
 

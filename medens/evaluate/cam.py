@@ -10,18 +10,23 @@
   system's libGL on a headless Debian machine);
 - it is maintained by the PyTorch organisation and explains per-sample targets in one pass.
 
-Captum offers no Grad-CAM++; the second method offered is the cheap one it has at the same cost as Grad-CAM,
-``gradxact`` (the gradient times the activation, summed over channels, then ReLU: LayerCAM's map without its
-gradient ReLU), which keeps finer detail than Grad-CAM's channel-averaged gradient.
+Two more methods at the same cost as Grad-CAM (one forward and backward pass per layer): ``gradxact`` through
+Captum (the gradient times the activation, summed over channels, then ReLU: LayerCAM's map without its gradient
+ReLU), which keeps finer detail than Grad-CAM's channel-averaged gradient; and ``gradcampp``, Grad-CAM++, which
+Captum lacks: computed here (:func:`gradcam_plus_plus`) from the layer's activations and gradients as Captum captures
+them for its Grad-CAM (``captum._utils.gradient.compute_layer_gradients_and_eval``, what ``LayerGradCam`` calls;
+a helper outside Captum's public API, so the closed-form test of Grad-CAM++ is what catches a change in it).
 
 **The layers.** A map is computed at each named layer (a module name of the model, e.g. ``stages.2``), upsampled
 bilinearly to the input's size, scaled so its maximum is 1, and the layers' maps are averaged. The default, per
 architecture, is the last three stages that timm's ``feature_info`` lists (``stages.1`` to ``stages.3`` of a
 ConvNeXt, with LayerNorm or BatchNorm alike; ``layer2`` to ``layer4`` of a ResNet): a ConvNeXt's last stage is only
 3 x 3 at 96 px, too coarse to tell a lesion from its rim. Measured on models trained on the synthetic images at
-96 px (``benchmarks/cam_layers.py``; ``benchmarks/RESULTS.md``, "Class-activation maps"), the last stage alone put
-no more of the map on the lesion than a uniform map would, and the last three stages did best or second best on
-both lesion scores for a BatchNorm ConvNeXt and a ResNet-18; each layer costs one forward and backward pass. ``layers=`` (and
+96 px (``benchmarks/cam_layers.py --size 96 --steps 100``, 84 held-out images with a lesion, 2026-12-06; in
+``benchmarks/RESULTS.md``), the last stage alone put no more of the map on the lesion than a uniform map would
+(0.045 of its energy inside the lesion against 0.050 for a BatchNorm ConvNeXt-Atto), and the last three stages did
+best or second best on both lesion scores for a BatchNorm ConvNeXt (0.066 energy, 0.39 pointing-game hits) and a
+ResNet-18; each layer costs one forward and backward pass. ``layers=`` (and
 ``--cam-layer``) overrides it; :func:`cam_layer_choices` lists the candidates.
 
 **Model state.** Maps are computed in evaluation mode; the model's ``training`` flag, its parameters (with their
@@ -30,6 +35,10 @@ afterwards, so predictions with and without maps are identical.
 
 **The ensemble's map** combines the members' maps with the ensemble's rule: the (weighted) mean of the members'
 maps *for the class the ensemble predicts*, as the ensemble's probabilities are the (weighted) mean of theirs.
+
+**Test-time augmentation** (``tta=True``, ``--tta``): as a prediction's probabilities are the mean of those of the
+image and of its horizontal mirror, its map is the mean of the image's map and of the mirrored image's map mirrored
+back, both for the class the flip-averaged probabilities predict.
 
 Shapes: ``B`` images, ``K`` classes, ``H x W`` the input's size.
 """
@@ -55,12 +64,14 @@ __all__ = [
     "class_activation_maps",
     "combine_maps",
     "ensemble_activation_maps",
+    "gradcam_plus_plus",
 ]
 
-#: Map methods: ``gradcam`` (Grad-CAM) and ``gradxact`` (gradient x activation), both through Captum.
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradxact")
+#: Map methods: ``gradcam`` (Grad-CAM) and ``gradxact`` (gradient x activation) through Captum, ``gradcampp``
+#: (Grad-CAM++, :func:`gradcam_plus_plus`).
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradxact", "gradcampp")
 DEFAULT_CAM_METHOD = "gradcam"
-#: How many of the last feature stages the default map averages (measured: benchmarks/RESULTS.md).
+#: How many of the last feature stages the default map averages (benchmarks/cam_layers.py: see "The layers" above).
 DEFAULT_CAM_STAGES = 3
 
 
@@ -174,21 +185,82 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
     return maps / top[:, None, None]
 
 
+def _check_spatial(output: torch.Tensor, layer: nn.Module) -> None:
+    if output.ndim != 4:
+        raise ValueError(
+            f"layers: expected a layer with a spatial output (B, C, h, w), received output of shape "
+            f"{tuple(output.shape)} from {type(layer).__name__}"
+        )
+
+
+def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ of one layer from its activations and the gradient of the class's logit with respect to them.
+
+    Grad-CAM++: Chattopadhay, Sarkar, Howlader and Balasubramanian, "Grad-CAM++: Generalized Gradient-Based Visual
+    Explanations for Deep Convolutional Networks", WACV 2018 (arXiv:1710.11063). With ``A`` the activations,
+    ``g = dS/dA`` the gradient of the class's logit ``S`` and the class score taken as ``exp(S)``, the second and
+    third derivatives of the score are ``exp(S) g^2`` and ``exp(S) g^3`` (a network of ReLUs, max-pools and linear
+    layers has no higher derivatives of ``S`` itself), which gives the paper's closed form of the pixel weights::
+
+        alpha = g^2 / (2 g^2 + sum_hw(A) g^3)          (0 where the denominator is 0)
+        w_c   = sum_hw(alpha * relu(g))                 (channel weights)
+        map   = relu(sum_c w_c A_c)
+
+    The factor ``exp(S)`` of the score's gradient scales every channel weight of an image alike and is left out:
+    maps are scaled to a maximum of 1 anyway.
+
+    Args:
+        activations: ``(B, C, h, w)`` the layer's output.
+        gradients: ``(B, C, h, w)`` the gradient of each image's class logit with respect to it.
+
+    Returns:
+        ``(B, h, w)`` non-negative, un-normalised.
+    """
+    g2 = gradients.pow(2)
+    denom = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * gradients.pow(3)
+    nonzero = denom != 0
+    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    weights = (alpha * gradients.clamp_min(0)).sum(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1).clamp_min(0)
+
+
 def _layer_map(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
     """Un-normalised ``(B, h, w)`` map of one layer, through Captum."""
+    from captum._utils.gradient import compute_layer_gradients_and_eval
     from captum.attr import LayerGradCam, LayerGradientXActivation
 
+    if method == "gradcampp":
+        (gradients,), (activations,) = compute_layer_gradients_and_eval(model, layer, x, targets)
+        _check_spatial(activations, layer)
+        return gradcam_plus_plus(activations.detach(), gradients.detach())
     if method == "gradcam":
         attr = LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)
     else:
         attr = LayerGradientXActivation(model, layer).attribute(x, target=targets).sum(dim=1, keepdim=True)
         attr = attr.clamp_min(0)
-    if attr.ndim != 4:
-        raise ValueError(
-            f"layers: expected a layer with a spatial output (B, C, h, w), received output of shape "
-            f"{tuple(attr.shape)} from {type(layer).__name__}"
-        )
+    _check_spatial(attr, layer)
     return attr[:, 0].detach()
+
+
+def _mean_layer_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                    named: Sequence[tuple[str, nn.Module]], method: str) -> torch.Tensor:
+    """``(B, H, W)`` the mean over ``named`` layers of each layer's map, upsampled to the input and scaled to a
+    maximum of 1; the result scaled so again."""
+    size = images.shape[-2:]
+    total = torch.zeros(images.shape[0], *size, device=images.device)
+    with torch.enable_grad():
+        for _, layer in named:
+            # A fresh leaf: Captum may set requires_grad on its input; the caller's tensor is never touched.
+            x = images.detach().clone()
+            raw = _layer_map(model, layer, x, targets, method)
+            up = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+            total += _normalise(up.clamp_min(0))
+    return _normalise(total / len(named))
+
+
+def _mirror(images: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror of ``(..., W)`` images or maps (the flip of test-time augmentation)."""
+    return torch.flip(images, dims=[-1])
 
 
 def class_activation_maps(
@@ -198,6 +270,7 @@ def class_activation_maps(
     *,
     layers: str | Sequence[str] | None = None,
     method: str = DEFAULT_CAM_METHOD,
+    tta: bool = False,
 ) -> CamOutput:
     """Class-activation maps of one classifier for one batch.
 
@@ -209,6 +282,8 @@ def class_activation_maps(
         layers: module names to take the map at (one comma-separated string or a list); default
             :func:`default_cam_layers`.
         method: one of :data:`CAM_METHODS`.
+        tta: flip test-time augmentation: the probabilities are the mean of the image's and its mirror's, the map
+            the mean of the image's map and the mirror's map mirrored back (for the class the mean predicts).
 
     Returns:
         The maps ``(B, H, W)`` in [0, 1], the explained classes and the probabilities.
@@ -226,18 +301,14 @@ def class_activation_maps(
     try:
         with torch.no_grad():
             probs = model(images).float().softmax(dim=1)
+            if tta:
+                probs = (probs + model(_mirror(images)).float().softmax(dim=1)) / 2
         chosen = _check_targets(target, images.shape[0], probs.shape[1])
         targets = probs.argmax(dim=1) if chosen is None else chosen.to(probs.device)
-        size = images.shape[-2:]
-        total = torch.zeros(images.shape[0], *size, device=images.device)
-        with torch.enable_grad():
-            for _, layer in named:
-                # A fresh leaf: Captum may set requires_grad on its input; the caller's tensor is never touched.
-                x = images.detach().clone()
-                raw = _layer_map(model, layer, x, targets, method)
-                up = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-                total += _normalise(up.clamp_min(0))
-        maps = _normalise(total / len(named))
+        maps = _mean_layer_map(model, images, targets, named, method)
+        if tta:
+            mirrored = _mean_layer_map(model, _mirror(images), targets, named, method)
+            maps = _normalise((maps + _mirror(mirrored)) / 2)
     finally:
         model.train(was_training)
     return CamOutput(maps=maps.float(), targets=targets, probs=probs)
@@ -278,6 +349,7 @@ def ensemble_activation_maps(
     weights: Sequence[float] | None = None,
     layers: Mapping[str, str | Sequence[str] | None] | str | Sequence[str] | None = None,
     method: str = DEFAULT_CAM_METHOD,
+    tta: bool = False,
 ) -> EnsembleCams:
     """Each member's maps and the ensemble's, for one batch every member reads as it is.
 
@@ -293,6 +365,7 @@ def ensemble_activation_maps(
         weights: the ensemble's member weights (``None``: the plain mean).
         layers: one setting for every member, or member name -> its layers.
         method: one of :data:`CAM_METHODS`.
+        tta: as in :func:`class_activation_maps` (every member's probabilities and maps flip-averaged).
 
     Returns:
         :class:`EnsembleCams`.
@@ -304,7 +377,8 @@ def ensemble_activation_maps(
     def layers_of(name: str) -> str | Sequence[str] | None:
         return layers.get(name) if isinstance(layers, Mapping) else layers
 
-    own = {n: class_activation_maps(models[n], images, target, layers=layers_of(n), method=method) for n in names}
+    own = {n: class_activation_maps(models[n], images, target, layers=layers_of(n), method=method, tta=tta)
+           for n in names}
     w = torch.ones(len(names)) if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
     if w.numel() != len(names):
         raise ValueError(f"weights: expected {len(names)} weights, received {list(weights or [])}")
@@ -318,7 +392,7 @@ def ensemble_activation_maps(
         if bool(differ.any()):
             idx = differ.nonzero().flatten()
             again = class_activation_maps(
-                models[n], images[idx], ens_targets[idx], layers=layers_of(n), method=method
+                models[n], images[idx], ens_targets[idx], layers=layers_of(n), method=method, tta=tta
             )
             maps = maps.clone()
             maps[idx] = again.maps

@@ -47,8 +47,10 @@ class ExplainedBatch:
 
 
 def _config_of(mm: Any) -> tuple[int, float]:
+    from medens.data import DEFAULT_CROP_PCT
+
     config = mm.member.config
-    return int(config["image_size"]), float(config.get("crop_pct", 0.875))
+    return int(config["image_size"]), float(config.get("crop_pct", DEFAULT_CROP_PCT))
 
 
 def display_geometry(member_models: Sequence[Any], interpolation: str = "bilinear") -> Any:
@@ -69,6 +71,7 @@ def explain_images(
     target: int | None = None,
     layers: str | Sequence[str] | None = None,
     method: str = DEFAULT_CAM_METHOD,
+    tta: bool = False,
 ) -> ExplainedBatch:
     """Maps of every member and of the ensemble for a batch of PIL images.
 
@@ -80,6 +83,8 @@ def explain_images(
         target: a class every member's own map explains; ``None``: the class each member predicts.
         layers: layer names for every member (``None``: each architecture's default).
         method: one of :data:`medens.evaluate.cam.CAM_METHODS`.
+        tta: flip test-time augmentation, as the probabilities were computed (the maps are the mean of the image's
+            and the mirrored image's mirrored back; see :func:`medens.evaluate.cam.class_activation_maps`).
 
     Returns:
         :class:`ExplainedBatch`.
@@ -97,12 +102,12 @@ def explain_images(
     for_ensemble: list[torch.Tensor] = []
     for mm in member_models:
         x = torch.stack([mm.transform(img) for img in images]).to(mm.device)
-        out = class_activation_maps(mm.model, x, target, layers=layers, method=method)
+        out = class_activation_maps(mm.model, x, target, layers=layers, method=method, tta=tta)
         maps = out.maps
         differ = (out.targets.cpu() != ens_t).nonzero().flatten()
         if len(differ):
             again = class_activation_maps(mm.model, x[differ], ens_t[differ].to(mm.device), layers=layers,
-                                          method=method)
+                                          method=method, tta=tta)
             ens_maps = maps.clone()
             ens_maps[differ.to(maps.device)] = again.maps
         else:
@@ -139,6 +144,7 @@ def write_explanations(
     target: int | None = None,
     layers: str | Sequence[str] | None = None,
     method: str = DEFAULT_CAM_METHOD,
+    tta: bool = False,
     batch_size: int = 16,
     labels: dict[str, str] | None = None,
 ) -> list[Any]:
@@ -153,7 +159,7 @@ def write_explanations(
         classes: the ``K`` class names.
         probs: ``(N, K)`` the probabilities reported for each image (the ensemble's, or the single member's).
         member_probs: member name -> ``(N, K)`` its probabilities, for the panel titles.
-        weights, target, layers, method: as in :func:`explain_images`.
+        weights, target, layers, method, tta: as in :func:`explain_images`.
         batch_size: images per map pass.
         labels: member name -> its title in the picture (default: the name).
 
@@ -176,7 +182,7 @@ def write_explanations(
         chunk = slice(start, start + batch_size)
         pil = [read_image(f) for f in files[chunk]]
         batch = explain_images(member_models, pil, ens_targets[chunk], weights=weights, target=target,
-                               layers=layers, method=method)
+                               layers=layers, method=method, tta=tta)
         for j in range(len(pil)):
             i = start + j
             panels = []

@@ -92,6 +92,7 @@ def explain_test_split(
     n_boot: int = DEFAULT_N_BOOT,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Write the gallery's PNGs and score the maps against lesion masks.
 
@@ -112,6 +113,7 @@ def explain_test_split(
         max_errors, max_correct: the gallery's limits (0 and 0: no gallery).
         layers, method: as in :func:`medens.evaluate.cam.class_activation_maps`.
         n_boot, confidence, seed: the bootstrap of the lesion scores.
+        tta: the probabilities are flip-averaged; so are the maps (:func:`medens.evaluate.cam.class_activation_maps`).
 
     Returns:
         ``{"gallery": {...}, "lesion": {...} or None}`` for ``metrics.json``.
@@ -140,7 +142,7 @@ def explain_test_split(
         idx = [i for i, _ in part]
         images = [dataset[position[paths[i]]][0] for i in idx]
         batch = explain_images(member_models, images, ens[idx].argmax(axis=1), weights=weights, layers=layers,
-                               method=method)
+                               method=method, tta=tta)
         for j, (i, kind) in enumerate(part):
             panels = []
             for mm in member_models:
@@ -165,19 +167,20 @@ def explain_test_split(
         "max_correct": max_correct,
         "method": method,
         "layers": layers,
+        "tta": tta,
         "images": entries,
     }
     lesion = None
     if has_lesion_masks(dataset):
         lesion = _lesion_scores(member_models, dataset, paths, position, ens, weights, baseline_model,
-                                baseline_name, ensemble_name, layers, method, n_boot, confidence, seed)
+                                baseline_name, ensemble_name, layers, method, n_boot, confidence, seed, tta)
     return {"gallery": gallery, "lesion": lesion}
 
 
 def _lesion_scores(
     member_models: Sequence[Any], dataset: Any, paths: Sequence[str], position: Mapping[str, int],
     ens: np.ndarray, weights: Sequence[float] | None, baseline_model: Any | None, baseline_name: str,
-    ensemble_name: str, layers: Any, method: str, n_boot: int, confidence: float, seed: int,
+    ensemble_name: str, layers: Any, method: str, n_boot: int, confidence: float, seed: int, tta: bool = False,
 ) -> dict[str, Any] | None:
     """Energy inside the lesion and pointing-game hits of every model over the test images with a mask."""
     import torch
@@ -200,11 +203,11 @@ def _lesion_scores(
         images = [dataset[position[paths[i]]][0] for i in idx]
         masks = np.stack([mask_view(m, geometry) for _, m in part])
         batch = explain_images(member_models, images, ens[idx].argmax(axis=1), weights=weights, layers=layers,
-                               method=method)
+                               method=method, tta=tta)
         maps = {**batch.members, ensemble_name: batch.ensemble}
         if baseline_model is not None:
             x = torch.stack([baseline_model.transform(img) for img in images]).to(baseline_model.device)
-            cams = class_activation_maps(baseline_model.model, x, layers=None, method=method).maps
+            cams = class_activation_maps(baseline_model.model, x, layers=None, method=method, tta=tta).maps
             maps[baseline_name] = F.interpolate(cams[:, None].cpu(), size=masks.shape[-2:], mode="bilinear",
                                                 align_corners=False)[:, 0].clamp(0, 1).numpy()
         for n in names:
@@ -217,6 +220,7 @@ def _lesion_scores(
         "n_images": len(masked),
         "lesion_area": area,
         "method": method,
+        "tta": tta,
         "models": lesion_summary(scores, n_boot=n_boot, confidence=confidence, seed=seed),
     }
 
@@ -258,7 +262,9 @@ def gallery_markdown(results: Mapping[str, Any]) -> list[str]:
     if gallery:
         out += [f"{gallery['errors']} of the {gallery['errors_total']} misclassified test images (the most confident "
                 f"errors first), then the {gallery['correct']} least-confident correct ones; each with the members' "
-                f"and the ensemble's class-activation maps ({gallery['method']}) for the class each predicts.", ""]
+                f"and the ensemble's class-activation maps ({gallery['method']}"
+                f"{', flip-averaged as the probabilities' if gallery.get('tta') else ''}) for the class each "
+                "predicts.", ""]
         for e in gallery["images"]:
             what = "error" if e["kind"] == "error" else "correct"
             out += [f"![{what}: {e['path']}]({e['file']})", "",

@@ -12,7 +12,8 @@ of 16 px patches at 96 px) with exact sparse semantics, and the MAE member is th
 
 A ConvNeXt normalises with LayerNorm as published (``norm="layer"``; timm's ImageNet weights are for it) or with
 BatchNorm (``norm="batch"``: timm's ``conv_mlp=True, norm_layer=BatchNorm2d``), which learns much better from random
-weights on a few hundred images (benchmarks/RESULTS.md, "LayerNorm or BatchNorm").
+weights on a few hundred images (BUSI, random init, ``--preset small``, 2026-12-02: ConvNeXt-Atto 0.476 mean test
+accuracy over five folds with LayerNorm, 0.602 with BatchNorm; in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Subcommands (each a module with ``add_parser(subparsers)`` and ``main(args) -> i
 - ``ensemble``  combine fine-tuned members and compare them (:mod:`medens.train.ensemble`)
 - ``predict``   predict with a fine-tuned model or an ensemble (:mod:`medens.train.predict`)
 - ``pipeline``  the whole paper: pre-train, fine-tune both members, ensemble (:mod:`medens.train.pipeline`)
+- ``study``     the pipeline over folds x seeds (x pre-training variants), resumable, with a report
+  (:mod:`medens.train.study`)
 
 Without arguments, ``python -m medens.train`` runs ``pipeline`` with its defaults (the demo).
 

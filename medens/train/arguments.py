@@ -17,6 +17,7 @@ from typing import Any
 from medens.cli import command, command_help
 from medens.engine.config import merge_config, parse_overrides
 from medens.errors import UsageError
+from medens.flags import add_flag
 from medens.train.configuration import resolve_config
 from medens.train.options import BOOKKEEPING_KEYS, OPTIONS
 from medens.train.presets import PRESET_NAMES, default_preset, load_config_file
@@ -65,41 +66,7 @@ def add_options(
     Flags default to "not given" so that only what the user typed overrides the YAML and the defaults.
     """
     for key in keys:
-        opt = OPTIONS[key]
-        flag = opt.flag or "--" + key.replace("_", "-")
-        default = defaults[key]
-        shown = "none" if default is None else default
-        if isinstance(shown, list):
-            shown = ",".join(str(v) for v in shown)
-        text = f"{opt.help} (default: {shown})"
-        if key == "dataset_options":
-            parser.add_argument(
-                flag, dest=key, action="append", metavar=opt.metavar, help=text, default=argparse.SUPPRESS
-            )
-        elif opt.type is bool:
-            parser.add_argument(
-                flag, dest=key, action=argparse.BooleanOptionalAction, help=text, default=argparse.SUPPRESS
-            )
-        else:
-            metavar = opt.metavar
-            if metavar is None and opt.choices is None:
-                metavar = {int: "N", float: "X", str: "NAME"}.get(
-                    opt.type,
-                    "X"
-                    if "float" in getattr(opt.type, "__name__", "")
-                    else "N"
-                    if "int" in getattr(opt.type, "__name__", "")
-                    else "VALUE",
-                )
-            parser.add_argument(
-                flag,
-                dest=key,
-                type=opt.type,
-                choices=opt.choices,
-                metavar=metavar,
-                help=text,
-                default=argparse.SUPPRESS,
-            )
+        add_flag(parser, key, OPTIONS[key], defaults[key])
 
 
 def cli_overrides(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, Any]:

@@ -142,26 +142,10 @@ def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
 
 
 def _check_range(key: str, value: Any) -> None:
-    """The limits :data:`~medens.train.options.OPTIONS` sets on ``key`` (a minimum, the values allowed)."""
+    """The limits :data:`~medens.train.options.OPTIONS` sets on ``key`` (:meth:`medens.flags.Option.check`)."""
     option = OPTIONS.get(key)
-    if option is None:
-        return
-    allowed = option.allowed if option.allowed is not None else option.choices
-    if allowed is not None and value not in allowed:
-        shown = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in allowed)
-        raise ValueError(f"{key}: expected {shown}, received {value!r}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    low, high = option.minimum, option.maximum
-    too_low = low is not None and (value < low or (option.above and value == low))
-    too_high = high is not None and (value > high or (option.below and value == high))
-    if too_low or too_high:
-        parts = []
-        if low is not None:
-            parts.append(f"{'greater than' if option.above else 'at least'} {low:g}")
-        if high is not None:
-            parts.append(f"{'below' if option.below else 'at most'} {high:g}")
-        raise ValueError(f"{key}: expected a number {' and '.join(parts)}, received {value!r}")
+    if option is not None:
+        option.check(key, value)
 
 
 def effective_lr(config: Mapping[str, Any], world_size: int) -> tuple[float, int]:

@@ -137,12 +137,11 @@ def map_explainer(options: EnsembleOptions, device: str = "auto"):
     cam_layer = None if options.cam_layer is None else list(options.cam_layer)
 
     def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
-        from medens.data import DatasetError
+        from medens.data import DatasetError, open_dataset
         from medens.errors import UsageError
         from medens.evaluate.cam import resolve_cam_layers
         from medens.evaluate.gallery import explain_test_split
         from medens.inference import load_member_model
-        from medens.train.session import open_dataset
 
         try:
             dataset = open_dataset(members[0].config)
@@ -160,6 +159,7 @@ def map_explainer(options: EnsembleOptions, device: str = "auto"):
             models, dataset, paths, labels, classes, probs, out_dir, labels_by_name=labels_by_name,
             weights=weights, baseline_model=base, max_errors=gallery,
             max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=options.cam_method,
+            tta=options.tta,
             n_boot=options.n_boot, confidence=options.confidence, seed=options.seed,
         )
 

@@ -11,13 +11,13 @@ Importing this module has no side effects: the table is complete at import.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from medens.data.duplicates import DEFAULT_THRESHOLD, HASH_BITS
+from medens.data.options import DATA_DEFAULTS, DATA_OPTIONS
+from medens.data.transforms import DEFAULT_CROP_PCT
 from medens.engine.config import yaml_value
 from medens.engine.precision import AMP_CHOICES
+from medens.flags import Option, optional_float, optional_int, optional_str
 from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE, NORM_CHOICES, OUTPUT_STRIDE_CHOICES
 from medens.models.classifier import INIT_RANDOM_FALLBACK
 from medens.models.masked_convnext import MASKING_CHOICES, PREFER_CHOICES
@@ -54,49 +54,6 @@ BOOKKEEPING_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class Option:
-    """One configuration key as a command-line flag.
-
-    Attributes:
-        help: what it does (the default is appended from the stage's defaults).
-        type: parser for the flag's value; ``bool`` makes a ``--flag/--no-flag`` pair.
-        choices: allowed values.
-        metavar: placeholder in ``--help``.
-        flag: the flag, when not ``--`` + the key with dashes.
-        minimum: the smallest value allowed (numbers), checked wherever the value comes from.
-        above: ``minimum`` itself is not allowed (the value must be greater).
-        maximum: the largest value allowed (numbers).
-        below: ``maximum`` itself is not allowed (the value must be smaller).
-        allowed: the values a YAML file or ``--set`` may give, when they are more than ``choices`` (a YAML ``off``
-            is ``False``); without it ``choices`` is what they may give. Checked by
-            :func:`medens.train.configuration.check_types`, wherever the value comes from.
-    """
-
-    help: str
-    type: Callable[[str], Any] | type = str
-    choices: tuple[Any, ...] | None = None
-    metavar: str | None = None
-    flag: str | None = None
-    minimum: float | None = None
-    above: bool = False
-    maximum: float | None = None
-    below: bool = False
-    allowed: tuple[Any, ...] | None = None
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "") else float(text)
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "") else int(text)
-
-
-def _optional_str(text: str) -> str | None:
-    return None if text.lower() in ("none", "null", "") else text
-
-
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
@@ -106,54 +63,11 @@ OPTIONS: dict[str, Option] = {
     # the starting point
     "preset": Option(
         "packaged preset the options start from: paper, small or smoke (none: the defaults, the paper's)",
-        _optional_str,
+        optional_str,
         metavar="NAME",
     ),
-    # data
-    "dataset": Option(
-        "dataset name: busi, isic2018, kvasir, covid, medmnist:<flag>, folder or synthetic", metavar="NAME"
-    ),
-    "data_root": Option(
-        "folder the dataset was unpacked in (not needed for synthetic)", _optional_str, metavar="PATH"
-    ),
-    "dataset_options": Option(
-        "reader options for medens.data.load_dataset as KEY=VALUE, repeatable (e.g. num_images=64 for synthetic)",
-        metavar="KEY=VALUE",
-        flag="--dataset-option",
-    ),
-    "cache_dir": Option(
-        "decode images once into a memory-mapped cache in this folder", _optional_str, metavar="DIR"
-    ),
-    "split_seed": Option("seed of the train/val/test split", int, minimum=0),
-    "val_fraction": Option(
-        "share of images for validation (when the dataset has no official split)", float, minimum=0, maximum=1,
-        below=True,
-    ),
-    "test_fraction": Option(
-        "share of images for testing (when the dataset has no official split)", float, minimum=0, maximum=1,
-        below=True,
-    ),
-    "folds": Option("k-fold cross-validation: number of folds", _optional_int, metavar="K"),
-    "fold": Option(
-        "k-fold cross-validation: which fold (0-based) is the test split", _optional_int, metavar="I"
-    ),
-    "use_official_split": Option("keep the publisher's split where the dataset ships one", bool),
-    "split_file": Option("reuse the split recorded in this splits.json", _optional_str, metavar="FILE"),
-    "dedupe": Option(
-        "keep near-duplicate images on one side of every split (off: plain stratified splits, a leaky protocol)",
-        choices=("on", "off"),
-        allowed=("on", "off", True, False),
-    ),
-    "dedupe_threshold": Option(
-        f"perceptual-hash bits (of {HASH_BITS}) up to which two images are candidate copies", int, metavar="BITS",
-        minimum=0, maximum=HASH_BITS,
-    ),
-    "keep_conflicts": Option("keep images of duplicate groups whose labels disagree (excluded by default)", bool),
-    "num_workers": Option(
-        "data-loading worker processes per rank (none: one per core this process may use, at most 4)",
-        _optional_int,
-        minimum=0,
-    ),
+    # data: medens.data.options, one help text for every command that takes them
+    **DATA_OPTIONS,
     # model geometry
     "arch": Option(
         "timm ConvNeXt architecture (convnext_tiny; convnext_atto/femto/pico/nano for small machines); "
@@ -175,18 +89,18 @@ OPTIONS: dict[str, Option] = {
     "batch_size": Option("images per batch and rank", int),
     "accum_steps": Option("batches accumulated per optimiser step", int),
     "blr": Option("base learning rate: lr = blr * effective batch / 256", float),
-    "lr": Option("absolute learning rate (overrides --blr)", _optional_float),
+    "lr": Option("absolute learning rate (overrides --blr)", optional_float),
     "min_lr": Option("final learning rate of the cosine schedule", float),
     "weight_decay": Option("AdamW weight decay", float),
     "betas": Option("AdamW betas as B1,B2", _floats, metavar="B1,B2"),
-    "clip_grad": Option("clip the global gradient norm to this (none: no clipping)", _optional_float),
+    "clip_grad": Option("clip the global gradient norm to this (none: no clipping)", optional_float),
     "amp": Option(
         "mixed precision: auto (bf16 on capable GPUs, fp16 on older, fp32 on CPU), bf16, fp16, off",
         choices=AMP_CHOICES,
     ),
     "channels_last": Option("NHWC memory format (faster convolutions on GPUs)", bool),
     "compile": Option("torch.compile the model", bool),
-    "ema_decay": Option("keep an exponential moving average of the weights with this decay", _optional_float),
+    "ema_decay": Option("keep an exponential moving average of the weights with this decay", optional_float),
     "max_nonfinite": Option("stop after this many non-finite loss steps in a row", int),
     # run
     "seed": Option("random seed", int, minimum=0),
@@ -210,7 +124,7 @@ OPTIONS: dict[str, Option] = {
         choices=OUTPUT_STRIDE_CHOICES,
     ),
     "patch_size": Option(
-        "masking patch size, a multiple of --output-stride (none: the stride itself)", _optional_int, metavar="N"
+        "masking patch size, a multiple of --output-stride (none: the stride itself)", optional_int, metavar="N"
     ),
     "mask_ratio": Option("share of patches hidden", float),
     "masking": Option(
@@ -250,7 +164,7 @@ OPTIONS: dict[str, Option] = {
     ),
     "pretrained_file": Option(
         "local ImageNet weights for --init imagenet (a timm model.safetensors/.pth/.bin)",
-        _optional_str,
+        optional_str,
         metavar="FILE",
     ),
     "allow_partial": Option(
@@ -285,30 +199,12 @@ OPTIONS: dict[str, Option] = {
         bool,
     ),
     "eval_batch_size": Option(
-        "batch size for evaluation (none: twice --batch-size)", _optional_int, metavar="N", minimum=1
+        "batch size for evaluation (none: twice --batch-size)", optional_int, metavar="N", minimum=1
     ),
     "vflip": Option("probability of a vertical flip", float),
     "rotation": Option("maximum random rotation in degrees", float),
     "color_jitter": Option("brightness,contrast,saturation jitter", _floats, metavar="B,C,S"),
     "crop_pct": Option("evaluation: share of the resized image kept by the centre crop", float),
-}
-
-DATA_DEFAULTS: dict[str, Any] = {
-    "dataset": "synthetic",
-    "data_root": None,
-    "dataset_options": {},
-    "cache_dir": None,
-    "split_seed": 0,
-    "val_fraction": 0.1,
-    "test_fraction": 0.2,
-    "folds": None,
-    "fold": None,
-    "use_official_split": True,
-    "split_file": None,
-    "dedupe": "on",
-    "dedupe_threshold": DEFAULT_THRESHOLD,
-    "keep_conflicts": False,
-    "num_workers": None,  # medens.engine.loader.default_num_workers()
 }
 
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -411,7 +307,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "vflip": 0.0,
     "rotation": 10.0,
     "color_jitter": [0.1, 0.1, 0.05],
-    "crop_pct": 0.875,
+    "crop_pct": DEFAULT_CROP_PCT,
     **ENGINE_DEFAULTS,
     "min_lr": 1e-6,
     **_paper_settings("finetune"),

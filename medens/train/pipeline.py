@@ -31,14 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from medens.cli import command, command_help, config_file_argument
+from medens.data.options import SHARED_DATA_KEYS, add_data_flags
 from medens.errors import UsageError
 from medens.evaluate.ensemble import EnsembleOptions
 from medens.evaluate.report import comparison_table, probe_table, skipped_note
 from medens.io import text_table
 from medens.layout import (
+    CACHE_DIR,
     ENSEMBLE_DIR,
     METRICS_NAME,
     REPORT_NAME,
+    is_finetune_complete,
+    is_pretrain_complete,
 )
 from medens.models.arch import NORM_CHOICES
 from medens.train.ensemble import add_combination_arguments, add_map_arguments
@@ -113,17 +117,17 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
         configs = stage_configs(options, variant)
         tag = f" [{variant.name}]" if variant.pretrain else ""
         outcomes.append(run_stage("pretrain" + tag, configs["pretrain"], pretrain.run_pretrain,
-                                   pretrain.is_complete))
+                                   is_pretrain_complete))
         if not imagenet_done:
             outcomes.append(run_stage("finetune-imagenet", configs["imagenet"], finetune.run_finetune,
-                                       finetune.is_complete))
+                                       is_finetune_complete))
             if "baseline" in configs:
                 outcomes.append(run_stage("finetune-baseline", configs["baseline"], finetune.run_finetune,
-                                           finetune.is_complete))
+                                           is_finetune_complete))
                 baseline_dir = configs["baseline"]["out"]
             imagenet_done = True
         outcomes.append(run_stage("finetune-mae" + tag, configs["mae"], finetune.run_finetune,
-                                   finetune.is_complete))
+                                   is_finetune_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
         ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
         found = _finished_ensemble(ens_dir, members, ensemble_options, baseline_dir)
@@ -181,7 +185,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "pipeline",
         help=command_help("pipeline"),
         description=__doc__.split("\n\n")[0].strip("`"),
-        epilog="Without arguments: the demo (synthetic images, the small preset, into runs/demo).",
+        epilog=f"Without arguments: the demo ({DEMO_DATASET} images with "
+        + ", ".join(f"{k}={v}" for k, v in DEMO_DATASET_OPTIONS.items())
+        + f", the small preset, into {DEMO_OUT}). The stages share one decode cache, <out>/{CACHE_DIR}, for a real "
+        "dataset unless --cache-dir names another.",
     )
     add_pipeline_arguments(p)
     p.set_defaults(func=main)
@@ -191,32 +198,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True) -> None:
     """The pipeline's flags (data, run, ensemble groups), shared with ``study``; ``with_seed`` adds ``--seed``."""
     data = p.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=DEMO_DATASET,
-        metavar="NAME",
-        help=f"busi, isic2018, kvasir, covid, medmnist:<flag>, folder or synthetic (default: {DEMO_DATASET})",
-    )
-    data.add_argument("--data-root", metavar="PATH", help="folder the dataset was unpacked in")
-    data.add_argument(
-        "--dataset-option",
-        dest="dataset_options",
-        action="append",
-        metavar="KEY=VALUE",
-        help="reader option, repeatable (synthetic default: "
-        + ", ".join(f"{k}={v}" for k, v in DEMO_DATASET_OPTIONS.items())
-        + ")",
-    )
-    data.add_argument("--cache-dir", metavar="DIR", help="decode images once into a cache in this folder")
-    data.add_argument("--split-seed", type=int, help="seed of the train/val/test split")
-    data.add_argument("--val-fraction", type=float, help="share of images for validation (no official split)")
-    data.add_argument("--test-fraction", type=float, help="share of images for testing (no official split)")
-    data.add_argument("--dedupe", choices=("on", "off"), help="keep near-duplicate images on one side of the "
-                      "split (default on; off: plain stratified splits, a leaky protocol)")
-    data.add_argument("--dedupe-threshold", type=int, metavar="BITS",
-                      help="dHash bits up to which two images are candidate copies")
-    data.add_argument("--keep-conflicts", action="store_true", default=None,
-                      help="keep images of duplicate groups whose labels disagree (excluded by default)")
+    # The stages' own defaults apply to a flag not given (None here); --dataset names the demo's data.
+    add_data_flags(data, values={**dict.fromkeys(SHARED_DATA_KEYS), "dataset": DEMO_DATASET})
     run = p.add_argument_group("run")
     run.add_argument(
         "--out", metavar="DIR", help=f"output folder (default for the synthetic demo: {DEMO_OUT})"

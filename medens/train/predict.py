@@ -11,8 +11,8 @@ image as the models saw it, each member's class-activation map over it and the e
 predicted class and the probabilities; the CSV gains the column ``explanation`` with the PNG's path relative to the
 CSV (empty for an unreadable image, which gets no PNG). ``--cam-layer``, ``--cam-class`` and ``--cam-method`` choose
 the layers, the class and the method (:mod:`medens.evaluate.cam`). The probabilities are the same with and without
-``--explain``; with ``--tta`` the captions show the flip-averaged probabilities and the maps are of the image as it
-is.
+``--explain``; with ``--tta`` the captions show the flip-averaged probabilities and each map is, by the same rule, the
+mean of the image's map and of its mirror's map mirrored back.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def run_predict(
             kept, files, names, folder, classes, probs, calibrated,
             weights=rule.weights if len(members) > 1 else None,
             target=None if cam_class is None else classes.index(cam_class),
-            layers=cam_layer, method=cam_method, batch_size=batch_size,
+            layers=cam_layer, method=cam_method, tta=tta, batch_size=batch_size,
             labels={m.name: m.label for m in members},
         )
         extra = {EXPLANATION_COLUMN: [f"{folder.name}/{n}" for n in names]}
@@ -232,7 +232,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "last three feature stages of each architecture)")
     cam.add_argument("--cam-class", metavar="CLASS", help="the class every map explains (default: the predicted one)")
     cam.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD,
-                     help="gradcam (Grad-CAM) or gradxact (gradient x activation)")
+                     help="gradcam (Grad-CAM), gradxact (gradient x activation) or gradcampp (Grad-CAM++)")
     config_file_argument(p)
     p.set_defaults(func=main)
     return p

@@ -20,10 +20,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medens.engine.config import load_yaml, resolve_config_path
+from medens.data.options import DEFAULT_DATASET
+from medens.engine.config import load_yaml
 from medens.errors import UsageError
 
 __all__ = [
+    "PRESET_DIR",
+    "list_presets",
+    "resolve_config_path",
     "PRESET_NAMES",
     "STAGES",
     "DEMO_DATASET",
@@ -40,7 +44,7 @@ PRESET_NAMES = ("paper", "small", "smoke")
 STAGES = ("pretrain", "finetune")
 
 #: The demo of ``python -m medens.train`` without arguments, and the data of a stage run without ``--dataset``.
-DEMO_DATASET = "synthetic"
+DEMO_DATASET = DEFAULT_DATASET
 DEMO_OUT = "runs/demo"
 #: Synthetic images for the demo, at the small preset's resolution; fewer than BUSI's 780 so the demo stays
 #: within 10 minutes on 2 CPU cores (benchmarks/RESULTS.md).
@@ -52,6 +56,32 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {"pretrain": {"epochs": 12, "warmup_
                                              "finetune": {"image_size": 64}}
 
 _BASE_KEY = "base"
+
+#: Where the packaged YAML presets live (``medens/configs``).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged preset files (file names without ``.yaml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A YAML path as given, or a packaged preset file's name (``pretrain_paper``) resolved in ``medens/configs``.
+
+    Raises:
+        FileNotFoundError: when neither exists; the message lists the presets.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise FileNotFoundError(
+        f"config: expected a YAML file or a preset name ({', '.join(list_presets()) or 'none packaged'}), "
+        f"received {str(name_or_path)!r}"
+    )
 
 
 def default_preset(dataset: str | None) -> str:

@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +93,9 @@ def default_config() -> dict[str, Any]:
     return copy.deepcopy(PRETRAIN_DEFAULTS)
 
 
-def is_complete(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds a finished pre-training run (``encoder.safetensors`` is written last)."""
-    return is_pretrain_complete(out_dir)
+#: True when a folder holds a finished pre-training run (``encoder.safetensors`` is written last): the layout's own
+#: test, under the name of this module's Python entry points.
+is_complete = is_pretrain_complete
 
 
 def build_model(config: dict[str, Any]) -> MaskedConvNeXt:
@@ -167,7 +166,7 @@ def run_pretrain(config: dict[str, Any]) -> Path:
         seed_everything(int(config["seed"]))
         model = build_model(config)
         engine = EngineConfig.from_config(config)
-    with run_session(config, "pretrain", is_complete, headline=_grid_line(model)) as ctx:
+    with run_session(config, "pretrain", is_pretrain_complete, headline=_grid_line(model)) as ctx:
         return _pretrain(ctx, model, engine)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from medens.data.options import open_dataset  # re-exported: a run's data, as the stages open it
 from medens.engine import (
     DistContext,
     EngineConfig,
@@ -160,20 +161,6 @@ def check_fits_in_memory(config: Mapping[str, Any], device: torch.device) -> Non
             f"image_size: expected a size whose batch fits on {device} ({have / 2**30:.1f} GiB), received "
             f"{size}: a batch of {batch} needs at least {needed / 2**30:.1f} GiB for its input and first layer"
         )
-
-
-def open_dataset(config: Mapping[str, Any]) -> Any:
-    """The dataset a run's config names (``dataset``, ``data_root``, ``dataset_options``, ``cache_dir``).
-
-    Raises:
-        medens.data.DatasetError: unknown dataset, bad options, missing files.
-    """
-    from medens.data import load_dataset
-
-    options = dict(config.get("dataset_options") or {})
-    if config.get("cache_dir"):
-        options["cache_dir"] = config["cache_dir"]
-    return load_dataset(config["dataset"], config.get("data_root"), **options)
 
 
 #: What the splits of a fine-tuning run are used for; each must hold images.

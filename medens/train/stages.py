@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medens.data.options import SHARED_DATA_KEYS
 from medens.engine.estimate import PlannedStage
 from medens.layout import (
     BASELINE_DIR,
@@ -25,6 +26,8 @@ from medens.layout import (
     MAE_DIR,
     PRETRAIN_DIR,
     SPLITS_NAME,
+    is_finetune_complete,
+    is_pretrain_complete,
 )
 from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE
 from medens.train.options import EXECUTION_KEYS
@@ -42,24 +45,14 @@ __all__ = ["SHARED_KEYS", "StageOutcome", "preset_configs", "Variant", "DEFAULT_
 
 logger = logging.getLogger(__name__)
 
-#: Stage options that the pipeline's flags of the same name set for every training stage.
+#: The pipeline's run flags that set the stage option of the same name for every training stage.
+RUN_SHARED_KEYS = ("arch", "norm", "image_size", "batch_size", "num_workers", "device", "seed")
+#: Stage options that the pipeline's flags of the same name set for every training stage: its data flags
+#: (:data:`medens.data.options.SHARED_DATA_KEYS`; the reader options are merged apart, with the demo's), its run
+#: flags, and a study unit's fold.
 SHARED_KEYS = (
-    "dataset",
-    "data_root",
-    "cache_dir",
-    "arch",
-    "norm",
-    "image_size",
-    "batch_size",
-    "num_workers",
-    "device",
-    "seed",
-    "split_seed",
-    "val_fraction",
-    "test_fraction",
-    "dedupe",
-    "dedupe_threshold",
-    "keep_conflicts",
+    *(key for key in SHARED_DATA_KEYS if key != "dataset_options"),
+    *RUN_SHARED_KEYS,
     "folds",
     "fold",
 )
@@ -268,8 +261,6 @@ def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> li
     For the estimates of :mod:`medens.engine.estimate`: each variant's pre-training, the shared ImageNet member
     (and ``--baseline``) once after the first pre-training, then the variant's MAE member.
     """
-    from medens.train import finetune, pretrain
-
     plan: list[PlannedStage] = []
     shared_done = False
     for variant in variants:
@@ -281,7 +272,7 @@ def training_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> li
         keys.append("mae")
         for key in keys:
             config = configs[key]
-            is_complete = pretrain.is_complete if key == "pretrain" else finetune.is_complete
+            is_complete = is_pretrain_complete if key == "pretrain" else is_finetune_complete
             if not is_complete(Path(config["out"])):
                 plan.append(PlannedStage(Path(config["out"]), int(config["epochs"])))
     return plan

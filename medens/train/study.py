@@ -132,6 +132,45 @@ def baseline_of(variant: Any, variants: Sequence[Any]) -> Any | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def model_names(results: Mapping[str, Any], folder: Path | None = None) -> dict[str, str]:
+    """Each model of :data:`MODELS` that an ensemble's ``metrics.json`` scored, and its name there.
+
+    A member is paired by the init kind it recorded (``imagenet``, or the random-weight fallback that stands in for
+    it, and ``mae``), never by its position, so a member listed in another order keeps its own name and a missing
+    one is left out rather than reported under another's.
+
+    Raises:
+        ValueError: two members of one kind, or a member of a kind no study model stands for (naming ``folder``).
+    """
+    from medens.evaluate.members import init_kind
+    from medens.evaluate.report import ENSEMBLE_NAME
+    from medens.models.classifier import INIT_RANDOM_FALLBACK
+
+    # The init kinds of the members each member model stands for: the ImageNet member is the one trained from
+    # random weights when ImageNet weights could not be had.
+    kinds = {"imagenet": ("imagenet", INIT_RANDOM_FALLBACK), "mae": ("mae",)}
+    where = f" in {folder / METRICS_NAME}" if folder is not None else ""
+    names: dict[str, str] = {}
+    for member in results["members"]:
+        kind = member.get("init_kind") or init_kind(member.get("init"))
+        model = next((m for m, allowed in kinds.items() if kind in allowed), None)
+        if model is None or model in names:
+            raise ValueError(
+                f"members: expected one member of each init kind {kinds}{where}, received "
+                f"{member.get('name')!r} of init {member.get('init')!r}"
+                + (f" besides {names[model]!r}" if model in names else "")
+            )
+        names[model] = member["name"]
+    missing = [m for m in kinds if m not in names]
+    if missing:
+        logger.warning("study: %s holds no %s member; left out of the study", folder or "an ensemble",
+                       " or ".join(missing))
+    names["ensemble"] = ENSEMBLE_NAME
+    if results.get("baseline"):
+        names["baseline"] = results["baseline"]["name"]
+    return names
+
+
 def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence[Any],
                  units: Sequence[tuple[int, int]] | None = None) -> tuple[list[dict], dict]:
     """The metrics of every finished run (of ``units``' fold-seed pairs only, when given), and the pooled
@@ -148,15 +187,15 @@ def collect_runs(out: Path, folds: int, seeds: Sequence[int], variants: Sequence
     for fold, seed in (units if units is not None else itertools.product(range(folds), seeds)):
         root = study_run_folder(out, fold, seed)
         for v_index, variant in enumerate(variants):
-            results = json.loads((root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME).read_text("utf-8"))
-            names = [m["name"] for m in results["members"]] + ["ensemble"]
-            if results.get("baseline"):
-                names.append(results["baseline"]["name"])
+            folder = root / variant.folder(ENSEMBLE_DIR)
+            results = json.loads((folder / METRICS_NAME).read_text("utf-8"))
+            names = model_names(results, folder)
             # Rows of test images that could not be decoded carry no probabilities: in no pooled metric either.
-            paths, truth, probs, _ = read_prediction_table(root / variant.folder(ENSEMBLE_DIR) / PREDICTIONS_NAME)
-            for model, name in zip(MODELS, names, strict=False):
-                if model in SHARED_MODELS and v_index > 0:
-                    continue  # the same model in every variant
+            paths, truth, probs, _ = read_prediction_table(folder / PREDICTIONS_NAME)
+            for model in MODELS:
+                if model not in names or (model in SHARED_MODELS and v_index > 0):
+                    continue  # a model this ensemble did not score; or the same model in every variant
+                name = names[model]
                 metrics = results["models"][name]["metrics"]
                 shared = model in SHARED_MODELS
                 runs.append({"fold": fold, "seed": seed, "variant": None if shared else variant.name,
@@ -234,7 +273,7 @@ def check_folds(options: Mapping[str, Any], folds: int) -> None:
     """
     from collections import Counter
 
-    from medens.train.session import open_dataset
+    from medens.data import open_dataset
     from medens.train.stages import stage_configs
 
     config = stage_configs(options)["pretrain"]
@@ -302,9 +341,12 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     summary = summarize_study(runs, pooled, variants=[v.name for v in variants],
                               baselines={v.name: b.name for v in variants if (b := baseline_of(v, variants))},
                               metrics=STUDY_METRICS, test_train_ratio=ratio)
+    from medens.data.options import DATA_DEFAULTS
+
+    # The split's settings as the stages ran them: the flag's value, else the stages' default.
+    split = {key: DATA_DEFAULTS[key] if options.get(key) is None else options[key] for key in ("split_seed", "dedupe")}
     record = {"format": STUDY_FORMAT, "dataset": options.get("dataset"), "preset": options.get("preset"),
-              "folds": int(folds), "seeds": list(seeds), "split_seed": options.get("split_seed") or 0,
-              "dedupe": options.get("dedupe") or "on",
+              "folds": int(folds), "seeds": list(seeds), **split,
               "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
               "test_train_ratio": ratio, "runs": runs, **summary,
               "probes": probes, "probe_summary": summarize_probes(probes, [v.name for v in variants])}

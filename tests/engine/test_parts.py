@@ -22,7 +22,6 @@ from medens.engine import (
     scaled_lr,
     write_config,
 )
-from medens.engine.config import list_presets
 
 
 def _data(n: int) -> TensorDataset:
@@ -117,15 +116,8 @@ def test_config_merging_and_unknown_keys(tmp_path: Path) -> None:
         parse_overrides(["epochs"])
     write_config(tmp_path / "out.yaml", {"out": tmp_path, "betas": (0.9, 0.95)})
     assert load_yaml(tmp_path / "out.yaml") == {"out": str(tmp_path), "betas": [0.9, 0.95]}
-    with pytest.raises(FileNotFoundError, match="expected a YAML file or a preset name"):
-        load_yaml("no-such-preset")
-
-
-def test_presets_are_valid_yaml() -> None:
-    presets = list_presets()
-    assert presets
-    for name in presets:
-        assert isinstance(load_yaml(name), dict)
+    with pytest.raises(FileNotFoundError, match="expected a YAML file, received 'no-such.yaml', which does not"):
+        load_yaml("no-such.yaml")
 
 
 def test_precision_policy() -> None:

@@ -83,7 +83,9 @@ def clean() -> tuple:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "energy_ratio", "hit_gain"), [("gradcam", 1.6, 0.25), ("gradxact", 1.6, 0.25)])
+# Grad-CAM++ weighs every channel that speaks for the class, and so spreads its maps wider: a smaller energy margin.
+@pytest.mark.parametrize(("method", "energy_ratio", "hit_gain"),
+                         [("gradcam", 1.6, 0.25), ("gradxact", 1.6, 0.25), ("gradcampp", 1.3, 0.25)])
 def test_trained_maps_fall_on_the_lesion_far_more_than_untrained_ones(clean, method, energy_ratio, hit_gain) -> None:
     trained, untrained, test_x, masks, _ = clean
     energy_u, hits_u = _scores(untrained, test_x, masks, method)

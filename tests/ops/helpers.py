@@ -1,27 +1,124 @@
-"""Shared helpers for the op tests: random inputs of every supported dtype and the backends to compare."""
+"""Shared helpers for the op tests: the backends to compare and their devices, the one tolerance table, random
+inputs of every supported dtype.
+
+Each op has one test file (test_entropy.py, test_masking.py, test_patches.py), whose tests take the backend as a
+parameter: ``cpp`` on CPU tensors, ``cuda`` on CUDA tensors, ``triton`` on CUDA tensors or, without a GPU, on CPU
+tensors in the Triton interpreter (the root conftest sets ``TRITON_INTERPRET=1`` then). A backend that cannot run
+here is still collected and skipped, saying why.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
+from collections.abc import Iterable, Mapping
 
+import pytest
 import torch
 
 from medens.ops import (
     PatchMask,
     apply_patch_mask,
-    available_backends,
     entropy_guided_mask,
     gather_patches,
     patch_entropy,
 )
+from medens.ops._backends import _why_unavailable
 from tests._installed import installed
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# The CPU backends that are compared with the reference here (Triton/CUDA have their own test files).
-CPU_BACKENDS = [name for name in ("cpp",) if available_backends()[name]]
+# ---- the one tolerance table ---------------------------------------------------------------------------------------
+# Every comparison in tests/ops that is not exact takes its tolerance from here: tol(quantity) or tol(quantity, dtype).
+TOLERANCES: dict[str, dict[torch.dtype | None, dict[str, float]]] = {
+    # Entropies are sums of a few hundred terms: the kernels add float32 terms (at most eight in float32, the rest
+    # in float64), the reference sums in float32.
+    "entropy": {None: dict(atol=1e-4, rtol=0)},
+    # Two kernels against each other (cuda or triton against cpp): the same bins and float64 sums, a few ulps apart.
+    "entropy_between_kernels": {None: dict(atol=2e-6, rtol=0)},
+    # Normalised patches (and their gradients): kernels keep statistics in float64, the reference in float32
+    # (float64 for float64 images); the results then round to the image dtype, so about one ulp of that dtype.
+    "normalized": {
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+        torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.float64: dict(atol=1e-12, rtol=1e-12),
+    },
+    # The gradient of gather_patches by the cpp kernel against the reference's backward: float32 sums of up to
+    # K * C * p^2 terms, and bfloat16 gradients rounded to 8 bits of mantissa.
+    "gather_backward": {
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.bfloat16: dict(atol=5e-2, rtol=2e-2),
+    },
+}
+
+
+def tol(quantity: str, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """``atol`` and ``rtol`` for comparing ``quantity`` (a key of TOLERANCES) in ``dtype``, for assert_close."""
+    table = TOLERANCES[quantity]
+    return table[None] if None in table else table[dtype]
+
+
+# ---- backends and their devices ------------------------------------------------------------------------------------
+
+KERNELS = ("cpp", "cuda", "triton")
+CUDA_ABSENT = "needs a CUDA device (torch.cuda.is_available() is False)"
+
+
+def device_of(backend: str) -> torch.device:
+    """Where ``backend``'s tests put their inputs: CUDA for cuda, and for triton when a GPU is there; else CPU."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def why_skipped(backend: str, *, gpu_only: bool = False) -> str | None:
+    """None if ``backend`` runs here (on a CUDA device, if ``gpu_only``), else why its tests skip."""
+    if gpu_only and not torch.cuda.is_available():
+        return CUDA_ABSENT
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'medens[triton]')"
+    reason = _why_unavailable(backend, device_of(backend))
+    return None if reason is None else f"backend {backend!r} cannot run here: {reason}"
+
+
+def backend_marks(backend: str, *, gpu_only: bool = False) -> list:
+    """A skip (with its reason) where ``backend`` cannot run here, and the ``cuda`` marker where it needs a GPU."""
+    reason = why_skipped(backend, gpu_only=gpu_only)
+    marks = [pytest.mark.skipif(reason is not None, reason=reason or "")]
+    if gpu_only or device_of(backend).type == "cuda":
+        marks.append(pytest.mark.cuda)
+    return marks
+
+
+def backends(*names: str, gpu_only: bool = False) -> list:
+    """``names`` as pytest parameters, each skipped where it cannot run (see backend_marks)."""
+    return [pytest.param(name, marks=backend_marks(name, gpu_only=gpu_only), id=name) for name in names]
+
+
+def backend_cases(cases: Mapping[str, Iterable]) -> list:
+    """Parameters ``(backend, *case)`` where each backend has its own cases, e.g. smaller ones for the interpreter.
+
+    ``cases`` maps a backend name, or ``"gpu"`` (cuda and triton on a CUDA device: sizes only a GPU runs fast), to
+    its cases, each a tuple of the test's other arguments (or one value).
+    """
+    params = []
+    for key, items in cases.items():
+        for case in items:
+            values = case if isinstance(case, tuple) else (case,)
+            for name in ("cuda", "triton") if key == "gpu" else (key,):
+                case_id = "-".join(str(v) for v in values)
+                params.append(pytest.param(name, *values, marks=backend_marks(name, gpu_only=key == "gpu"),
+                                           id=f"{name}-{case_id}" if key != "gpu" else f"{name}-gpu-{case_id}"))
+    return params
+
+
+def on(backend: str, *tensors: torch.Tensor):
+    """``tensors`` moved to ``backend``'s device (one tensor, or a tuple of them)."""
+    moved = tuple(t.to(device_of(backend)) for t in tensors)
+    return moved if len(moved) > 1 else moved[0]
 
 
 def random_images(shape: tuple[int, ...], dtype: torch.dtype, *, generator: torch.Generator | None = None,

@@ -114,6 +114,7 @@ def test_ensemble_cli_with_tta(members, tmp_path: Path, capsys: pytest.CaptureFi
     assert "Ensemble (mean, T-scaled, TTA)" in capsys.readouterr().out
     results = json.loads((out / "metrics.json").read_text())
     assert results["tta"] is True and results["members"][0]["label"] == "ImageNet-init (T-scaled, TTA)"
+    assert results["gallery"]["tta"] is True and results["lesion"]["tta"] is True  # maps flip-averaged too
 
 
 def test_predict_folder_is_mean_of_members(

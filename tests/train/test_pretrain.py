@@ -245,10 +245,9 @@ def test_print_config_resolves_yaml_then_flags(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_packaged_presets_resolve() -> None:
-    from medens.engine.config import list_presets
     from medens.train import finetune, pretrain
     from medens.train.configuration import resolve_config
-    from medens.train.presets import PRESET_NAMES, STAGES, load_config_file, load_preset
+    from medens.train.presets import PRESET_NAMES, STAGES, list_presets, load_config_file, load_preset
 
     presets = list_presets()
     assert {"pretrain_paper", "finetune_paper", "pretrain_cpu_demo", "finetune_cpu_demo"} <= set(presets)

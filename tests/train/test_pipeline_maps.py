@@ -13,7 +13,7 @@ import pytest
 from medens.evaluate.ensemble import EnsembleOptions
 from medens.train import ensemble as ensemble_stage
 from medens.train import pipeline, study
-from medens.train.executors import Unit, unit_options
+from medens.train.units import Unit, unit_options
 
 MAP_FLAGS = ["--gallery", "5", "--no-maps", "--cam-layer", "stages.3", "--cam-layer", "stages.2",
              "--cam-method", "gradxact"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from medens.data import load_dataset
 from medens.train import predict as predict_cli
-from tests.cli.test_predict_cli import DATASET_OPTIONS, make_member, run_cli
+from tests.train.test_predict import DATASET_OPTIONS, make_member, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,26 @@ def test_explain_refuses_to_write_pngs_among_the_inputs(members, folder: Path, c
     assert _predict(members, folder, folder / "pred.csv", "--explain") == 2
     assert "out: expected a path outside the input folder" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_explain_with_tta_keeps_the_tta_probabilities_and_flip_averages_the_maps(
+    members, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medens.evaluate import explain
+
+    calls: list[bool] = []
+    real = explain.class_activation_maps
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("tta", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "class_activation_maps", recording)
+    image = folder / "img0.png"
+    tta, tta_maps = tmp_path / "tta.csv", tmp_path / "tta-maps.csv"
+    assert _predict(members, image, tta, "--tta") == 0
+    assert _predict(members, image, tta_maps, "--tta", "--explain", "--cam-method", "gradcampp") == 0
+    row = _rows(tta_maps)[0]
+    assert {k: row[k] for k in _rows(tta)[0]} == _rows(tta)[0]  # the maps change no TTA probability
+    assert (tmp_path / row["explanation"]).is_file()
+    assert calls and all(calls)  # every member's map was taken the TTA way

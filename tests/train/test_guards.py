@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import random
 import subprocess
 from pathlib import Path
 
@@ -192,6 +193,11 @@ def _weights_files(folder: Path) -> dict[str, Path]:
         out[name].write_bytes(content)
     out["pth"] = folder / "garbage.pth"
     out["pth"].write_bytes(os.urandom(512))
+    # Garbage that torch's weights-only unpickler answers with each of its errors: UnpicklingError, IndexError,
+    # KeyError and UnicodeDecodeError (found by trying seeds).
+    for seed in (0, 2, 20, 195):
+        out[f"pth-seed{seed}"] = folder / f"garbage-{seed}.pth"
+        out[f"pth-seed{seed}"].write_bytes(random.Random(seed).randbytes(512))
     return out
 
 

@@ -1,3 +1,0 @@
-"""Fixtures for the command-line tests: one CPU thread, and ``offline`` (no hub, empty cache)."""
-
-from tests.models.fixtures import offline, one_cpu_thread  # noqa: F401 - fixtures, found by name
