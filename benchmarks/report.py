@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from medens.engine.atomic import atomic_path, atomic_write_text
+from medens.io import atomic_path, atomic_write_text
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 KERNEL_START, KERNEL_END = "<!-- gpu-kernels:start -->", "<!-- gpu-kernels:end -->"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 from medens.ops import (
     apply_patch_mask,
     available_backends,

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 
 from .errors import DatasetNotFoundError, DatasetUsageError
 

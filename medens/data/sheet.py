@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from medens.engine.atomic import atomic_path
 from medens.errors import OverwritesInputError, refuse_output_over_inputs
+from medens.io import atomic_path
 
 from .base import LabeledDataset
 from .duplicates import DuplicateGroups

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from medens.engine.atomic import atomic_path, remove_stale_temporaries
+from medens.io import atomic_path, remove_stale_temporaries
 
 from .base import LabeledDataset
 from .errors import CorruptImageError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from medens.evaluate.tables import text_table
+from medens.io import text_table
 
 from .base import LabeledDataset
 from .splits import Splits, plan_splits, split_counts

@@ -8,7 +8,6 @@
 - :mod:`~medens.engine.distributed`  torchrun process groups (NCCL on GPU, gloo on CPU)
 - :mod:`~medens.engine.config`       YAML defaults + command-line overrides, resolved config written out
 - :mod:`~medens.engine.records`      logging, ``log.csv``, TensorBoard
-- :mod:`~medens.engine.atomic`       atomic file writes
 - :mod:`~medens.engine.batchnorm`    BatchNorm statistics recomputed over a dataset (precise BN)
 """
 

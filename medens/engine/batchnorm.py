@@ -30,12 +30,16 @@ def recompute_batchnorm_statistics(
 
     Returns:
         Whether the model has BatchNorm layers (False: nothing was done).
+
+    A last batch of a single image is left out (when there are others): a BatchNorm layer after global pooling
+    sees one value per channel there, which it refuses in training mode.
     """
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return False
     device = next(model.parameters()).device
     workers = resolve_num_workers(num_workers)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    single_last = len(dataset) > 1 and len(dataset) % batch_size == 1
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=single_last,
                         worker_init_fn=ignore_stop_signals if workers else None)
     update_bn((images for images, _ in loader), model, device=device)
     return True

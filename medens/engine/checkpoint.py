@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medens.engine.atomic import atomic_torch_save
+from medens.io import atomic_torch_save
 from medens.layout import CHECKPOINT_NAME
 
 __all__ = [

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from medens.engine.atomic import atomic_write_text
 from medens.errors import describe_path
+from medens.io import atomic_write_text, plain
 
 __all__ = [
     "load_yaml",
@@ -132,22 +132,7 @@ def parse_overrides(items: Iterable[str], option: str = "--set") -> dict[str, An
     return out
 
 
-def _plain(value: Any) -> Any:
-    """Convert paths, tuples and numpy scalars to YAML-safe plain values."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, str):
-        return str(value)  # str subclasses such as torch's TorchVersion
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
-    return value
-
-
 def write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     """Write ``config`` as YAML, atomically, keys in the given order."""
-    text = yaml.safe_dump(_plain(dict(config)), sort_keys=False, default_flow_style=None, width=110)
+    text = yaml.safe_dump(plain(dict(config)), sort_keys=False, default_flow_style=None, width=110)
     return atomic_write_text(path, text)

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from medens.engine.atomic import atomic_write_text
+from medens.io import atomic_write_text
 from medens.layout import TRAIN_LOG_NAME
 
 __all__ = ["setup_logging", "logging_to", "write_csv_log", "TensorBoardLogger", "TqdmHandler"]

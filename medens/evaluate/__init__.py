@@ -63,6 +63,7 @@ __all__ = [
     "confidence_intervals",
     "confusion_matrix",
     "difference_intervals",
+    "EnsembleOptions",
     "evaluate_ensemble",
     "expected_calibration_error",
     "fit_rule",
@@ -81,8 +82,8 @@ __all__ = [
 
 def __getattr__(name: str):
     """Import the ensemble evaluation (and with it matplotlib) only when it is asked for."""
-    if name == "evaluate_ensemble":
-        from medens.evaluate.ensemble import evaluate_ensemble
+    if name in ("evaluate_ensemble", "EnsembleOptions"):
+        from medens.evaluate import ensemble
 
-        return evaluate_ensemble
+        return getattr(ensemble, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ from medens.evaluate.cam import DEFAULT_CAM_METHOD, class_activation_maps
 from medens.evaluate.explain import caption_of, display_geometry, explain_images
 from medens.evaluate.lesion import LESION_SCORE_TITLES, energy_inside, lesion_summary, pointing_hits
 from medens.evaluate.overlays import Panel, save_explanation
-from medens.evaluate.tables import markdown_table
+from medens.io import markdown_table
 from medens.layout import GALLERY_PREFIX
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from medens.engine.atomic import atomic_write_text
+from medens.io import atomic_write_text
 from medens.layout import HTML_REPORT_NAME
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 
 __all__ = ["CAM_COLORMAP", "Panel", "overlay", "save_explanation"]
 

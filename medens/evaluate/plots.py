@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.engine.atomic import atomic_path
 from medens.evaluate.metrics import (
     DEFAULT_ECE_BINS,
     binary_auroc,
@@ -24,6 +23,7 @@ from medens.evaluate.metrics import (
     reliability_bins,
     roc_curve,
 )
+from medens.io import atomic_path
 
 _PANEL_INCHES = 3.6
 _DPI = 120

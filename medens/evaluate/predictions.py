@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 
 #: Columns that precede the probability columns.
 KEY_COLUMNS: tuple[str, ...] = ("path", "label")

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from medens.evaluate.gallery import gallery_markdown
-from medens.evaluate.tables import format_ci, format_p, format_value, markdown_table, text_table
+from medens.evaluate.tables import format_ci, format_p, format_value
+from medens.io import markdown_table, text_table
 
 #: Column name of the ensemble in ``predictions.csv`` and key in ``metrics.json``.
 ENSEMBLE_NAME = "ensemble"

@@ -17,13 +17,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medens.engine.atomic import atomic_write_text
+from medens.io import atomic_write_text, markdown_table, text_table
 from medens.layout import REPORT_NAME, STUDY_DIFFERENCES_PLOT, STUDY_RUNS_PLOT
 
 from .metrics import UNIT_INTERVAL_METRICS, summary_metrics
 from .paired import ALPHA, MIN_RUNS_BOUNDED, compare, spread
 from .plots import _save
-from .tables import format_p, format_value, markdown_table, text_table
+from .tables import format_p, format_value
 
 
 def _key(model: str, variant: str | None) -> str:

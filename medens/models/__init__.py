@@ -26,6 +26,7 @@ from medens.models.classifier import (
     classifier_stride,
     create_classifier,
     parse_init,
+    pixel_normalisation,
 )
 from medens.models.masked_convnext import (
     MaskedConvNeXt,
@@ -65,6 +66,7 @@ __all__ = [
     "load_encoder_into",
     "load_weights",
     "parse_init",
+    "pixel_normalisation",
     "read_metadata",
     "save_weights",
     "split_arch",

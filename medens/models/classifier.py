@@ -131,6 +131,15 @@ def classifier_stride(init_used: str, output_stride: int = ENCODER_STRIDE) -> in
     return check_output_stride(output_stride)
 
 
+def pixel_normalisation(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The per-channel ``(mean, std)`` (RGB, 3 values each) a timm model's inputs are normalised with: its
+    ``pretrained_cfg``'s, else timm's ImageNet constants."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)
+    std = cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def _stride_kwargs(arch: str, output_stride: int) -> dict:
     """:func:`stride_kwargs` for a ConvNeXt; a stride other than 32 for another architecture is refused."""
     if split_arch(arch)[0] in convnext_archs():

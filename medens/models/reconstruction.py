@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medens import ops
-from medens.engine.atomic import atomic_write_bytes
+from medens.io import atomic_write_bytes
 from medens.models.masked_convnext import MaskedConvNeXt
 
 __all__ = ["Reconstruction", "reconstruct", "save_reconstruction_grid"]

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 from medens.models.arch import DEFAULT_NORM, ENCODER_STRIDE, split_arch
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any
 from medens.engine.config import load_yaml, merge_config
 from medens.engine.optim import scaled_lr
 from medens.errors import UsageError
+from medens.io import plain
 from medens.layout import CONFIG_NAME, recorded_stage
 from medens.train.options import BOOKKEEPING_KEYS, OPTIONS, RESUME_MUTABLE_KEYS
 from medens.train.presets import load_preset
@@ -71,15 +72,6 @@ def _resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], stage: s
     return config
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists, recursively, so that a flag's value compares equal to its YAML copy."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, Any], saved_path: Path) -> None:
     """Refuse options that would make a resumed run's ``config.yaml`` describe a run that was not trained.
 
@@ -102,7 +94,7 @@ def refuse_changes_on_resume(saved: Mapping[str, Any], overrides: Mapping[str, A
                     f"(they may be trained already), received {value}; use another --out for a shorter run"
                 )
             continue
-        if key in RESUME_MUTABLE_KEYS or _plain(value) == _plain(recorded):
+        if key in RESUME_MUTABLE_KEYS or plain(value) == plain(recorded):
             continue
         raise ValueError(
             f"{key}: expected the value recorded in {saved_path} ({recorded!r}) when resuming, received {value!r}; "

@@ -19,19 +19,21 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from medens.cli import command, command_help, config_file_argument
-from medens.engine.atomic import remove_stale_temporaries
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
 from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD
 from medens.evaluate.combine import ENSEMBLE_METHODS
-from medens.evaluate.ensemble import evaluate_ensemble
+from medens.evaluate.ensemble import EnsembleOptions, evaluate_ensemble
 from medens.evaluate.gallery import DEFAULT_GALLERY_CORRECT, DEFAULT_GALLERY_ERRORS
 from medens.evaluate.members import Member, load_member, prediction_fingerprint
 from medens.evaluate.metrics import DEFAULT_ECE_BINS
 from medens.evaluate.report import comparison_table, skipped_note
+from medens.io import remove_stale_temporaries
 from medens.layout import HTML_REPORT_NAME, METRICS_NAME, REPORT_NAME
 from medens.train.guards import non_negative_int, open_unit_interval, positive_int, refuse_output_over_inputs
 
@@ -51,6 +53,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "not combined (e.g. a ResNet-18 from random weights)"
     )
     p.add_argument(
+        "--confidence", type=open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
+    )
+    p.add_argument(
+        "--ece-bins", type=positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="batch size for --tta inference")
+    add_combination_arguments(p)
+    add_map_arguments(p)
+    config_file_argument(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def add_combination_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--method``, ``--calibrate``, ``--tta``, ``--bootstrap``: how the members are combined and scored (shared by
+    ``ensemble``, ``pipeline`` and ``study``; read back by :func:`options_from_flags`)."""
+    p.add_argument(
         "--method",
         choices=ENSEMBLE_METHODS,
         default=ENSEMBLE_METHODS[0],
@@ -68,24 +90,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--bootstrap", type=positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples for CIs"
     )
-    p.add_argument(
-        "--confidence", type=open_unit_interval, default=DEFAULT_CONFIDENCE, help="two-sided CI coverage, in (0, 1)"
-    )
-    p.add_argument(
-        "--ece-bins", type=positive_int, default=DEFAULT_ECE_BINS, help="bins of the calibration error"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--device", default="auto", help="device for --tta: auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="batch size for --tta inference")
-    add_map_arguments(p)
-    config_file_argument(p)
-    p.set_defaults(func=main)
-    return p
 
 
 def add_map_arguments(p: argparse.ArgumentParser) -> None:
-    """``--gallery``, ``--no-maps``, ``--cam-layer``, ``--cam-method``: the report's class-activation maps."""
+    """``--gallery``, ``--no-maps``, ``--cam-layer``, ``--cam-method``: the report's class-activation maps (shared
+    by ``ensemble``, ``pipeline`` and ``study``; read back by :func:`options_from_flags`)."""
     g = p.add_argument_group("class-activation maps in the report")
     g.add_argument("--gallery", type=non_negative_int, default=DEFAULT_GALLERY_ERRORS, metavar="N",
                    help=f"most misclassified test images in the report's gallery, the most confident first "
@@ -98,22 +107,34 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cam-method", choices=CAM_METHODS, default=DEFAULT_CAM_METHOD, help="map method")
 
 
-def map_explainer(
-    device: str = "auto",
-    gallery: int = DEFAULT_GALLERY_ERRORS,
-    cam_layer: str | list[str] | None = None,
-    cam_method: str = DEFAULT_CAM_METHOD,
-    n_boot: int = DEFAULT_N_BOOT,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-    tta: bool = False,
-):
+def options_from_flags(flags: Mapping[str, Any]) -> EnsembleOptions:
+    """The :class:`~medens.evaluate.ensemble.EnsembleOptions` of the flags that ``ensemble``, ``pipeline`` and
+    ``study`` share (:func:`add_combination_arguments`, :func:`add_map_arguments`), from their ``dest`` names; a
+    flag that is absent or ``None`` keeps the default."""
+    values = {
+        "method": flags.get("method"),
+        "calibrate": flags.get("calibrate"),
+        "tta": flags.get("tta"),
+        "n_boot": flags.get("bootstrap"),
+        "maps": None if flags.get("no_maps") is None else not flags["no_maps"],
+        "gallery": flags.get("gallery"),
+        "cam_layer": flags.get("cam_layer"),
+        "cam_method": flags.get("cam_method"),
+    }
+    return EnsembleOptions(**{k: bool(v) if k in ("calibrate", "tta") else v for k, v in values.items()
+                              if v is not None})
+
+
+def map_explainer(options: EnsembleOptions, device: str = "auto"):
     """The ``explain`` step of :func:`medens.evaluate.ensemble.evaluate_ensemble`: reload the members' models and
-    the test images, write the gallery and score the maps against lesion masks.
+    the test images, write the gallery (``options.gallery``) and score the maps (``options.cam_layer``,
+    ``options.cam_method``) against lesion masks, with the bootstrap of ``options``.
 
     A member without its model, or a dataset that cannot be opened where the config says, gives no maps (a
     warning, and a note in the report) rather than a failed evaluation.
     """
+    gallery = options.gallery
+    cam_layer = None if options.cam_layer is None else list(options.cam_layer)
 
     def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
         from medens.data import DatasetError, open_dataset
@@ -137,8 +158,9 @@ def map_explainer(
         return explain_test_split(
             models, dataset, paths, labels, classes, probs, out_dir, labels_by_name=labels_by_name,
             weights=weights, baseline_model=base, max_errors=gallery,
-            max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=cam_method, tta=tta,
-            n_boot=n_boot, confidence=confidence, seed=seed,
+            max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=options.cam_method,
+            tta=options.tta,
+            n_boot=options.n_boot, confidence=options.confidence, seed=options.seed,
         )
 
     return explain
@@ -180,43 +202,27 @@ def is_complete(
 def run_ensemble(
     member_dirs: list[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
-    method: str = "mean",
-    calibrate: bool = False,
-    tta: bool = False,
-    n_boot: int = DEFAULT_N_BOOT,
-    confidence: float = DEFAULT_CONFIDENCE,
-    n_bins: int = DEFAULT_ECE_BINS,
-    seed: int = 0,
-    plots: bool = True,
+    options: EnsembleOptions | None = None,
+    *,
     device: str = "auto",
     batch_size: int = 32,
     baseline: str | os.PathLike[str] | None = None,
-    maps: bool = True,
-    gallery: int = DEFAULT_GALLERY_ERRORS,
-    cam_layer: str | list[str] | None = None,
-    cam_method: str = DEFAULT_CAM_METHOD,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Load the members, optionally re-predict with test-time augmentation, evaluate and write the outputs.
 
     Args:
         member_dirs: fine-tuning output folders.
         out_dir: output folder.
-        method: combination rule.
-        calibrate: temperature scaling on the validation split.
-        tta: replace the members' stored probabilities by flip-averaged ones from their models.
-        n_boot: bootstrap resamples.
-        confidence: CI coverage.
-        n_bins: ECE bins.
-        seed: bootstrap seed.
-        plots: write the PNG plots.
-        device: inference device for ``tta``.
+        options: how to evaluate (:class:`~medens.evaluate.ensemble.EnsembleOptions`; default: its defaults).
+            With ``tta`` the members' stored probabilities are replaced by flip-averaged ones from their models;
+            with ``maps`` the report gets the class-activation maps (the gallery and, with lesion masks, the
+            lesion scores).
+        device: inference device for ``tta`` and the maps.
         batch_size: inference batch size for ``tta``.
         baseline: a fine-tuning output folder scored beside the ensemble, never combined (with ``tta``, it is
             re-predicted on flipped images too).
-        maps: add the class-activation maps (the gallery and, with lesion masks, the lesion scores).
-        gallery: most misclassified test images in the gallery (0: no gallery; lesion scores still).
-        cam_layer: layers of the maps (default per architecture).
-        cam_method: the map method.
+        **fields: fields of :class:`~medens.evaluate.ensemble.EnsembleOptions` that override ``options``.
 
     Returns:
         The content of ``metrics.json``.
@@ -224,32 +230,25 @@ def run_ensemble(
     Raises:
         OverwritesInputError: if ``out_dir`` is a member folder or lies inside one (checked before any work).
     """
+    options = replace(options or EnsembleOptions(), **fields)
     inputs = [*member_dirs, *([baseline] if baseline is not None else [])]
     refuse_output_over_inputs("out", out_dir, folders=inputs)
     remove_stale_temporaries(out_dir)
     loaded: list[Member] = [load_member(d) for d in member_dirs]
     if baseline is not None:
         loaded.append(load_member(baseline, option="baseline"))
-    if tta:
+    if options.tta:
         from medens.inference import with_tta_predictions
 
-        needs_val = calibrate or method == "weighted"
-        loaded = [with_tta_predictions(m, val=needs_val, device=device, batch_size=batch_size) for m in loaded]
-    members = loaded[: len(member_dirs)]
+        loaded = [with_tta_predictions(m, val=options.needs_val, device=device, batch_size=batch_size)
+                  for m in loaded]
     return evaluate_ensemble(
-        members,
+        loaded[: len(member_dirs)],
         out_dir,
-        method=method,
-        calibrate=calibrate,
-        tta=tta,
-        n_boot=n_boot,
-        confidence=confidence,
-        seed=seed,
-        n_bins=n_bins,
-        plots=plots,
-        progress=True,
+        options,
         baseline=loaded[-1] if baseline is not None else None,
-        explain=map_explainer(device, gallery, cam_layer, cam_method, n_boot, confidence, seed, tta) if maps else None,
+        explain=map_explainer(options, device) if options.maps else None,
+        progress=True,
     )
 
 
@@ -260,25 +259,10 @@ def main(args: argparse.Namespace) -> int:
     Returns 0; 2 for a usage error (a missing member folder, ``--out`` over a member, a bad value); 1 when the
     members cannot be combined or a member's file is unreadable or wrong.
     """
-    results = run_ensemble(
-        args.members,
-        args.out,
-        method=args.method,
-        calibrate=args.calibrate,
-        tta=args.tta,
-        n_boot=args.bootstrap,
-        confidence=args.confidence,
-        n_bins=args.ece_bins,
-        seed=args.seed,
-        plots=not args.no_plots,
-        device=args.device,
-        batch_size=args.batch_size,
-        baseline=args.baseline,
-        maps=not args.no_maps,
-        gallery=args.gallery,
-        cam_layer=args.cam_layer,
-        cam_method=args.cam_method,
-    )
+    options = replace(options_from_flags(vars(args)), confidence=args.confidence, n_bins=args.ece_bins,
+                      seed=args.seed, plots=not args.no_plots)
+    results = run_ensemble(args.members, args.out, options, device=args.device, batch_size=args.batch_size,
+                           baseline=args.baseline)
     print(comparison_table(results))
     note = skipped_note(results)
     if note:

@@ -11,14 +11,14 @@ Writes, into ``--out``:
 - ``config.yaml``: the resolved configuration plus the dataset's ``classes``, the ``init`` actually used and the
   ``split_hash``; ``splits.json``; ``log.csv`` (training loss and validation metrics per epoch); ``checkpoint.pt``.
 
-Python entry points: :func:`run_finetune`, :func:`default_config`, :func:`is_complete`, :func:`load_model`.
+Python entry points: :func:`run_finetune`, :func:`default_config`, :func:`is_complete`, :func:`check_config`
+(a finished run's model: :func:`medens.inference.load_model`).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 from pathlib import Path
@@ -26,19 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from medens.engine import (
-    EngineConfig,
-    Trainer,
-    create_optimizer,
-    recompute_batchnorm_statistics,
-    seed_everything,
-    steps_per_epoch,
-)
-from medens.engine.atomic import atomic_write_text
-from medens.inference import load_model, sharded_probs
+from medens.engine import EngineConfig, Trainer, create_optimizer, seed_everything, steps_per_epoch
+from medens.io import atomic_write_text, json_text
 from medens.layout import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -57,13 +48,13 @@ from medens.models import (
     classifier_norm,
     classifier_stride,
     create_classifier,
-    load_weights,
     parse_init,
-    save_weights,
+    pixel_normalisation,
 )
-from medens.models.losses import class_weights, soft_cross_entropy
+from medens.models.losses import ClassificationStep, class_weights
 from medens.train.arguments import add_stage_parser, run_stage_cli
 from medens.train.configuration import effective_lr, option_checks, resolve_config
+from medens.train.evaluator import BestEpochEvaluator, InferenceSettings, precise_bn_applies
 from medens.train.options import FINETUNE_CLI_KEYS, FINETUNE_DEFAULTS
 from medens.train.session import (
     FINETUNE_SPLIT_USES,
@@ -78,18 +69,7 @@ from medens.train.session import (
     write_run_config,
 )
 
-__all__ = [
-    "run_finetune",
-    "default_config",
-    "is_complete",
-    "load_model",
-    "add_parser",
-    "main",
-    "MODEL_NAME",
-    "PREDICTIONS_NAME",
-    "VAL_PREDICTIONS_NAME",
-    "METRICS_NAME",
-]
+__all__ = ["run_finetune", "default_config", "is_complete", "check_config", "add_parser", "main"]
 
 _logger = logging.getLogger(__name__)
 
@@ -123,55 +103,6 @@ def default_config() -> dict[str, Any]:
 #: True when a folder holds a finished fine-tuning run (``metrics.json`` is written last): the layout's own test,
 #: under the name of this module's Python entry points.
 is_complete = is_finetune_complete
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Training pieces
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _Best:
-    """Best validation score so far (checkpointed with the run)."""
-
-    def __init__(self) -> None:
-        self.score = -math.inf
-        self.epoch = -1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.score, self.epoch = float(state["score"]), int(state["epoch"])
-
-
-class _ClassifierStep:
-    """``step_fn`` of the trainer: optional Mixup/CutMix, then (weighted, smoothed) cross-entropy."""
-
-    def __init__(self, config: dict[str, Any], num_classes: int, weight: torch.Tensor | None) -> None:
-        self.weight = weight
-        self.smoothing = float(config["label_smoothing"])
-        self.mixup = None
-        if config["mixup"] > 0 or config["cutmix"] > 0:
-            from timm.data import Mixup
-
-            self.mixup = Mixup(
-                mixup_alpha=float(config["mixup"]),
-                cutmix_alpha=float(config["cutmix"]),
-                prob=float(config["mixup_prob"]),
-                label_smoothing=self.smoothing,
-                num_classes=num_classes,
-            )
-
-    def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-        images, labels = batch
-        weight = None if self.weight is None else self.weight.to(images.device)
-        if self.mixup is not None:
-            images, soft = self.mixup(images, labels)
-            return soft_cross_entropy(model(images), soft, weight), images.shape[0]
-        logits = model(images)
-        return F.cross_entropy(
-            logits.float(), labels, weight=weight, label_smoothing=self.smoothing
-        ), images.shape[0]
 
 
 def _predictions(split_set: Any, probs: np.ndarray, classes: list[str], skipped_indices=()):
@@ -259,26 +190,116 @@ def check_config(config: dict[str, Any]) -> None:
 
 
 def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
-    from medens.data import SplitDataset, build_transforms
+    from medens.data import SplitDataset
 
     config, dist, out = ctx.config, ctx.dist, ctx.out_dir
     dataset, splits = open_data(config, ctx, FINETUNE_SPLIT_USES)
     classes = list(dataset.classes)
 
     seed_everything(int(config["seed"]))
-    init_requested = config["init"]
-    # A resumed run rebuilds the model its checkpoint holds, with the init, normalisation and stride it recorded (a
-    # run recorded before these options had LayerNorm and stride 32); a new run takes them from its options.
+    model, built = _build_classifier(ctx, len(classes))
+    mean, std = pixel_normalisation(model)
+    train_set, val_set, test_set, skipped, eval_tf = _split_sets(config, dataset, splits, mean, std)
+
+    weight, sample_weights = _imbalance_weights(config["imbalance"], train_set.targets, len(classes))
+    loader = train_loader(config, train_set, dist, weights=sample_weights)
+    seed_everything(int(config["seed"]) + dist.rank)
+
+    lr, effective = effective_lr(config, dist.world_size)
+    layer_decay = _layer_decay_for(built["init"], float(config["layer_decay"]))
+    optimizer = create_optimizer(
+        model,
+        lr,
+        weight_decay=float(config["weight_decay"]),
+        betas=tuple(config["betas"]),
+        layer_decay=layer_decay if layer_decay < 1.0 else None,
+    )
+    per_epoch = steps_per_epoch(loader, engine.accum_steps)
+    scheduler = warmup_cosine(config, optimizer, lr, engine, per_epoch)
+    step = ClassificationStep(
+        len(classes),
+        weight=weight,
+        label_smoothing=float(config["label_smoothing"]),
+        mixup=float(config["mixup"]),
+        cutmix=float(config["cutmix"]),
+        mixup_prob=float(config["mixup_prob"]),
+    )
+    precise_bn = precise_bn_applies(bool(config["precise_bn"]), model)
+    # Precise BatchNorm: the running statistics (momentum 0.1, about the last ten batches) move so much from step to
+    # step on a few hundred images that nearly equal weights score far apart in validation accuracy (measured on
+    # BUSI fold 2, 2026-12-02: the live weights 0.724, the same weights with their EMA's buffers 0.566; in
+    # benchmarks/RESULTS.md); averaged over the whole training split they depend on
+    # the weights alone. Evaluation transforms, so no augmentation draws; an unreadable image is substituted as in
+    # training (no extra decoding pass up front, and a model without BatchNorm never reads the set). Like the
+    # validation pass it runs before the epoch's checkpoint, so a resumed run stays exact.
+    evaluator = BestEpochEvaluator(
+        val_set,
+        select_metric=config["select_metric"],
+        model_path=out / MODEL_NAME,
+        metadata={"format": MODEL_FORMAT, "arch": config["arch"], "norm": built["norm"],
+                  "output_stride": built["stride"], "classes": classes, "image_size": int(config["image_size"]),
+                  "init": built["init"], "mean": mean, "std": std},
+        dist=dist,
+        inference=InferenceSettings(int(config["eval_batch_size"] or 2 * int(config["batch_size"])),
+                                    config["num_workers"], engine.channels_last),
+        bn_set=SplitDataset(dataset, splits["train"], eval_tf) if precise_bn else None,
+    )
+    trainer = Trainer(model, optimizer, scheduler, step, config=engine, out_dir=out, dist=dist, run_config=config,
+                      extra_state=evaluator)
+    write_run_config(
+        ctx,
+        {
+            # Without BatchNorm --precise-bn changes nothing: recorded as not applied, with what was asked.
+            **({"precise_bn": False, "precise_bn_requested": True} if config["precise_bn"] and not precise_bn else {}),
+            "init": built["init"],
+            "init_requested": config["init"],
+            "classes": classes,
+            "num_classes": len(classes),
+            "split_hash": split_hash(dataset, splits),
+            "run": {
+                **run_facts(ctx, lr, effective, trainer.precision.name),
+                "mean": mean,
+                "std": std,
+                "layer_decay_applied": layer_decay,
+                "norm_applied": built["norm"],
+                "output_stride_applied": built["stride"],
+            },
+        },
+    )
+    _logger.info(
+        "fine-tuning %s (init %s) on %d %s images, %d classes, %d epochs x %d steps, lr %.3g (batch %d)",
+        config["arch"], built["init"], len(train_set), config["dataset"], len(classes), engine.epochs, per_epoch,
+        lr, effective,
+    )
+    resume_and_fit(ctx, trainer, loader, METRICS_NAME, epoch_end=evaluator)
+
+    # The best epoch's weights predict both splits.
+    evaluator.restore_best(trainer)
+    val_probs = evaluator.predict(trainer, val_set)
+    test_probs = evaluator.predict(trainer, test_set)
+    if dist.is_main:
+        _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, evaluator, config, skipped)
+    dist.barrier()
+    return out
+
+
+def _build_classifier(ctx: RunContext, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The classifier to train and ``{"init", "norm", "stride"}``: the init, normalisation and output stride used.
+
+    A resumed run rebuilds the model its checkpoint holds, with the init, normalisation and stride it recorded (a
+    run recorded before these options had LayerNorm and stride 32); a new run takes them from its options.
+    """
+    config = ctx.config
     if ctx.resuming:
-        recorded_init, recorded_norm, recorded_stride = _recorded_build(out / CONFIG_NAME)
-        init_used, norm = recorded_init or init_requested, recorded_norm or DEFAULT_NORM
+        recorded_init, recorded_norm, recorded_stride = _recorded_build(ctx.out_dir / CONFIG_NAME)
+        init_used, norm = recorded_init or config["init"], recorded_norm or DEFAULT_NORM
         stride = recorded_stride or ENCODER_STRIDE
     else:
         init_used, norm, stride = None, config["norm"], ENCODER_STRIDE
     model, built_init = create_classifier(
         config["arch"],
-        len(classes),
-        init="scratch" if ctx.resuming else init_requested,
+        num_classes,
+        init="scratch" if ctx.resuming else config["init"],
         pretrained_file=None if ctx.resuming else config["pretrained_file"],
         allow_random_fallback=bool(config["allow_random_imagenet_fallback"]),
         allow_partial=bool(config["allow_partial"]),
@@ -288,10 +309,21 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
         output_stride=stride,
     )
     init_used = init_used or built_init
-    norm_used = norm if ctx.resuming else classifier_norm(init_used, norm)
-    stride_used = stride if ctx.resuming else classifier_stride(init_used)
-    cfg = model.pretrained_cfg or {}
-    mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
+    return model, {
+        "init": init_used,
+        "norm": norm if ctx.resuming else classifier_norm(init_used, norm),
+        "stride": stride if ctx.resuming else classifier_stride(init_used),
+    }
+
+
+def _split_sets(config: dict[str, Any], dataset: Any, splits: dict[str, Any], mean: list[float], std: list[float]):
+    """``(train_set, val_set, test_set, skipped, eval_transform)``: the splits with their transforms.
+
+    Evaluation never scores an image it could not read: such files are left out of the validation and test sets,
+    listed in ``skipped`` (``{"val": [...], "test": [...]}``, for ``metrics.json``) and, with empty
+    probabilities, in the prediction files.
+    """
+    from medens.data import SplitDataset, build_transforms
 
     size = int(config["image_size"])
     train_tf = build_transforms(
@@ -307,163 +339,22 @@ def _finetune(ctx: RunContext, engine: EngineConfig) -> Path:
     )
     eval_tf = build_transforms(size, train=False, mean=mean, std=std, crop_pct=float(config["crop_pct"]))
     train_set = SplitDataset(dataset, splits["train"], transform=train_tf)
-    # Evaluation never scores an image it could not read: such files are left out of every metric and listed in
-    # metrics.json and, with empty probabilities, in the prediction files.
     val_set, val_skipped = SplitDataset(dataset, splits["val"], eval_tf, substitute=False).without_unreadable()
     test_set, test_skipped = SplitDataset(dataset, splits["test"], eval_tf, substitute=False).without_unreadable()
     skipped = {"val": [vars(k) for k in val_skipped], "test": [vars(k) for k in test_skipped]}
-
-    targets = train_set.targets
-    weight = class_weights(targets, len(classes)) if config["imbalance"] == "weighted_loss" else None
-    sample_weights = None
-    if config["imbalance"] == "balanced_sampler":
-        per_class = class_weights(targets, len(classes))
-        sample_weights = per_class[torch.as_tensor(targets)].double()
-    loader = train_loader(config, train_set, dist, weights=sample_weights)
-    seed_everything(int(config["seed"]) + dist.rank)
-
-    lr, effective = effective_lr(config, dist.world_size)
-    layer_decay = _layer_decay_for(init_used, float(config["layer_decay"]))
-    optimizer = create_optimizer(
-        model,
-        lr,
-        weight_decay=float(config["weight_decay"]),
-        betas=tuple(config["betas"]),
-        layer_decay=layer_decay if layer_decay < 1.0 else None,
-    )
-    per_epoch = steps_per_epoch(loader, engine.accum_steps)
-    scheduler = warmup_cosine(config, optimizer, lr, engine, per_epoch)
-    best = _Best()
-    trainer = Trainer(
-        model,
-        optimizer,
-        scheduler,
-        _ClassifierStep(config, len(classes), weight),
-        config=engine,
-        out_dir=out,
-        dist=dist,
-        run_config=config,
-        extra_state=best,
-    )
-    eval_bs = int(config["eval_batch_size"] or 2 * int(config["batch_size"]))
-
-    precise_bn = _precise_bn_applies(bool(config["precise_bn"]), model)
-    write_run_config(
-        ctx,
-        {
-            # Without BatchNorm --precise-bn changes nothing: recorded as not applied, with what was asked.
-            **({"precise_bn": False, "precise_bn_requested": True} if config["precise_bn"] and not precise_bn else {}),
-            "init": init_used,
-            "init_requested": init_requested,
-            "classes": classes,
-            "num_classes": len(classes),
-            "split_hash": split_hash(dataset, splits),
-            "run": {
-                **run_facts(ctx, lr, effective, trainer.precision.name),
-                "mean": mean,
-                "std": std,
-                "layer_decay_applied": layer_decay,
-                "norm_applied": norm_used,
-                "output_stride_applied": stride_used,
-            },
-        },
-    )
-
-    metadata = {
-        "format": MODEL_FORMAT,
-        "arch": config["arch"],
-        "norm": norm_used,
-        "output_stride": stride_used,
-        "classes": classes,
-        "image_size": size,
-        "init": init_used,
-        "mean": mean,
-        "std": std,
-    }
-
-    # Precise BatchNorm: the running statistics (momentum 0.1, about the last ten batches) move so much from step to
-    # step on a few hundred images that nearly equal weights score far apart in validation accuracy (measured on
-    # BUSI fold 2, 2026-12-02: the live weights 0.724, the same weights with their EMA's buffers 0.566; in
-    # benchmarks/RESULTS.md); averaged over the whole training split they depend on
-    # the weights alone. Evaluation transforms, so no augmentation draws; an unreadable image is substituted as in
-    # training (no extra decoding pass up front, and a model without BatchNorm never reads the set). Like the
-    # validation pass it runs before the epoch's checkpoint, so a resumed run stays exact.
-    bn_set = SplitDataset(dataset, splits["train"], eval_tf) if precise_bn else None
-
-    def evaluate(epoch: int, tr: Trainer) -> dict[str, Any]:
-        from medens.evaluate.metrics import summary_metrics
-
-        if bn_set is not None:
-            recompute_batchnorm_statistics(
-                tr.eval_module, bn_set, batch_size=eval_bs, num_workers=config["num_workers"]
-            )
-        probs = sharded_probs(
-            tr.eval_module,
-            val_set,
-            batch_size=eval_bs,
-            dist=dist,
-            precision=tr.precision,
-            channels_last=engine.channels_last,
-            num_workers=config["num_workers"],
-        )
-        metrics = summary_metrics(probs, np.asarray(val_set.targets))
-        score = metrics[config["select_metric"]]
-        improved = not math.isnan(score) and score > best.score
-        if improved:
-            best.score, best.epoch = float(score), epoch + 1
-            if dist.is_main:
-                save_weights(out / MODEL_NAME, tr.eval_module.state_dict(), {**metadata, "epoch": epoch + 1})
-        return {
-            f"val_{k}": v for k, v in metrics.items() if k in ("accuracy", "macro_f1", "auroc_macro", "nll")
-        } | {"best_epoch": best.epoch}
-
-    _logger.info(
-        "fine-tuning %s (init %s) on %d %s images, %d classes, %d epochs x %d steps, lr %.3g (batch %d)",
-        config["arch"],
-        init_used,
-        len(train_set),
-        config["dataset"],
-        len(classes),
-        engine.epochs,
-        per_epoch,
-        lr,
-        effective,
-    )
-    resume_and_fit(ctx, trainer, loader, METRICS_NAME, epoch_end=evaluate)
-
-    # The best epoch's weights predict both splits.
-    if not (out / MODEL_NAME).is_file():  # every epoch scored NaN (e.g. a single-class validation split)
-        if dist.is_main:
-            save_weights(
-                out / MODEL_NAME, trainer.eval_module.state_dict(), {**metadata, "epoch": trainer.epoch}
-            )
-        dist.barrier()
-    state, _ = load_weights(out / MODEL_NAME)
-    trainer.eval_module.load_state_dict(state)
-    kwargs = dict(
-        batch_size=eval_bs,
-        dist=dist,
-        precision=trainer.precision,
-        channels_last=engine.channels_last,
-        num_workers=config["num_workers"],
-    )
-    val_probs = sharded_probs(trainer.eval_module, val_set, **kwargs)
-    test_probs = sharded_probs(trainer.eval_module, test_set, **kwargs)
-    if dist.is_main:
-        _write_outputs(out, classes, splits, val_set, val_probs, test_set, test_probs, best, config, skipped)
-    dist.barrier()
-    return out
+    return train_set, val_set, test_set, skipped, eval_tf
 
 
-def _precise_bn_applies(requested: bool, model: nn.Module) -> bool:
-    """Whether ``precise_bn`` does anything for ``model``: asked for, and the model has BatchNorm layers."""
-    if not requested:
-        return False
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return True
-    _logger.warning("precise_bn: the model has no BatchNorm layer (e.g. a LayerNorm ConvNeXt), so there are no "
-                    "statistics to recompute; not applied, and recorded so in config.yaml")
-    return False
+def _imbalance_weights(
+    imbalance: str, targets: list[int], num_classes: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(class weights (K,) of the loss, sampling weights (N,) float64 of the training images)`` for the
+    ``imbalance`` option: ``weighted_loss`` sets the first, ``balanced_sampler`` the second, anything else neither."""
+    if imbalance == "weighted_loss":
+        return class_weights(targets, num_classes), None
+    if imbalance == "balanced_sampler":
+        return None, class_weights(targets, num_classes)[torch.as_tensor(targets)].double()
+    return None, None
 
 
 def _layer_decay_for(init_used: str, layer_decay: float) -> float:
@@ -495,7 +386,7 @@ def _recorded_build(config_path: Path) -> tuple[str | None, str | None, int | No
 
 
 def _write_outputs(
-    out: Path, classes, splits, val_set, val_probs, test_set, test_probs, best: _Best, config, skipped=None
+    out: Path, classes, splits, val_set, val_probs, test_set, test_probs, best: BestEpochEvaluator, config, skipped=None
 ) -> None:
     from medens.evaluate.metrics import classification_report
     from medens.evaluate.predictions import write_predictions
@@ -516,7 +407,7 @@ def _write_outputs(
         # Images of the splits that could not be decoded: in no metric; rows with empty probabilities.
         "skipped": skipped or {"val": [], "test": []},
     }
-    atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(metrics), indent=2) + "\n")
+    atomic_write_text(out / METRICS_NAME, json_text(metrics))
     t = metrics["test"]
     _logger.info(
         "best epoch %d; test accuracy %.4f, macro-F1 %.4f, AUROC %.4f -> %s",
@@ -526,17 +417,6 @@ def _write_outputs(
         t["auroc_macro"],
         out,
     )
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become None (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------

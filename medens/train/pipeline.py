@@ -33,10 +33,9 @@ from typing import Any
 from medens.cli import command, command_help, config_file_argument
 from medens.data.options import SHARED_DATA_KEYS, add_data_flags
 from medens.errors import UsageError
-from medens.evaluate.bootstrap import DEFAULT_N_BOOT
-from medens.evaluate.combine import ENSEMBLE_METHODS
+from medens.evaluate.ensemble import EnsembleOptions
 from medens.evaluate.report import comparison_table, probe_table, skipped_note
-from medens.evaluate.tables import text_table
+from medens.io import text_table
 from medens.layout import (
     CACHE_DIR,
     ENSEMBLE_DIR,
@@ -46,7 +45,7 @@ from medens.layout import (
     is_pretrain_complete,
 )
 from medens.models.arch import NORM_CHOICES
-from medens.train.guards import positive_int
+from medens.train.ensemble import add_combination_arguments, add_map_arguments
 from medens.train.presets import (
     DEMO_DATASET,
     DEMO_DATASET_OPTIONS,
@@ -109,9 +108,7 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
     from medens.train.stages import check_plan
 
     check_plan(options, variants)  # every stage's options, before the first stage starts
-    method = options.get("method") or ENSEMBLE_METHODS[0]
-    calibrate, tta = bool(options.get("calibrate")), bool(options.get("tta"))
-    n_boot = int(options.get("bootstrap") or DEFAULT_N_BOOT)
+    ensemble_options = ensemble_stage.options_from_flags(options)
     outcomes: list[StageOutcome] = []
     results: dict[str, dict[str, Any]] = {}
     imagenet_done = False
@@ -133,22 +130,20 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
                                    is_finetune_complete))
         members = [configs["imagenet"]["out"], configs["mae"]["out"]]
         ens_dir = Path(options["out"]) / variant.folder(ENSEMBLE_DIR)
-        found = _finished_ensemble(ens_dir, members, method, calibrate, tta, n_boot, baseline_dir)
+        found = _finished_ensemble(ens_dir, members, ensemble_options, baseline_dir)
         if found is not None:
             outcomes.append(StageOutcome("ensemble" + tag, "skipped", 0.0, ens_dir))
         else:
             start = time.perf_counter()
-            found = ensemble_stage.run_ensemble(members, ens_dir, method=method, calibrate=calibrate, tta=tta,
-                                                n_boot=n_boot, device=str(options.get("device") or "auto"),
-                                                baseline=baseline_dir)
+            found = ensemble_stage.run_ensemble(members, ens_dir, ensemble_options,
+                                                device=str(options.get("device") or "auto"), baseline=baseline_dir)
             outcomes.append(StageOutcome("ensemble" + tag, "ran", time.perf_counter() - start, ens_dir))
         results[variant.name] = found
     return results, outcomes
 
 
 def _finished_ensemble(
-    ens_dir: Path, members: list[str], method: str, calibrate: bool, tta: bool, n_boot: int,
-    baseline: str | None = None,
+    ens_dir: Path, members: list[str], options: EnsembleOptions, baseline: str | None = None,
 ) -> dict[str, Any] | None:
     """The recorded results when ``ens_dir`` already evaluated these members (and baseline) the same way."""
     import json
@@ -158,13 +153,7 @@ def _finished_ensemble(
     if not is_complete(ens_dir, members, baseline):
         return None
     results = json.loads((ens_dir / METRICS_NAME).read_text(encoding="utf-8"))
-    same = (
-        results.get("method"),
-        results.get("calibrate"),
-        results.get("tta"),
-        results["bootstrap"]["n_boot"],
-    )
-    return results if same == (method, calibrate, tta, n_boot) else None
+    return results if options.recorded_in(results) else None
 
 
 def _format_seconds(seconds: float) -> str:
@@ -257,20 +246,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, *, with_seed: bool = True
     )
     run.add_argument("--set-pretrain", action="append", metavar="KEY=VALUE", help="any pre-training option")
     run.add_argument("--set-finetune", action="append", metavar="KEY=VALUE", help="any fine-tuning option")
-    ens = p.add_argument_group("ensemble")
-    ens.add_argument(
-        "--method",
-        choices=ENSEMBLE_METHODS,
-        default=ENSEMBLE_METHODS[0],
-        help="combination rule (default: mean, the paper's)",
-    )
-    ens.add_argument(
-        "--calibrate", action="store_true", help="temperature-scale members on the validation split"
-    )
-    ens.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    ens.add_argument(
-        "--bootstrap", type=positive_int, default=DEFAULT_N_BOOT, metavar="N", help="bootstrap resamples"
-    )
+    add_combination_arguments(p.add_argument_group("ensemble"))
+    add_map_arguments(p)
     config_file_argument(p)
 
 

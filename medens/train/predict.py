@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medens.cli import command, command_help, config_file_argument
-from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
 from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD, resolve_cam_layers
 from medens.evaluate.combine import ENSEMBLE_METHODS, fit_rule
 from medens.evaluate.explain import write_explanations
 from medens.evaluate.members import IncompatibleMembersError, align_members, load_member
 from medens.evaluate.predictions import write_class_predictions
-from medens.evaluate.tables import text_table
 from medens.inference import ImageFiles, load_member_model, member_probs, with_tta_predictions
+from medens.io import remove_stale_temporaries, text_table
 from medens.layout import VAL_PREDICTIONS_NAME
 from medens.train.guards import positive_int, refuse_output_over_inputs
 

@@ -62,7 +62,7 @@ from medens.train.session import (
     write_run_config,
 )
 
-__all__ = ["run_pretrain", "default_config", "is_complete", "mae_step", "add_parser", "main", "ENCODER_NAME"]
+__all__ = ["run_pretrain", "default_config", "is_complete", "mae_step", "add_parser", "main"]
 
 _logger = logging.getLogger(__name__)
 

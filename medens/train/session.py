@@ -34,8 +34,8 @@ from medens.engine import (
     seed_everything,
     write_config,
 )
-from medens.engine.atomic import remove_stale_temporaries
 from medens.errors import UsageError
+from medens.io import remove_stale_temporaries
 from medens.layout import CHECKPOINT_NAME, CONFIG_NAME, SPLITS_NAME, recorded_stage
 
 __all__ = [

@@ -316,8 +316,8 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
         medens.train.executors.UnitsNotDone: some units failed or did not finish (``study --status`` says which).
         medens.engine.TrainingInterrupted: a stage was stopped; run the same command again to continue.
     """
-    from medens.engine.atomic import atomic_write_text
     from medens.evaluate.study_report import summarize_probes, summarize_study, write_report
+    from medens.io import atomic_write_text
     from medens.train.executors import ExecutorSpec, Unit, UnitsNotDone, run_units, unit_done
 
     if int(folds) < 2:

@@ -91,7 +91,7 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 def write_state(folder: Path, **fields: Any) -> None:
     """Update the unit's ``unit.json`` with ``fields`` (atomically)."""
-    from medens.engine.atomic import atomic_write_text
+    from medens.io import atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {**read_state(folder), **fields, "updated": time.time()}
@@ -167,7 +167,7 @@ def unit_status(out: str | os.PathLike, unit: Unit, variants: Sequence[Any],
 
 def status_table(out: str | os.PathLike, units: Sequence[Unit], variants: Sequence[Any]) -> str:
     """``study --status``: each unit's state, and a failing unit's log and last error line."""
-    from medens.evaluate.tables import text_table
+    from medens.io import text_table
 
     records = [read_state(u.folder(out)) for u in units]
     jobs = [str(r["job_id"]) for r in records if r.get("executor") == "slurm" and r.get("job_id")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medens.engine.atomic import OUTPUT_MODE, atomic_path, atomic_torch_save, remove_stale_temporaries
+from medens.io import OUTPUT_MODE, atomic_path, atomic_torch_save, remove_stale_temporaries
 from medens.models.weights import save_weights
 
 
@@ -75,7 +75,7 @@ def test_removing_temporaries_does_not_follow_links(tmp_path: Path) -> None:
 _WRITER = """
 import sys, time
 from pathlib import Path
-from medens.engine.atomic import atomic_path
+from medens.io import atomic_path
 with atomic_path(Path(sys.argv[1]) / "cache.u8") as tmp:
     tmp.write_bytes(b"x" * 1000)
     print("writing", flush=True)

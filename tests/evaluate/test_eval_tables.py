@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from medens.evaluate.tables import format_ci, format_p, format_value, markdown_table, text_table
+from medens.evaluate.tables import format_ci, format_p, format_value
+from medens.io import markdown_table, text_table
 
 
 def test_text_table_aligns_columns() -> None:

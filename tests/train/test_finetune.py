@@ -13,9 +13,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from medens.engine import recompute_batchnorm_statistics
+from medens.inference import load_model
 from medens.models import ENCODER_FORMAT, INIT_RANDOM_FALLBACK, MaskedConvNeXt, save_weights
 from medens.train.__main__ import main
-from medens.train.finetune import default_config, is_complete, load_model
+from medens.train.finetune import default_config, is_complete
 from tests._installed import installed
 
 #: A fine-tuning run small enough for a CPU test (72 synthetic 64x64 images, ConvNeXt-Atto, 2 epochs).

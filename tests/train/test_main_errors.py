@@ -56,7 +56,7 @@ def test_disk_full_while_saving_names_the_file_and_says_so(
 
     import torch
 
-    import medens.engine.atomic as atomic
+    import medens.io as atomic
 
     def full(obj, f, *args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1234 vs 1200")

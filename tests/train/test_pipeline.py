@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medens.train import ensemble as ensemble_stage
 from medens.train import pipeline, stages
 from medens.train.options import EXECUTION_KEYS
 
@@ -207,7 +208,7 @@ def test_default_run_end_to_end_then_resume(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(stages, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
     monkeypatch.setattr(stages, "DEMO_DATASET_OPTIONS", {"num_images": 48, "image_size": 64})
-    monkeypatch.setattr(pipeline, "DEFAULT_N_BOOT", 50)
+    monkeypatch.setattr(ensemble_stage, "DEFAULT_N_BOOT", 50)
 
     assert train_main([]) == 0
     printed = capsys.readouterr().out

@@ -1,21 +1,27 @@
-"""Atomic file writes: write a temporary file next to the target, flush it to disk, then rename over the target.
+"""The ground floor: what every layer of medens uses to write files. It imports nothing from the rest of medens.
 
-A reader (or a run resumed after a crash) sees either the old file or the new one, never half of one.
+- Atomic writes: write a temporary file next to the target, flush it to disk, then rename over the target. A
+  reader (or a run resumed after a crash) sees either the old file or the new one, never half of one.
+- :func:`plain`: any result or configuration as plain Python values, for YAML and (strict) JSON.
+- :func:`text_table` and :func:`markdown_table`: tables as aligned text for the terminal, GitHub markdown for reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 try:  # POSIX advisory locks: a temporary file is locked while its writer lives
@@ -29,6 +35,10 @@ __all__ = [
     "atomic_write_text",
     "atomic_torch_save",
     "remove_stale_temporaries",
+    "plain",
+    "json_text",
+    "text_table",
+    "markdown_table",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -159,3 +169,100 @@ def _remove_if_abandoned(file: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain values for YAML and JSON
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def plain(value: Any, *, finite: bool = False) -> Any:
+    """``value`` as plain Python values, recursively, for ``yaml.safe_dump`` and ``json.dumps``.
+
+    Mappings become dicts with ``str`` keys, tuples and lists become lists, arrays become (nested) lists, paths
+    and ``str`` subclasses (e.g. torch's ``TorchVersion``) become ``str``, numpy and torch scalars become Python
+    numbers. Everything else is returned as it is.
+
+    Args:
+        value: what to convert.
+        finite: also turn NaN and infinities into ``None`` (strict JSON has no NaN).
+
+    Returns:
+        The converted value (a new container; ``value`` itself is not modified).
+    """
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, finite=finite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, finite=finite) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim > 0:
+        return plain(value.tolist(), finite=finite)
+    if not isinstance(value, (bool, int, float)) and callable(getattr(value, "item", None)):
+        value = value.item()  # numpy / torch scalars
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, float):
+        return float(value)  # a float subclass (np.float64) as a Python float
+    return value
+
+
+def json_text(value: Any, indent: int = 2) -> str:
+    """``value`` as strict JSON (NaN and infinities as ``null``, see :func:`plain`), ending in a newline."""
+    return json.dumps(plain(value, finite=True), indent=indent) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables as text
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    for i, row in enumerate(rows):
+        if len(row) != len(headers):
+            raise ValueError(
+                f"rows[{i}]: expected {len(headers)} cells to match headers, received {len(row)}"
+            )
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """Columns padded to a common width.
+
+    Args:
+        headers: column titles.
+        rows: cells as text, one sequence per row.
+        align: one letter per column, ``l`` or ``r``; default: first column left, the rest right.
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    _check(headers, rows)
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align: expected {len(headers)} letters from 'l'/'r', received {align!r}")
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            str(c).ljust(w) if a == "l" else str(c).rjust(w)
+            for c, w, a in zip(cells, widths, align, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (``|`` in cells escaped); first column left-, others right-aligned."""
+    _check(headers, rows)
+
+    def cell(c: str) -> str:
+        return str(c).replace("|", "\\|")
+
+    align = ["---"] + ["--:"] * (len(headers) - 1)
+    out = ["| " + " | ".join(cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
