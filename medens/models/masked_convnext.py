@@ -115,7 +115,8 @@ def _expand_hidden(hidden: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class _SparseMask:
     """Zeroes hidden positions of NCHW (or NHWC) feature maps at any resolution of the encoder.
 
-    ``masked_fill`` (not a multiplication) so that a NaN or inf computed at a hidden position cannot leak.
+    A select (``torch.where``, not a multiplication) so that a NaN or inf computed at a hidden position cannot
+    leak; one pass where ``masked_fill`` out of place takes two (a copy, then the fill).
     """
 
     def __init__(self, hidden: torch.Tensor) -> None:
@@ -129,11 +130,11 @@ class _SparseMask:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Zero hidden positions of ``x`` (B, C, h, w)."""
-        return x.masked_fill(self.at((x.shape[-2], x.shape[-1])), 0.0)
+        return torch.where(self.at((x.shape[-2], x.shape[-1])), 0.0, x)
 
     def channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """Zero hidden positions of ``x`` (B, h, w, C)."""
-        return x.masked_fill(self.at((x.shape[1], x.shape[2])).permute(0, 2, 3, 1), 0.0)
+        return torch.where(self.at((x.shape[1], x.shape[2])).permute(0, 2, 3, 1), 0.0, x)
 
 
 class SparseBatchNorm2d(nn.BatchNorm2d):
@@ -153,9 +154,9 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
         # At least one patch per image is visible (the mask ratio leaves one), so count >= 1; it stays a tensor,
         # so no layer waits for the device.
         count = (~hidden).sum().float()
-        x32 = x.float().masked_fill(hidden, 0.0)  # also keeps a NaN at a hidden position out of the sums
+        x32 = torch.where(hidden, 0.0, x.float())  # also keeps a NaN at a hidden position out of the sums
         mean = x32.sum(dim=(0, 2, 3)) / count
-        var = (x32 - mean.view(1, -1, 1, 1)).masked_fill(hidden, 0.0).square().sum(dim=(0, 2, 3)) / count
+        var = torch.where(hidden, 0.0, x32 - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -167,7 +168,7 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
         shift = -mean * scale
         if self.affine:
             scale, shift = scale * self.weight.float(), shift * self.weight.float() + self.bias.float()
-        return (x32 * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
+        return torch.addcmul(shift.view(1, -1, 1, 1), x32, scale.view(1, -1, 1, 1)).to(x.dtype)
 
 
 def _masked_mlp(mlp: nn.Module, x: torch.Tensor, zero_hidden) -> torch.Tensor:
