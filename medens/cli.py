@@ -178,8 +178,8 @@ def config_file_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="YAML",
-        help="YAML file of this command's options (keys: the flags' names, e.g. 'members' or 'bootstrap'); "
-        "flags given here override it",
+        help="YAML file of this command's options (keys: its flags without the leading dashes, with '-' or '_' "
+        "between words); flags given here override it",
     )
 
 
