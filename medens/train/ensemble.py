@@ -19,14 +19,15 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from medens.cli import command, command_help, config_file_argument
+from medens.errors import UsageError
 from medens.evaluate.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT
-from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD
+from medens.evaluate.cam import CAM_METHODS, DEFAULT_CAM_METHOD, resolve_cam_layers
 from medens.evaluate.combine import ENSEMBLE_METHODS
 from medens.evaluate.ensemble import EnsembleOptions, evaluate_ensemble
 from medens.evaluate.gallery import DEFAULT_GALLERY_CORRECT, DEFAULT_GALLERY_ERRORS
@@ -125,6 +126,27 @@ def options_from_flags(flags: Mapping[str, Any]) -> EnsembleOptions:
                               if v is not None})
 
 
+def check_cam_layers(options: EnsembleOptions, archs: Iterable[str]) -> None:
+    """Refuse ``--cam-layer`` names that are no module of the members' architectures, before anything trains.
+
+    The members' models are built without weights (module names do not depend on them); the maps are taken at
+    the same names once the members exist (:func:`map_explainer`).
+
+    Raises:
+        medens.errors.UsageError: naming ``--cam-layer``, the names the architecture has and the names received.
+    """
+    if not options.maps or options.cam_layer is None:
+        return
+    import timm
+
+    for arch in dict.fromkeys(archs):
+        try:
+            resolve_cam_layers(timm.create_model(arch, pretrained=False, num_classes=2), list(options.cam_layer),
+                               argument="--cam-layer")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
 def map_explainer(options: EnsembleOptions, device: str = "auto"):
     """The ``explain`` step of :func:`medens.evaluate.ensemble.evaluate_ensemble`: reload the members' models and
     the test images, write the gallery (``options.gallery``) and score the maps (``options.cam_layer``,
@@ -138,8 +160,6 @@ def map_explainer(options: EnsembleOptions, device: str = "auto"):
 
     def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
         from medens.data import DatasetError, open_dataset
-        from medens.errors import UsageError
-        from medens.evaluate.cam import resolve_cam_layers
         from medens.evaluate.gallery import explain_test_split
         from medens.inference import load_member_model
 

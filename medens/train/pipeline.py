@@ -109,6 +109,8 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
 
     check_plan(options, variants)  # every stage's options, before the first stage starts
     ensemble_options = ensemble_stage.options_from_flags(options)
+    members = stage_configs(options, variants[0])
+    ensemble_stage.check_cam_layers(ensemble_options, (members["imagenet"]["arch"], members["mae"]["arch"]))
     outcomes: list[StageOutcome] = []
     results: dict[str, dict[str, Any]] = {}
     imagenet_done = False

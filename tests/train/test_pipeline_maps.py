@@ -66,6 +66,20 @@ def test_bad_map_flags_are_usage_errors_naming_them(capsys: pytest.CaptureFixtur
         EnsembleOptions(gallery=-1)
 
 
+def test_a_cam_layer_the_members_lack_is_refused_before_anything_trains(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from medens.cli import main
+    from medens.layout import PRETRAIN_DIR
+
+    out = tmp_path / "run"
+    code = main(["pipeline", "--out", str(out), "--preset", "smoke", "--dataset-option", "num_images=36",
+                 "--device", "cpu", "--cam-layer", "stages.9"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--cam-layer" in err and "stages.9" in err and "stages.3" in err, err  # names what the model has
+    assert not (out / PRETRAIN_DIR).exists()  # refused before the first stage, not after the training
+
+
 @pytest.mark.slow
 def test_pipeline_no_maps_then_gallery_0_changes_the_report(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
