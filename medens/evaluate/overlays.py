@@ -6,6 +6,7 @@ Drawn with matplotlib's Agg canvas (no display) and saved atomically, as :mod:`m
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = ["CAM_COLORMAP", "Panel", "overlay", "save_explanation"]
 CAM_COLORMAP = "inferno"
 _PANEL_INCHES = 2.4
 _DPI = 100
+#: Characters of a 9-point title that fit across one panel (about 13 an inch); longer titles wrap.
+_TITLE_CHARS = int(_PANEL_INCHES * 13)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     return np.clip(np.rint(mixed * 255), 0, 255).astype(np.uint8)
 
 
+def _wrapped(title: str) -> str:
+    """``title`` in lines that fit over one panel, so that neighbouring titles never overlap."""
+    return textwrap.fill(title, _TITLE_CHARS) or title
+
+
 def save_explanation(
     path: str | os.PathLike[str], image: np.ndarray, panels: Sequence[Panel], caption: str, title: str = "image"
 ) -> Path:
@@ -87,10 +95,10 @@ def save_explanation(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
     axes[0].imshow(image)
-    axes[0].set_title(title, fontsize=9)
+    axes[0].set_title(_wrapped(title), fontsize=9)
     for ax, panel in zip(axes[1:], panels, strict=True):
         ax.imshow(overlay(image, panel.cam))
-        ax.set_title(panel.title, fontsize=9)
+        ax.set_title(_wrapped(panel.title), fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     fig.supxlabel(caption, fontsize=9)
