@@ -34,7 +34,7 @@ def test_long_titles_are_wrapped_so_neighbouring_panels_do_not_overlap(tmp_path:
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
-    for left, right in zip(boxes, boxes[1:]):
+    for left, right in zip(boxes[:-1], boxes[1:], strict=True):
         assert left.x1 <= right.x0, (left, right)  # each title ends before the next begins
     assert "\n" in fig.axes[1].title.get_text()  # the long one took two lines
 
