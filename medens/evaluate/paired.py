@@ -44,9 +44,10 @@ class Spread:
         return {**asdict(self), "ci": list(self.ci)}
 
 
-#: Fewest runs from which a bounded metric gets an interval: over two runs a t-interval of the mean needs the
-#: 97.5% point of Student's t with one degree of freedom (12.7), so it spans most of the metric's range whatever the
-#: runs are (an accuracy interval of [-0.196, 0.863] from two runs), and says nothing.
+#: Fewest runs from which a bounded metric gets an interval, and a paired comparison a verdict: over two runs a
+#: t-interval of the mean needs the 97.5% point of Student's t with one degree of freedom (12.7), so it spans most of
+#: the metric's range whatever the runs are (an accuracy interval of [-0.196, 0.863] from two runs), and says
+#: nothing; a "beyond noise" from the same one degree of freedom would say as little.
 MIN_RUNS_BOUNDED = 3
 #: How close to a bound a value is taken on the logit scale (a share of the range): 1.0 accuracy is not infinite.
 _BOUND_MARGIN = 1e-3
@@ -145,12 +146,21 @@ class Comparison:
     corrected_p: float
 
     @property
+    def decided(self) -> bool:
+        """Whether there are enough paired runs (:data:`MIN_RUNS_BOUNDED`) for a verdict at all."""
+        return len(self.differences) >= MIN_RUNS_BOUNDED
+
+    @property
     def within_noise(self) -> bool:
-        return not self.corrected_p < ALPHA
+        """No evidence of a difference: too few runs to tell, or a corrected p of :data:`ALPHA` or more."""
+        return not (self.decided and self.corrected_p < ALPHA)
 
     def verdict(self) -> str:
         """One plain sentence on the difference."""
         sign = "higher" if self.spread.mean > 0 else "lower"
+        if not self.decided:
+            return (f"too few runs to tell: {len(self.differences)} paired runs give no verdict (at least "
+                    f"{MIN_RUNS_BOUNDED} are needed); mean difference {self.spread.mean:+.3f}")
         if self.within_noise:
             return (f"within noise: the mean difference ({self.spread.mean:+.3f}) is not distinguishable from zero "
                     f"(corrected t-test p = {self.corrected_p:.3g})")
@@ -160,7 +170,7 @@ class Comparison:
         return {"name": self.name, "metric": self.metric, "differences": self.differences, "wins": self.wins,
                 "losses": self.losses, "ties": self.ties, "mean": self.spread.mean, "std": self.spread.std,
                 "ci": list(self.spread.ci), "wilcoxon_p": self.wilcoxon_p, "corrected_t": self.corrected_t,
-                "corrected_p": self.corrected_p, "within_noise": self.within_noise}
+                "corrected_p": self.corrected_p, "decided": self.decided, "within_noise": self.within_noise}
 
 
 def compare(name: str, metric: str, a: Sequence[float], b: Sequence[float], test_train_ratio: float) -> Comparison:

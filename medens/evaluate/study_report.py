@@ -183,12 +183,21 @@ def _fmt_ci(ci: Sequence[float], signed: bool = False, n: int | None = None) -> 
     return f"[{format_value(ci[0], signed=signed)}, {format_value(ci[1], signed=signed)}]"
 
 
+def verdict_label(comparison: Mapping[str, Any], emphasis: str = "") -> str:
+    """The verdict column: "too few runs" under :data:`MIN_RUNS_BOUNDED` paired runs, else within or beyond noise."""
+    if len(comparison["differences"]) < MIN_RUNS_BOUNDED:
+        return "too few runs"
+    if comparison["within_noise"]:
+        return "within noise"
+    return f"{emphasis}beyond noise{emphasis}"
+
+
 def headline_table(record: Mapping[str, Any], metrics: Sequence[str] = ("accuracy", "balanced_accuracy")) -> str:
     """Plain-text tables for the terminal: each model's mean ± sd over runs, then the comparisons."""
     rows = [[m["key"], m["label"], *(_fmt_spread(m["metrics"][k]) for k in metrics)] for m in record["models"]]
     parts = [text_table(["model", "label", *(f"{k} (mean ± sd)" for k in metrics)], rows)]
     comp = [[c["name"], c["metric"], format_value(c["mean"], signed=True), f"{c['wins']}/{c['losses']}/{c['ties']}",
-             format_p(c["corrected_p"]), "within noise" if c["within_noise"] else "beyond noise"]
+             format_p(c["corrected_p"]), verdict_label(c)]
             for c in record["comparisons"] if c["metric"] in metrics]
     if comp:
         parts.append(text_table(["comparison", "metric", "mean diff", "wins/losses/ties", "corrected p", "verdict"],
@@ -235,7 +244,7 @@ def plot_differences(record: Mapping[str, Any], metrics: Sequence[str], path: st
                 continue
             c = found[0]
             ax.scatter(c["differences"], [y] * len(c["differences"]), s=14, alpha=0.6,
-                       color="tab:gray" if c["within_noise"] else "tab:red")
+                       color="tab:red" if verdict_label(c) == "beyond noise" else "tab:gray")
             if not any(math.isnan(v) for v in c["ci"]):
                 ax.plot(c["ci"], [y + 0.2, y + 0.2], color="black", lw=1.2)
                 ax.plot([c["mean"]], [y + 0.2], "o", color="black")
@@ -280,13 +289,14 @@ def render_report(record: Mapping[str, Any], metrics: Sequence[str]) -> str:
         "",
         "Paired over runs (same fold and seed), `a - b`. Tests: Wilcoxon signed-rank, and the corrected "
         "resampled t-test of Nadeau and Bengio (2003), whose variance accounts for the training images the runs "
-        f"share; a difference is *within noise* when the corrected p is {ALPHA} or more.",
+        f"share; a difference is *within noise* when the corrected p is {ALPHA} or more, and gets no verdict "
+        f"(*too few runs*) from fewer than {MIN_RUNS_BOUNDED} paired runs.",
         "",
     ]
     rows = [[c["name"], c["metric"], format_value(c["mean"], signed=True),
              _fmt_ci(c["ci"], signed=True, n=len(c["differences"])),
              f"{c['wins']}/{c['losses']}/{c['ties']}", format_p(c["wilcoxon_p"]), format_p(c["corrected_p"]),
-             "within noise" if c["within_noise"] else "**beyond noise**"] for c in record["comparisons"]]
+             verdict_label(c, "**")] for c in record["comparisons"]]
     lines += [markdown_table(["comparison (a - b)", "metric", "mean", "95% CI", "wins/losses/ties", "Wilcoxon p",
                               "corrected t p", "verdict"], rows), ""]
     for c in record["comparisons"]:

@@ -77,3 +77,34 @@ def test_the_study_report_says_two_runs_give_no_interval_and_never_leaves_the_bo
         assert 0.0 <= low <= high <= 1.0
     for comparison in record["comparisons"]:
         assert -1.0 <= comparison["ci"][0] <= comparison["ci"][1] <= 1.0
+
+
+def test_two_paired_runs_give_no_verdict_however_far_apart_they_are():
+    # Differences of +0.40 and +0.41: the corrected t-test with one degree of freedom says p < 0.05 ...
+    two = compare("a - b", "accuracy", [0.90, 0.91], [0.50, 0.50], 0.25)
+    assert two.corrected_p < 0.05
+    # ... but from two runs the study claims no more than it claims an interval.
+    assert not two.decided and two.within_noise
+    assert two.verdict().startswith("too few runs to tell") and "+0.405" in two.verdict()
+    assert two.as_dict()["decided"] is False
+    three = compare("a - b", "accuracy", [0.90, 0.91, 0.92], [0.50, 0.50, 0.51], 0.25)
+    assert three.decided and not three.within_noise and three.verdict().startswith("higher beyond noise")
+
+
+def test_the_study_report_gives_no_verdict_from_two_runs():
+    record = _study(2)
+    # Make every paired difference large and steady, so that only the run count stands between it and a verdict.
+    for run in record["runs"]:
+        if run["model"] == "ensemble":
+            for metric in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
+                run[metric] = 0.95 - 0.001 * run["fold"]
+        elif run["model"] == "mae":
+            for metric in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
+                run[metric] = 0.30 + 0.001 * run["fold"]
+    record.update(summarize_study(record["runs"], {}, variants=["default"], baselines={},
+                                  metrics=("accuracy", "balanced_accuracy"), test_train_ratio=0.5))
+    steady = [c for c in record["comparisons"] if c["a"].startswith("ensemble") and c["b"].startswith("mae")]
+    assert steady and all(c["corrected_p"] < 0.05 for c in steady)
+    report = render_report(record, ("accuracy", "balanced_accuracy"))
+    assert "beyond noise" not in report
+    assert "| too few runs |" in report and "too few runs to tell" in report
