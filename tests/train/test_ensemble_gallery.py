@@ -11,7 +11,7 @@ import pytest
 
 from medens.evaluate.gallery import select_gallery
 from medens.train import ensemble as ensemble_cli
-from tests.train.test_predict import make_member, run_cli
+from tests.train.helpers import make_member, run_cli
 
 
 @pytest.fixture(scope="module")

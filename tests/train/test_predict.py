@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -14,64 +13,23 @@ import torch
 from medens import inference
 from medens.data import SplitDataset, build_transforms, load_dataset
 from medens.evaluate.members import load_member
-from medens.evaluate.predictions import Predictions
-from medens.models import create_classifier
-from medens.models.weights import save_weights
 from medens.train import ensemble as ensemble_cli
 from medens.train import predict as predict_cli
-from tests.evaluate.helpers import write_member
-
-SIZE = 32
-DATASET_OPTIONS = {"num_images": 18, "image_size": SIZE, "num_classes": 3}
-TEST, VAL = list(range(0, 10)), list(range(10, 18))
-
-
-def _probs(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return model(batch).softmax(1).double().numpy()
-
-
-def make_member(root: Path, name: str, init: str, seed: int) -> tuple[Path, torch.nn.Module]:
-    """A member folder with a random convnext_atto and its (non-TTA) predictions on the synthetic set."""
-    torch.manual_seed(seed)
-    model, _ = create_classifier("convnext_atto", 3, init="scratch")
-    model.eval()
-    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
-    transform = build_transforms(SIZE, train=False)
-    config = {
-        "dataset": "synthetic",
-        "data_root": None,
-        "dataset_options": DATASET_OPTIONS,
-        "classes": ds.classes,
-        "arch": "convnext_atto",
-        "image_size": SIZE,
-        "init": init,
-        "split_hash": "tiny",
-    }
-
-    def preds(indices: list[int]) -> Predictions:
-        split = SplitDataset(ds, indices, transform)
-        batch = torch.stack([split[i][0] for i in range(len(split))])
-        return Predictions(
-            split.ids, [ds.classes[t] for t in split.targets], ds.classes, _probs(model, batch)
-        )
-
-    directory = write_member(root / name, config, preds(TEST), preds(VAL))
-    save_weights(directory / "model.safetensors", model.state_dict(), {"arch": "convnext_atto"})
-    return directory, model
+from tests.train.helpers import (
+    DATASET_OPTIONS,
+    SIZE,
+    TEST,
+    make_member,
+    model_probs,
+    run_cli,
+    write_image_folder,
+)
 
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, torch.nn.Module]]:
     root = tmp_path_factory.mktemp("members")
     return [make_member(root, "ft-imagenet", "imagenet", 0), make_member(root, "ft-mae", "mae:/x", 1)]
-
-
-def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medens.train")
-    module.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_member_model_reproduces_stored_predictions(members) -> None:
@@ -88,7 +46,7 @@ def test_tta_averages_image_and_mirror(members) -> None:
     ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
     split = SplitDataset(ds, TEST, build_transforms(SIZE, train=False))
     batch = torch.stack([split[i][0] for i in range(len(split))])
-    expected = (_probs(model, batch) + _probs(model, batch.flip(3))) / 2
+    expected = (model_probs(model, batch) + model_probs(model, batch.flip(3))) / 2
     np.testing.assert_allclose(member.test.probs, expected, rtol=1e-5, atol=1e-6)
     assert member.val is not None and not np.allclose(member.val.probs, load_member(directory).val.probs)
 
@@ -149,7 +107,7 @@ def test_predict_folder_is_mean_of_members(
     from medens.data import read_image
 
     batch = torch.stack([transform(read_image(folder / f"img{i}.png")) for i in range(3)])
-    expected = np.mean([_probs(model, batch) for _, model in members], axis=0)
+    expected = np.mean([model_probs(model, batch) for _, model in members], axis=0)
     got = np.array([[float(r[c]) for c in ds.classes] for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert [r["prediction"] for r in rows] == [ds.classes[i] for i in expected.argmax(1)]
@@ -208,12 +166,7 @@ def test_predict_writes_every_readable_image_and_lists_the_unreadable(
     members, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(3):
-        ds[i][0].save(folder / f"img{i}.png")
-    data = (folder / "img1.png").read_bytes()
-    (folder / "img1.png").write_bytes(data[: len(data) // 2])  # truncated: cannot be decoded
+    folder = write_image_folder(tmp_path)  # img1.png cannot be decoded; notes.txt is not an image
     out = tmp_path / "pred.csv"
     debris = tmp_path / ".pred.csv.k1ll3d_x.tmp"  # left by a predict killed while writing
     debris.write_text("half a csv")
@@ -234,6 +187,6 @@ def test_predict_writes_every_readable_image_and_lists_the_unreadable(
     from medens.data import read_image
 
     batch = torch.stack([transform(read_image(folder / n)) for n in ("img0.png", "img2.png")])
-    expected = np.mean([_probs(model, batch) for _, model in members], axis=0)
+    expected = np.mean([model_probs(model, batch) for _, model in members], axis=0)
     got = np.array([[float(r[c]) for c in ds.classes] for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

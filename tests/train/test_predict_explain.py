@@ -12,7 +12,7 @@ from PIL import Image
 
 from medens.data import load_dataset
 from medens.train import predict as predict_cli
-from tests.train.test_predict import DATASET_OPTIONS, make_member, run_cli
+from tests.train.helpers import DATASET_OPTIONS, make_member, run_cli, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +23,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    """Three images, one of them truncated (cannot be decoded), and a file that is not an image."""
-    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(3):
-        ds[i][0].save(folder / f"img{i}.png")
-    data = (folder / "img1.png").read_bytes()
-    (folder / "img1.png").write_bytes(data[: len(data) // 2])
-    (folder / "notes.txt").write_text("not an image")
-    return folder
+    return write_image_folder(tmp_path)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -1,0 +1,78 @@
+"""What the tests of ``predict``, ``ensemble --tta`` and the explanations share: tiny member folders with real
+models, an image folder with an undecodable file, and a command runner."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medens.data import SplitDataset, build_transforms, load_dataset
+from medens.evaluate.predictions import Predictions
+from medens.models import create_classifier
+from medens.models.weights import save_weights
+from tests.evaluate.helpers import write_member
+
+SIZE = 32
+DATASET_OPTIONS = {"num_images": 18, "image_size": SIZE, "num_classes": 3}
+TEST, VAL = list(range(0, 10)), list(range(10, 18))
+
+
+def model_probs(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(batch).softmax(1).double().numpy()
+
+
+def make_member(root: Path, name: str, init: str, seed: int) -> tuple[Path, torch.nn.Module]:
+    """A member folder with a random convnext_atto and its (non-TTA) predictions on the synthetic set."""
+    torch.manual_seed(seed)
+    model, _ = create_classifier("convnext_atto", 3, init="scratch")
+    model.eval()
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    transform = build_transforms(SIZE, train=False)
+    config = {
+        "dataset": "synthetic",
+        "data_root": None,
+        "dataset_options": DATASET_OPTIONS,
+        "classes": ds.classes,
+        "arch": "convnext_atto",
+        "image_size": SIZE,
+        "init": init,
+        "split_hash": "tiny",
+    }
+
+    def preds(indices: list[int]) -> Predictions:
+        split = SplitDataset(ds, indices, transform)
+        batch = torch.stack([split[i][0] for i in range(len(split))])
+        return Predictions(
+            split.ids, [ds.classes[t] for t in split.targets], ds.classes, model_probs(model, batch)
+        )
+
+    directory = write_member(root / name, config, preds(TEST), preds(VAL))
+    save_weights(directory / "model.safetensors", model.state_dict(), {"arch": "convnext_atto"})
+    return directory, model
+
+
+def run_cli(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medens.train")
+    module.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+
+
+def write_image_folder(root: Path) -> Path:
+    """``root/imgs``: three synthetic images, ``img1.png`` truncated (it cannot be decoded), and ``notes.txt``,
+    which is not an image."""
+    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
+    folder = root / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        ds[i][0].save(folder / f"img{i}.png")
+    data = (folder / "img1.png").read_bytes()
+    (folder / "img1.png").write_bytes(data[: len(data) // 2])
+    (folder / "notes.txt").write_text("not an image")
+    return folder
