@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+#: ImageNet's channel statistics, timm's ``IMAGENET_DEFAULT_MEAN``/``STD`` (the models take theirs from timm): written
+#: here so that the data package does not import timm, which costs a second at start-up; a test holds them equal.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Evaluation: the share of the resized image the centre crop keeps (timm's default for ConvNeXt).

@@ -69,3 +69,9 @@ def test_augmentation_switches():
 def test_bad_arguments_are_named(options, match):
     with pytest.raises(ValueError, match=match):
         build_transforms(**options)
+
+
+def test_the_imagenet_statistics_are_timms() -> None:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert (IMAGENET_MEAN, IMAGENET_STD) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
