@@ -64,9 +64,13 @@ class EnsembleOptions:
         gallery: most misclassified test images in the gallery (0: none; the lesion scores still).
         cam_layer: module names the maps are taken at (``None``: each architecture's default).
         cam_method: the map method, one of :data:`~medens.evaluate.cam.CAM_METHODS`.
+        mask_dir: a folder of lesion masks for the lesion scores, matched to the test images by id
+            (:func:`medens.data.masks.match_mask_dir`); ``None``: the masks the members' dataset has, if any. Masks
+            play no part in training, so they can be given to an ensemble of members trained without them.
 
     Raises:
         ValueError: naming the field, on an unknown ``method`` or ``cam_method`` or a negative ``gallery``.
+        TypeError: a ``mask_dir`` that is not a path.
     """
 
     method: str = ENSEMBLE_METHODS[0]
@@ -81,6 +85,7 @@ class EnsembleOptions:
     gallery: int = DEFAULT_GALLERY_ERRORS
     cam_layer: tuple[str, ...] | None = field(default=None)
     cam_method: str = DEFAULT_CAM_METHOD
+    mask_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ENSEMBLE_METHODS:
@@ -93,6 +98,10 @@ class EnsembleOptions:
             object.__setattr__(self, "cam_layer", (self.cam_layer,))
         elif self.cam_layer is not None:
             object.__setattr__(self, "cam_layer", tuple(self.cam_layer) or None)
+        if self.mask_dir is not None:
+            if not isinstance(self.mask_dir, (str, os.PathLike)):
+                raise TypeError(f"mask_dir: expected a folder path, received {self.mask_dir!r}")
+            object.__setattr__(self, "mask_dir", os.fspath(self.mask_dir))
 
     @property
     def needs_val(self) -> bool:
@@ -101,8 +110,8 @@ class EnsembleOptions:
 
     def recorded_in(self, results: Mapping[str, Any]) -> bool:
         """Whether ``results`` (an ensemble's ``metrics.json``) was evaluated with these options: the same method,
-        calibration, TTA and bootstrap resamples, and the same maps (none, or the same gallery size, method and
-        layers; maps asked for that could not be made count as made)."""
+        calibration, TTA and bootstrap resamples, and the same maps (none, or the same gallery size, method,
+        layers and lesion masks; maps asked for that could not be made count as made)."""
         same = (results.get("method"), results.get("calibrate"), results.get("tta"),
                 (results.get("bootstrap") or {}).get("n_boot"))
         if same != (self.method, self.calibrate, self.tta, self.n_boot):
@@ -113,8 +122,8 @@ class EnsembleOptions:
         if gallery is None:
             return True
         layers = None if self.cam_layer is None else list(self.cam_layer)
-        return (gallery.get("max_errors"), gallery.get("method"), gallery.get("layers")) == (
-            self.gallery, self.cam_method, layers)
+        return (gallery.get("max_errors"), gallery.get("method"), gallery.get("layers"), results.get("mask_dir")) == (
+            self.gallery, self.cam_method, layers, self.mask_dir)
 def _treatments(calibrate: bool, tta: bool) -> list[str]:
     """What was done to every model's probabilities, as shown in its table label."""
     return (["T-scaled"] if calibrate else []) + (["TTA"] if tta else [])

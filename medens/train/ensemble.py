@@ -65,6 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="batch size for --tta inference")
     add_combination_arguments(p)
     add_map_arguments(p)
+    p.add_argument("--mask-dir", metavar="DIR",
+                   help="lesion masks released apart from the images, for the lesion scores (matched by image id "
+                        "as --dataset-option mask_dir is at training; default: the masks the members' dataset "
+                        "has). The members need not have been trained with them")
     config_file_argument(p)
     p.set_defaults(func=main)
     return p
@@ -95,7 +99,8 @@ def add_combination_arguments(p: argparse.ArgumentParser | argparse._ArgumentGro
 
 def add_map_arguments(p: argparse.ArgumentParser) -> None:
     """``--gallery``, ``--no-maps``, ``--cam-layer``, ``--cam-method``: the report's class-activation maps (shared
-    by ``ensemble``, ``pipeline`` and ``study``; read back by :func:`options_from_flags`)."""
+    by ``ensemble``, ``pipeline`` and ``study``; read back by :func:`options_from_flags`). ``ensemble`` adds
+    ``--mask-dir``; a pipeline or study takes its lesion masks from ``--dataset-option mask_dir``."""
     g = p.add_argument_group("class-activation maps in the report")
     g.add_argument("--gallery", type=non_negative_int, default=DEFAULT_GALLERY_ERRORS, metavar="N",
                    help=f"most misclassified test images in the report's gallery, the most confident first "
@@ -121,6 +126,7 @@ def options_from_flags(flags: Mapping[str, Any]) -> EnsembleOptions:
         "gallery": flags.get("gallery"),
         "cam_layer": flags.get("cam_layer"),
         "cam_method": flags.get("cam_method"),
+        "mask_dir": flags.get("mask_dir"),
     }
     return EnsembleOptions(**{k: bool(v) if k in ("calibrate", "tta") else v for k, v in values.items()
                               if v is not None})
@@ -147,6 +153,12 @@ def check_cam_layers(options: EnsembleOptions, archs: Iterable[str]) -> None:
             raise UsageError(str(err)) from None
 
 
+def check_mask_dir(options: EnsembleOptions, flag: str) -> None:
+    """Refuse lesion masks asked for in a folder that does not exist, before anything runs."""
+    if options.mask_dir is not None and not Path(options.mask_dir).is_dir():
+        raise UsageError(f"{flag}: expected a folder of lesion masks, received {options.mask_dir!r} (not a folder)")
+
+
 def map_explainer(options: EnsembleOptions, device: str = "auto"):
     """The ``explain`` step of :func:`medens.evaluate.ensemble.evaluate_ensemble`: reload the members' models and
     the test images, write the gallery (``options.gallery``) and score the maps (``options.cam_layer``,
@@ -160,28 +172,37 @@ def map_explainer(options: EnsembleOptions, device: str = "auto"):
 
     def explain(*, members, baseline, paths, labels, classes, probs, weights, labels_by_name, out_dir):
         from medens.data import DatasetError, open_dataset
+        from medens.data.errors import DatasetUsageError
         from medens.evaluate.gallery import explain_test_split
         from medens.inference import load_member_model
 
+        config = members[0].config
+        if options.mask_dir is not None:  # the lesion masks asked for replace those the members were trained with
+            config = {**config, "dataset_options": {**(config.get("dataset_options") or {}),
+                                                    "mask_dir": options.mask_dir}}
         try:
-            dataset = open_dataset(members[0].config)
+            dataset = open_dataset(config)
             models = [load_member_model(m, device) for m in members]
             base = load_member_model(baseline, device) if baseline is not None else None
         except (FileNotFoundError, DatasetError, ValueError, KeyError, OSError) as err:
+            if options.mask_dir is not None and isinstance(err, DatasetUsageError):  # masks asked for, not taken
+                raise UsageError(f"lesion masks {options.mask_dir!r}: {err}") from None
             logger.warning("no class-activation maps in the report: %s", err)
-            return {"gallery": None, "lesion": None, "gallery_note": f"the models or images could not be loaded ({err})"}
+            return {"gallery": None, "lesion": None, "gallery_note": f"the models or images could not be loaded ({err})",
+                    "mask_dir": options.mask_dir}
         for mm in [*models, *([base] if base is not None else [])]:
             try:
                 resolve_cam_layers(mm.model, cam_layer if mm is not base else None, argument="--cam-layer")
             except ValueError as err:
                 raise UsageError(str(err)) from None
-        return explain_test_split(
+        found = explain_test_split(
             models, dataset, paths, labels, classes, probs, out_dir, labels_by_name=labels_by_name,
             weights=weights, baseline_model=base, max_errors=gallery,
             max_correct=DEFAULT_GALLERY_CORRECT if gallery else 0, layers=cam_layer, method=options.cam_method,
             tta=options.tta,
             n_boot=options.n_boot, confidence=options.confidence, seed=options.seed,
         )
+        return {**found, "mask_dir": options.mask_dir}
 
     return explain
 
@@ -281,6 +302,9 @@ def main(args: argparse.Namespace) -> int:
     """
     options = replace(options_from_flags(vars(args)), confidence=args.confidence, n_bins=args.ece_bins,
                       seed=args.seed, plots=not args.no_plots)
+    check_mask_dir(options, "--mask-dir")
+    if options.mask_dir is not None and not options.maps:
+        raise UsageError("--mask-dir: lesion masks are for the maps' lesion scores; drop --no-maps or --mask-dir")
     results = run_ensemble(args.members, args.out, options, device=args.device, batch_size=args.batch_size,
                            baseline=args.baseline)
     print(comparison_table(results))

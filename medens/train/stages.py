@@ -205,6 +205,15 @@ def check_plan(options: Mapping[str, Any], variants: Sequence[Variant]) -> None:
                 raise type(err)(f"{err} [{where}]") from None
 
 
+def _without_masks(dataset_options: Any) -> Any:
+    """``dataset_options`` without the lesion-mask options (:data:`medens.data.registry.MASK_OPTIONS`)."""
+    from medens.data.registry import MASK_OPTIONS
+
+    if not isinstance(dataset_options, Mapping):
+        return dataset_options
+    return {k: v for k, v in dataset_options.items() if k not in MASK_OPTIONS}
+
+
 def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str]:
     """Requested options that differ from what the finished run in ``folder`` recorded in its config.yaml."""
     import yaml
@@ -217,6 +226,9 @@ def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str
         if key in _UNCHECKED_KEYS:
             continue
         want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
+        if key == "dataset_options":  # lesion masks play no part in training: the ensemble reads them afresh
+            want = _without_masks(want)
+            recorded = {**recorded, key: _without_masks(recorded.get(key))}
         if key == "precise_bn" and recorded.get("precise_bn_requested") == want:
             continue  # asked for, and recorded as not applied (a model without BatchNorm)
         if key in recorded and recorded[key] != want:

@@ -25,17 +25,21 @@ def model_probs(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
         return model(batch).softmax(1).double().numpy()
 
 
-def make_member(root: Path, name: str, init: str, seed: int) -> tuple[Path, torch.nn.Module]:
-    """A member folder with a random convnext_atto and its (non-TTA) predictions on the synthetic set."""
+def make_member(root: Path, name: str, init: str, seed: int, *, dataset: str = "synthetic",
+                data_root: Path | None = None, dataset_options: dict | None = None,
+                test: list[int] = TEST, val: list[int] = VAL) -> tuple[Path, torch.nn.Module]:
+    """A member folder with a random convnext_atto and its (non-TTA) predictions on ``test`` and ``val`` of a
+    dataset (the synthetic set by default)."""
+    dataset_options = DATASET_OPTIONS if dataset == "synthetic" and dataset_options is None else dataset_options
     torch.manual_seed(seed)
-    model, _ = create_classifier("convnext_atto", 3, init="scratch")
+    ds = load_dataset(dataset, data_root, **(dataset_options or {}))
+    model, _ = create_classifier("convnext_atto", len(ds.classes), init="scratch")
     model.eval()
-    ds = load_dataset("synthetic", None, **DATASET_OPTIONS)
     transform = build_transforms(SIZE, train=False)
     config = {
-        "dataset": "synthetic",
-        "data_root": None,
-        "dataset_options": DATASET_OPTIONS,
+        "dataset": dataset,
+        "data_root": None if data_root is None else str(data_root),
+        "dataset_options": dataset_options or {},
         "classes": ds.classes,
         "arch": "convnext_atto",
         "image_size": SIZE,
@@ -50,7 +54,7 @@ def make_member(root: Path, name: str, init: str, seed: int) -> tuple[Path, torc
             split.ids, [ds.classes[t] for t in split.targets], ds.classes, model_probs(model, batch)
         )
 
-    directory = write_member(root / name, config, preds(TEST), preds(VAL))
+    directory = write_member(root / name, config, preds(test), preds(val))
     save_weights(directory / "model.safetensors", model.state_dict(), {"arch": "convnext_atto"})
     return directory, model
 
