@@ -116,7 +116,9 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_flags(flags: Mapping[str, Any]) -> EnsembleOptions:
     """The :class:`~medens.evaluate.ensemble.EnsembleOptions` of the flags that ``ensemble``, ``pipeline`` and
     ``study`` share (:func:`add_combination_arguments`, :func:`add_map_arguments`), from their ``dest`` names; a
-    flag that is absent or ``None`` keeps the default."""
+    flag that is absent or ``None`` keeps the default. The lesion masks are ``ensemble``'s ``--mask-dir`` or the
+    ``mask_dir`` of a pipeline's ``dataset_options`` (they play no part in training, so members trained before
+    they were given are scored against them all the same)."""
     values = {
         "method": flags.get("method"),
         "calibrate": flags.get("calibrate"),
@@ -126,7 +128,8 @@ def options_from_flags(flags: Mapping[str, Any]) -> EnsembleOptions:
         "gallery": flags.get("gallery"),
         "cam_layer": flags.get("cam_layer"),
         "cam_method": flags.get("cam_method"),
-        "mask_dir": flags.get("mask_dir"),
+        # ``ensemble --mask-dir``; a pipeline's or study's lesion masks are a data option
+        "mask_dir": flags.get("mask_dir") or (flags.get("dataset_options") or {}).get("mask_dir"),
     }
     return EnsembleOptions(**{k: bool(v) if k in ("calibrate", "tta") else v for k, v in values.items()
                               if v is not None})

@@ -165,19 +165,22 @@ def run_units(options: Mapping[str, Any], units: Sequence[Unit], variants: Seque
         medens.engine.TrainingInterrupted: a unit run in this process was stopped.
         UsageError: the slurm executor without submitit or ``sbatch``.
     """
+    from medens.train.ensemble import options_from_flags
+
     out = Path(options["out"])
+    ensemble = options_from_flags(options)  # a unit evaluated with other ensemble options is redone (its ensembles)
     if spec.kind == "slurm":
         from medens.train.slurm import run_slurm
 
         run_slurm(options, units, variants, folds, spec.slurm)
     elif spec.workers == 1:
         for unit in units:
-            if unit_done(out, unit, variants):
+            if unit_done(out, unit, variants, ensemble):
                 continue
             UnitJob(dict(options), list(variants), unit, folds)()
     else:
         _run_local_workers(options, units, variants, folds, spec.workers)
-    return [u for u in units if not unit_done(out, u, variants)]
+    return [u for u in units if not unit_done(out, u, variants, ensemble)]
 
 
 def _shares(workers: int) -> tuple[list[str | None], list[list[int] | None]]:
@@ -209,7 +212,10 @@ def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], varian
 
     out = Path(options["out"])
     gpus, shares = _shares(workers)
-    pending = [u for u in units if not unit_done(out, u, variants)]
+    from medens.train.ensemble import options_from_flags
+
+    ensemble = options_from_flags(options)
+    pending = [u for u in units if not unit_done(out, u, variants, ensemble)]
     running: dict[int, tuple[Unit, subprocess.Popen, Any]] = {}
     failed: list[str] = []
     forwarded = False

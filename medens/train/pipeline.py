@@ -27,7 +27,6 @@ import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +109,7 @@ def _run_variants(options: Mapping[str, Any], variants: Sequence[Variant]
 
     check_plan(options, variants)  # every stage's options, before the first stage starts
     ensemble_options = ensemble_stage.options_from_flags(options)
-    mask_dir = (options.get("dataset_options") or {}).get("mask_dir")
-    if mask_dir is not None:  # also for members trained before the masks were given (they play no part in training)
-        ensemble_options = replace(ensemble_options, mask_dir=mask_dir)
-        ensemble_stage.check_mask_dir(ensemble_options, "--dataset-option mask_dir")
+    ensemble_stage.check_mask_dir(ensemble_options, "--dataset-option mask_dir")
     members = stage_configs(options, variants[0])
     ensemble_stage.check_cam_layers(ensemble_options, (members["imagenet"]["arch"], members["mae"]["arch"]))
     outcomes: list[StageOutcome] = []

@@ -45,8 +45,11 @@ def run_slurm(options: Mapping[str, Any], units: Sequence[Unit], variants: Seque
     records = {u: read_state(u.folder(out)) for u in units}
     states = slurm_states([str(r["job_id"]) for r in records.values() if r.get("executor") == "slurm"
                             and r.get("job_id")])
+    from medens.train.ensemble import options_from_flags
+
+    ensemble = options_from_flags(options)  # a unit evaluated with other ensemble options is submitted again
     for unit in units:
-        state, _ = unit_status(out, unit, variants, states)
+        state, _ = unit_status(out, unit, variants, states, ensemble)
         if state in ("done", "running", "queued"):
             logger.info("%s: %s, not submitted", unit, state)
             continue
@@ -57,10 +60,10 @@ def run_slurm(options: Mapping[str, Any], units: Sequence[Unit], variants: Seque
         write_state(unit.folder(out), state="queued", executor="slurm", job_id=str(job.job_id),
                     log=str(job.paths.stdout), error=None)
         logger.info("%s: submitted as SLURM job %s (log %s)", unit, job.job_id, job.paths.stdout)
-    _wait(out, units, variants)
+    _wait(out, units, variants, ensemble)
 
 
-def _wait(out: Path, units: Sequence[Unit], variants: Sequence[Any]) -> None:
+def _wait(out: Path, units: Sequence[Unit], variants: Sequence[Any], ensemble: Any = None) -> None:
     """Wait until every unit is done or will not run any more (failed, stopped); show the count done."""
     from tqdm.auto import tqdm
 
@@ -68,7 +71,7 @@ def _wait(out: Path, units: Sequence[Unit], variants: Sequence[Any]) -> None:
         while True:
             records = [read_state(u.folder(out)) for u in units]
             states = slurm_states([str(r["job_id"]) for r in records if r.get("job_id")])
-            now = [unit_status(out, u, variants, states)[0] for u in units]
+            now = [unit_status(out, u, variants, states, ensemble)[0] for u in units]
             bar.n = now.count("done")
             bar.set_postfix_str(", ".join(f"{now.count(s)} {s}" for s in ("running", "queued") if now.count(s)))
             bar.refresh()

@@ -75,10 +75,26 @@ class Unit:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def unit_done(out: str | os.PathLike, unit: Unit, variants: Sequence[Any]) -> bool:
-    """True when every variant's ensemble of ``unit`` is finished (what ``study.json`` reads)."""
+def unit_done(out: str | os.PathLike, unit: Unit, variants: Sequence[Any], ensemble: Any = None) -> bool:
+    """True when every variant's ensemble of ``unit`` is finished (what ``study.json`` reads).
+
+    With ``ensemble`` (:class:`~medens.evaluate.ensemble.EnsembleOptions`), each must also have been evaluated with
+    those options (:meth:`~medens.evaluate.ensemble.EnsembleOptions.recorded_in`): a study run again with, say,
+    ``--tta`` or new lesion masks redoes its ensembles (and only them) instead of reporting the old ones.
+    """
     root = unit.folder(out)
-    return all((root / v.folder(ENSEMBLE_DIR) / METRICS_NAME).is_file() for v in variants)
+    for variant in variants:
+        path = root / variant.folder(ENSEMBLE_DIR) / METRICS_NAME
+        if not path.is_file():
+            return False
+        if ensemble is not None:
+            try:
+                recorded = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                return False
+            if not ensemble.recorded_in(recorded):
+                return False
+    return True
 
 
 def read_state(folder: Path) -> dict[str, Any]:
@@ -134,15 +150,16 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
 
 
 def unit_status(out: str | os.PathLike, unit: Unit, variants: Sequence[Any],
-                slurm_states: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+                slurm_states: Mapping[str, str] | None = None, ensemble: Any = None) -> tuple[str, dict[str, Any]]:
     """``(state, unit.json)``: one of :data:`STATES`.
 
-    done: every ensemble is finished; running: its lock is held; queued: its SLURM job waits; failed: its last run
+    done: every ensemble is finished (with the ``ensemble`` options, when given: :func:`unit_done`); running: its
+    lock is held; queued: its SLURM job waits; failed: its last run
     failed (or its job ended without finishing it); stopped: stopped by a signal, resumable; else not started.
     """
     folder = unit.folder(out)
     record = read_state(folder)
-    if unit_done(out, unit, variants):
+    if unit_done(out, unit, variants, ensemble):
         return "done", record
     if locked(folder):
         return "running", record

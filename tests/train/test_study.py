@@ -114,3 +114,11 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
     again = json.loads((out / "study.json").read_text())
     assert len(again["runs"]) == len(runs)
     assert (last / "finetune-mae-masking-entropy" / "metrics.json").is_file()
+
+    # The same study with other ensemble options: every run's ensembles are redone with them, and nothing else.
+    trained = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert train_main([*ARGV, "--out", str(out), "--no-maps"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained
+    for metrics in out.glob("fold-*/seed-*/ensemble-*/metrics.json"):
+        assert "gallery" not in json.loads(metrics.read_text()), metrics  # evaluated again, without maps
+    assert len(json.loads((out / "study.json").read_text())["runs"]) == len(runs)
