@@ -140,6 +140,25 @@ def summarize_probes(probes: Sequence[Mapping[str, Any]], variants: Sequence[str
     return summary
 
 
+def compare_probes(probes: Sequence[Mapping[str, Any]], baselines: Mapping[str, str],
+                   test_train_ratio: float) -> list[dict[str, Any]]:
+    """The encoders' probes of each variant against its baseline variant (entropy against random masking), paired
+    by run: ``a - b`` of the encoder's balanced accuracy, as :func:`~.paired.compare` gives it, per probe."""
+    by_run = {(p["fold"], p["seed"], p["variant"]): p for p in probes}
+    comparisons = []
+    for variant, base in baselines.items():
+        common = sorted({(f, s) for f, s, v in by_run if v == variant} & {(f, s) for f, s, v in by_run if v == base})
+        if len(common) < 2:
+            continue
+        for probe in ("linear", "knn"):
+            a = [by_run[(*run, variant)][probe]["encoder"] for run in common]
+            b = [by_run[(*run, base)][probe]["encoder"] for run in common]
+            result = compare(f"{probe} probe of the encoder: {variant} - {base}", "balanced_accuracy", a, b,
+                             test_train_ratio)
+            comparisons.append({**result.as_dict(), "probe": probe, "verdict": result.verdict()})
+    return comparisons
+
+
 def _probe_section(record: Mapping[str, Any]) -> list[str]:
     summary = record.get("probe_summary") or []
     if not summary:
@@ -164,7 +183,20 @@ def _probe_section(record: Mapping[str, Any]) -> list[str]:
         "",
         markdown_table(["variant", "masking grid", "runs", "linear probe", "k-NN probe"], rows),
         "",
+        *_probe_comparisons(record.get("probe_comparisons") or []),
     ]
+
+
+def _probe_comparisons(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not comparisons:
+        return []
+    rows = [[c["name"], format_value(c["mean"], signed=True), _fmt_ci(c["ci"], signed=True, n=len(c["differences"])),
+             f"{c['wins']}/{c['losses']}/{c['ties']}", format_p(c["wilcoxon_p"]), format_p(c["corrected_p"]),
+             verdict_label(c, "**")] for c in comparisons]
+    return ["The encoders of two variants, paired by run (balanced accuracy of the probe, `a - b`; tests as in the "
+            "comparisons below):", "",
+            markdown_table(["comparison (a - b)", "mean", "95% CI", "wins/losses/ties", "Wilcoxon p", "corrected t p",
+                            "verdict"], rows), ""]
 
 
 def _fmt_spread(s: Mapping[str, Any]) -> str:

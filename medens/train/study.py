@@ -316,7 +316,7 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
         medens.train.executors.UnitsNotDone: some units failed or did not finish (``study --status`` says which).
         medens.engine.TrainingInterrupted: a stage was stopped; run the same command again to continue.
     """
-    from medens.evaluate.study_report import summarize_probes, summarize_study, write_report
+    from medens.evaluate.study_report import compare_probes, summarize_probes, summarize_study, write_report
     from medens.io import atomic_write_text
     from medens.train.executors import ExecutorSpec, Unit, UnitsNotDone, run_units, unit_done
 
@@ -338,8 +338,8 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
     runs, pooled = collect_runs(out, int(folds), seeds, variants, units=done)
     probes = collect_probes(out, int(folds), seeds, variants, units=done)
     ratio = test_train_ratio(out, int(folds), seeds, variants, units=done)
-    summary = summarize_study(runs, pooled, variants=[v.name for v in variants],
-                              baselines={v.name: b.name for v in variants if (b := baseline_of(v, variants))},
+    baselines = {v.name: b.name for v in variants if (b := baseline_of(v, variants))}
+    summary = summarize_study(runs, pooled, variants=[v.name for v in variants], baselines=baselines,
                               metrics=STUDY_METRICS, test_train_ratio=ratio)
     from medens.data.options import DATA_DEFAULTS
 
@@ -349,7 +349,8 @@ def run_study(options: Mapping[str, Any], folds: int, seeds: Sequence[int], vari
               "folds": int(folds), "seeds": list(seeds), **split,
               "variants": [{"name": v.name, "pretrain": dict(v.pretrain)} for v in variants],
               "test_train_ratio": ratio, "runs": runs, **summary,
-              "probes": probes, "probe_summary": summarize_probes(probes, [v.name for v in variants])}
+              "probes": probes, "probe_summary": summarize_probes(probes, [v.name for v in variants]),
+              "probe_comparisons": compare_probes(probes, baselines, ratio)}
     if len(done) < len(units):
         record["partial"] = True
         record["missing_units"] = [{"fold": u.fold, "seed": u.seed} for u in units if (u.fold, u.seed) not in done]

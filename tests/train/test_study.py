@@ -99,6 +99,10 @@ def test_study_end_to_end_then_resumed_after_a_kill(tmp_path: Path, capsys):
     for name in ("report.md", "study_runs.png", "study_differences.png"):
         assert (out / name).is_file()
     assert "Nadeau and Bengio" in (out / "report.md").read_text()
+    # The two masking rules' encoders, probe by probe, paired by run.
+    assert [c["name"] for c in record["probe_comparisons"]] == [
+        f"{probe} probe of the encoder: masking=entropy - masking=random" for probe in ("linear", "knn")]
+    assert all(len(c["differences"]) == FOLDS * SEEDS for c in record["probe_comparisons"])
 
     # Killed during the last run's entropy variant (its MAE member unfinished, no ensemble, no study.json):
     # the same command finishes that run and leaves every finished stage alone.
