@@ -226,9 +226,10 @@ def _recorded_mismatches(folder: Path, requested: Mapping[str, Any]) -> list[str
         if key in _UNCHECKED_KEYS:
             continue
         want = yaml.safe_load(yaml.safe_dump(value))  # tuples -> lists, as recorded
-        if key == "dataset_options":  # lesion masks play no part in training: the ensemble reads them afresh
+        if key == "dataset_options" and key in recorded:
+            # Lesion masks play no part in training: the ensemble reads them afresh.
             want = _without_masks(want)
-            recorded = {**recorded, key: _without_masks(recorded.get(key))}
+            recorded = {**recorded, key: _without_masks(recorded[key])}
         if key == "precise_bn" and recorded.get("precise_bn_requested") == want:
             continue  # asked for, and recorded as not applied (a model without BatchNorm)
         if key in recorded and recorded[key] != want:

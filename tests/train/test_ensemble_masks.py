@@ -98,6 +98,9 @@ def test_a_finished_stage_takes_new_lesion_masks_but_no_other_new_data_option(tm
     assert stages._recorded_mismatches(folder, {"epochs": 5, "dataset_options": with_masks}) == []
     diffs = stages._recorded_mismatches(folder, {"epochs": 5, "dataset_options": {**with_masks, "verify": "full"}})
     assert diffs == ["dataset_options={'verify': 'header'} (requested {'verify': 'full'})"]
+    # a run that recorded no data options at all is not refused for them, with or without masks
+    (folder / CONFIG_NAME).write_text(yaml.safe_dump({"epochs": 5}))
+    assert stages._recorded_mismatches(folder, {"epochs": 5, "dataset_options": with_masks}) == []
 
 
 @pytest.mark.slow
