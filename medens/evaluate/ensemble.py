@@ -101,7 +101,8 @@ class EnsembleOptions:
         if self.mask_dir is not None:
             if not isinstance(self.mask_dir, (str, os.PathLike)):
                 raise TypeError(f"mask_dir: expected a folder path, received {self.mask_dir!r}")
-            object.__setattr__(self, "mask_dir", os.fspath(self.mask_dir))
+            # One spelling of one folder (``~/m``, ``m/``, ``./m``), so that a finished ensemble is recognised.
+            object.__setattr__(self, "mask_dir", os.path.abspath(os.path.expanduser(os.fspath(self.mask_dir))))
 
     @property
     def needs_val(self) -> bool:

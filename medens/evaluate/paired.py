@@ -49,6 +49,11 @@ class Spread:
 #: the metric's range whatever the runs are (an accuracy interval of [-0.196, 0.863] from two runs), and says
 #: nothing; a "beyond noise" from the same one degree of freedom would say as little.
 MIN_RUNS_BOUNDED = 3
+def gives_verdict(n_runs: int) -> bool:
+    """Whether ``n_runs`` paired runs are enough for a verdict on their difference (:data:`MIN_RUNS_BOUNDED`)."""
+    return n_runs >= MIN_RUNS_BOUNDED
+
+
 #: How close to a bound a value is taken on the logit scale (a share of the range): 1.0 accuracy is not infinite.
 _BOUND_MARGIN = 1e-3
 
@@ -148,7 +153,7 @@ class Comparison:
     @property
     def decided(self) -> bool:
         """Whether there are enough paired runs (:data:`MIN_RUNS_BOUNDED`) for a verdict at all."""
-        return len(self.differences) >= MIN_RUNS_BOUNDED
+        return gives_verdict(len(self.differences))
 
     @property
     def within_noise(self) -> bool:

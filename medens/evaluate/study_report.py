@@ -21,7 +21,7 @@ from medens.io import atomic_write_text, markdown_table, text_table
 from medens.layout import REPORT_NAME, STUDY_DIFFERENCES_PLOT, STUDY_RUNS_PLOT
 
 from .metrics import UNIT_INTERVAL_METRICS, summary_metrics
-from .paired import ALPHA, MIN_RUNS_BOUNDED, compare, spread
+from .paired import ALPHA, MIN_RUNS_BOUNDED, compare, gives_verdict, spread
 from .plots import _save
 from .tables import format_p, format_value
 
@@ -217,7 +217,7 @@ def _fmt_ci(ci: Sequence[float], signed: bool = False, n: int | None = None) -> 
 
 def verdict_label(comparison: Mapping[str, Any], emphasis: str = "") -> str:
     """The verdict column: "too few runs" under :data:`MIN_RUNS_BOUNDED` paired runs, else within or beyond noise."""
-    if len(comparison["differences"]) < MIN_RUNS_BOUNDED:
+    if not gives_verdict(len(comparison["differences"])):  # also for records written before the rule
         return "too few runs"
     if comparison["within_noise"]:
         return "within noise"

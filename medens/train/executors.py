@@ -172,14 +172,14 @@ def run_units(options: Mapping[str, Any], units: Sequence[Unit], variants: Seque
     if spec.kind == "slurm":
         from medens.train.slurm import run_slurm
 
-        run_slurm(options, units, variants, folds, spec.slurm)
+        run_slurm(options, units, variants, folds, spec.slurm, ensemble)
     elif spec.workers == 1:
         for unit in units:
             if unit_done(out, unit, variants, ensemble):
                 continue
             UnitJob(dict(options), list(variants), unit, folds)()
     else:
-        _run_local_workers(options, units, variants, folds, spec.workers)
+        _run_local_workers(options, units, variants, folds, spec.workers, ensemble)
     return [u for u in units if not unit_done(out, u, variants, ensemble)]
 
 
@@ -201,7 +201,7 @@ def _shares(workers: int) -> tuple[list[str | None], list[list[int] | None]]:
 
 
 def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], variants: Sequence[Any], folds: int,
-                       workers: int) -> None:
+                       workers: int, ensemble: Any = None) -> None:
     """Up to ``workers`` units at once, each a child process (``python -m medens.train.executors JOB.pkl``).
 
     The children run in sessions of their own, so a signal to this command's process group (Ctrl-C, ``timeout``)
@@ -212,9 +212,6 @@ def _run_local_workers(options: Mapping[str, Any], units: Sequence[Unit], varian
 
     out = Path(options["out"])
     gpus, shares = _shares(workers)
-    from medens.train.ensemble import options_from_flags
-
-    ensemble = options_from_flags(options)
     pending = [u for u in units if not unit_done(out, u, variants, ensemble)]
     running: dict[int, tuple[Unit, subprocess.Popen, Any]] = {}
     failed: list[str] = []

@@ -25,11 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def run_slurm(options: Mapping[str, Any], units: Sequence[Unit], variants: Sequence[Any], folds: int,
-              slurm: Mapping[str, Any]) -> None:
+              slurm: Mapping[str, Any], ensemble: Any = None) -> None:
     """Submit one job per unit not done, running or queued; wait until no unit will run any more.
 
     Args:
         slurm: the jobs' parameters (:attr:`medens.train.executors.ExecutorSpec.slurm`).
+        ensemble: the study's :class:`~medens.evaluate.ensemble.EnsembleOptions`; a unit whose ensembles were
+            evaluated with others is submitted again (:func:`medens.train.units.unit_done`).
     """
     try:
         import submitit
@@ -45,9 +47,6 @@ def run_slurm(options: Mapping[str, Any], units: Sequence[Unit], variants: Seque
     records = {u: read_state(u.folder(out)) for u in units}
     states = slurm_states([str(r["job_id"]) for r in records.values() if r.get("executor") == "slurm"
                             and r.get("job_id")])
-    from medens.train.ensemble import options_from_flags
-
-    ensemble = options_from_flags(options)  # a unit evaluated with other ensemble options is submitted again
     for unit in units:
         state, _ = unit_status(out, unit, variants, states, ensemble)
         if state in ("done", "running", "queued"):

@@ -59,6 +59,29 @@ def make_member(root: Path, name: str, init: str, seed: int, *, dataset: str = "
     return directory, model
 
 
+#: Stage options that make a pipeline run in seconds (``stages.preset_configs`` patched to return them).
+TINY_FINETUNE = {
+    "arch": "convnext_atto",
+    "image_size": 64,
+    "epochs": 1,
+    "warmup_epochs": 0,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "num_workers": 0,
+    "progress": False,
+}
+TINY_PRETRAIN = {**TINY_FINETUNE, "decoder_dim": 32}
+
+
+def parse_pipeline(argv: list[str]) -> argparse.Namespace:
+    """``medens pipeline ARGV`` parsed as the command parses it."""
+    from medens.train import pipeline
+
+    parser = argparse.ArgumentParser(prog="medens.train")
+    pipeline.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["pipeline", *argv])
+
+
 def run_cli(module, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medens.train")
     module.add_parser(parser.add_subparsers(dest="command", required=True))

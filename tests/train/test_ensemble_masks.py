@@ -15,7 +15,8 @@ from medens.evaluate.ensemble import EnsembleOptions
 from medens.layout import CONFIG_NAME, METRICS_NAME
 from medens.train import ensemble as ensemble_cli
 from medens.train import pipeline, stages
-from tests.train.helpers import make_member, run_cli
+from tests.train.helpers import TINY_FINETUNE, TINY_PRETRAIN, make_member, run_cli
+from tests.train.helpers import parse_pipeline as parse
 
 CLASSES = ("lesion", "normal")
 
@@ -56,7 +57,8 @@ def _ensemble(members: list[Path], out: Path, *extra: str) -> int:
                                   "20", "--gallery", "0", "--device", "cpu", "--no-plots", *extra])
 
 
-def test_mask_dir_scores_members_trained_without_masks(trained, tmp_path: Path) -> None:
+def test_mask_dir_scores_members_trained_without_masks(trained, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     root, members = trained
     assert "mask_dir" not in yaml.safe_load((members[0] / CONFIG_NAME).read_text())["dataset_options"]
     assert _ensemble(members, tmp_path / "plain") == 0
@@ -69,6 +71,8 @@ def test_mask_dir_scores_members_trained_without_masks(trained, tmp_path: Path) 
     assert masked["lesion"]["n_images"] == 3 and {"ensemble"} < set(masked["lesion"]["models"])
     # the recorded masks are part of what a finished ensemble was evaluated with
     assert EnsembleOptions(n_boot=20, gallery=0, mask_dir=str(masks)).recorded_in(masked)
+    monkeypatch.chdir(masks.parent)  # another spelling of the same folder is the same masks
+    assert EnsembleOptions(n_boot=20, gallery=0, mask_dir=f"./{masks.name}/").recorded_in(masked)
     assert not EnsembleOptions(n_boot=20, gallery=0).recorded_in(masked)
     assert not EnsembleOptions(n_boot=20, gallery=0, mask_dir=str(masks)).recorded_in(plain)
 
@@ -107,8 +111,6 @@ def test_a_finished_stage_takes_new_lesion_masks_but_no_other_new_data_option(tm
 def test_a_pipeline_rerun_with_lesion_masks_keeps_its_members_and_scores_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.train.test_pipeline import TINY_FINETUNE, TINY_PRETRAIN, parse
-
     monkeypatch.setattr(stages, "preset_configs", lambda preset: (dict(TINY_PRETRAIN), dict(TINY_FINETUNE)))
     data = _folder_dataset(tmp_path / "data", per_class=12)
     argv = ["--dataset", "folder", "--data-root", str(data), "--out", str(tmp_path / "run"), "--bootstrap", "20",

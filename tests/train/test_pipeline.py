@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,12 +11,8 @@ import yaml
 from medens.train import ensemble as ensemble_stage
 from medens.train import pipeline, stages
 from medens.train.options import EXECUTION_KEYS
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="medens.train")
-    pipeline.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["pipeline", *argv])
+from tests.train.helpers import TINY_FINETUNE, TINY_PRETRAIN
+from tests.train.helpers import parse_pipeline as parse
 
 
 def test_no_arguments_means_the_demo() -> None:
@@ -185,17 +180,6 @@ def test_run_stage_skips_resumes_or_starts(tmp_path: Path) -> None:
     assert skipped.status == "skipped" and len(calls) == 2
 
 
-TINY_FINETUNE = {
-    "arch": "convnext_atto",
-    "image_size": 64,
-    "epochs": 1,
-    "warmup_epochs": 0,
-    "batch_size": 8,
-    "lr": 1e-3,
-    "num_workers": 0,
-    "progress": False,
-}
-TINY_PRETRAIN = {**TINY_FINETUNE, "decoder_dim": 32}
 
 
 @pytest.mark.slow
